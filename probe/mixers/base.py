@@ -1,0 +1,73 @@
+"""The contract every sequence mixer keeps.
+
+    mixer = SomeMixer(d_model, *, layer_idx=0, max_seq_len=2048, **typed_kwargs)
+    y = mixer(x)                       # x: [B, L, D] -> y: [B, L, D], causal
+    mixer.state_size(seq_len) -> int   # elements one example holds, per layer, to produce the next token
+                                       # after seq_len tokens (the recurrent state; a KV cache for attention)
+    state = mixer.init_state(batch_size, device, dtype)     # only where a recurrent form exists
+    y_t, state = mixer.step(x_t, state)                     # x_t: [B, D] -> y_t: [B, D]
+
+`step` run over a sequence equals `forward` on it, and after seq_len steps the tensors in `state` hold exactly
+`state_size(seq_len)` elements per example (tests/test_mixers.py checks both for every registered arch).
+
+Typed keyword arguments (int, float, bool, str, Literal[...], optionally `| None`) with defaults from the paper
+become CLI flags of `probe train` automatically: the annotation is the flag's type.
+
+Forward passes avoid in-place updates of activations and `.item()`, so that a stack of same-shape models can be
+trained together with torch.func (packed training). The core op of a mixer (attention, a scan, a long
+convolution) is a standalone function with documented shapes, so that a Triton kernel can stand in for it on
+CUDA while the plain PyTorch reference serves everywhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+State = dict[str, torch.Tensor]
+
+
+class Mixer(nn.Module):
+    #: state-size formula in the paper's symbols, shown by `probe list archs`, e.g. "2·d_model·L"
+    formula: ClassVar[str] = "?"
+
+    def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048):
+        super().__init__()
+        self.d_model = d_model
+        self.layer_idx = layer_idx
+        self.max_seq_len = max_seq_len
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
+        raise NotImplementedError
+
+    def state_size(self, seq_len: int) -> int:
+        raise NotImplementedError
+
+    @property
+    def has_recurrent_form(self) -> bool:
+        return type(self).step is not Mixer.step
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> State:
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent form")
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError(f"{type(self).__name__} has no recurrent form")
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """A registry entry: the class, the keyword arguments that make this named variant, one line on it."""
+
+    cls: type[Mixer]
+    summary: str
+    kwargs: dict = field(default_factory=dict)
+
+    def build(self, d_model: int, **kwargs) -> Mixer:
+        return self.cls(d_model, **{**self.kwargs, **kwargs})
+
+
+def state_numel(state: State, batch_size: int) -> int:
+    """Elements per example in a recurrent state (every tensor's leading dimension is the batch)."""
+    return sum(t.numel() for t in state.values()) // batch_size

@@ -1,0 +1,322 @@
+"""Softmax attention family: what the generic registry tests cannot see.
+
+Specification: GQA is MHA with shared KV weights; the SDPA path equals a dense per-query reference; a window
+at least as long as the sequence changes nothing; each position scheme has its defining property (RoPE and
+friends depend on i - j only, ALiBi slopes, ReRoPE = RoPE within its window, PI at scale 1 = RoPE, dynamic
+NTK = RoPE within train_len); step == forward for every scheme at awkward lengths, with and without a window;
+bad keyword arguments raise ValueError naming the argument.
+"""
+import math
+
+import pytest
+import torch
+
+from probe.mixers import MIXERS, state_numel
+from probe.mixers.attention import (
+    MLA, POSITIONS, Attention, alibi_slopes, attention, attention_ref, coca_features, rope_inv_freq, rotate,
+    xpos_zeta,
+)
+
+D, B = 32, 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: on a busy 2-core machine, handing each op to a second thread costs ~1000x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def build(seed=0, d_model=D, **kwargs):
+    torch.manual_seed(seed)
+    return Attention(d_model, **kwargs).double()
+
+
+def run_steps(mixer, x):
+    state = mixer.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+    ys = []
+    for t in range(x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        ys.append(y_t)
+    return torch.stack(ys, 1), state
+
+
+# ------------------------------------------------------------------------------------------- heads, masks
+@pytest.mark.parametrize("n_kv_heads", [1, 2])
+def test_gqa_is_mha_with_kv_weights_shared_within_groups(n_kv_heads):
+    gqa = build(n_heads=4, n_kv_heads=n_kv_heads)
+    mha = build(n_heads=4)
+    hd, group = D // 4, 4 // n_kv_heads
+    with torch.no_grad():
+        mha.q_proj.weight.copy_(gqa.q_proj.weight)
+        mha.o_proj.weight.copy_(gqa.o_proj.weight)
+        for name in ("k_proj", "v_proj"):  # query head h reads kv head h // group
+            w = getattr(gqa, name).weight.view(n_kv_heads, hd, D)
+            getattr(mha, name).weight.copy_(w.repeat_interleave(group, 0).reshape(4 * hd, D))
+    x = randn(B, 19, D)
+    torch.testing.assert_close(gqa(x), mha(x))
+
+
+def test_gqa_with_one_kv_head_equals_the_mqa_preset():
+    x = randn(B, 11, D)
+    torch.manual_seed(3)
+    mqa = MIXERS["mqa"].build(D).double()
+    torch.manual_seed(3)
+    gqa = MIXERS["gqa"].build(D, n_kv_heads=1).double()
+    torch.testing.assert_close(gqa(x), mqa(x))
+    assert mqa.state_size(10) == 2 * 1 * (D // 4) * 10
+
+
+def dense_reference(q, k, v, window=None, bias=None):
+    """Per query, a plain softmax over the keys it may see; queries are the last Lq of the Lk positions."""
+    h, lq, lk = q.shape[1], q.shape[2], k.shape[2]
+    k, v = k.repeat_interleave(h // k.shape[1], 1), v.repeat_interleave(h // v.shape[1], 1)
+    out = torch.zeros_like(q[..., : v.shape[-1]])
+    for i in range(lq):
+        pos = lk - lq + i
+        lo = 0 if window is None else max(0, pos - window + 1)
+        s = q[:, :, i : i + 1] @ k[:, :, lo : pos + 1].transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if bias is not None:
+            s = s + bias[:, i : i + 1, lo : pos + 1]
+        out[:, :, i] = (s.softmax(-1) @ v[:, :, lo : pos + 1])[:, :, 0]
+    return out
+
+
+@pytest.mark.parametrize("window", [None, 1, 3, 50])
+@pytest.mark.parametrize("lq,lk", [(1, 1), (7, 7), (1, 9), (4, 13)])
+@pytest.mark.parametrize("core", [attention, attention_ref], ids=["sdpa", "ref"])
+def test_attention_core_equals_dense_causal_reference(core, lq, lk, window):
+    q, k, v = randn(B, 4, lq, 6, seed=1), randn(B, 2, lk, 6, seed=2), randn(B, 2, lk, 5, seed=3)
+    bias = randn(4, lq, lk, seed=4)
+    torch.testing.assert_close(core(q, k, v, window=window), dense_reference(q, k, v, window))
+    torch.testing.assert_close(core(q, k, v, window=window, bias=bias), dense_reference(q, k, v, window, bias))
+
+
+@pytest.mark.parametrize("pos", ["rope", "alibi", "learned", "rerope"])
+def test_window_at_least_the_length_is_full_attention_and_a_shorter_one_is_not(pos):
+    x = randn(B, 20, D)
+    full = build(n_heads=2, pos=pos, max_seq_len=64)(x)
+    torch.testing.assert_close(build(n_heads=2, pos=pos, window=20, max_seq_len=64)(x), full)
+    local = build(n_heads=2, pos=pos, window=4, max_seq_len=64)(x)
+    torch.testing.assert_close(local[:, :4], full[:, :4])  # the first window positions see everything
+    assert not torch.allclose(local[:, 4:], full[:, 4:])
+
+
+def test_sliding_window_output_ignores_tokens_outside_the_window():
+    mixer = build(n_heads=2, window=5)
+    x = randn(B, 16, D)
+    x2 = x.clone()
+    x2[:, :6] = randn(B, 6, D, seed=9)  # position 10 sees 6..10 only
+    torch.testing.assert_close(mixer(x)[:, 10:], mixer(x2)[:, 10:])
+
+
+# ------------------------------------------------------------------------------------- position schemes
+def scores(mixer, q, k, q_pos, k_pos):
+    """Attention logits q_i·k_j after the mixer's position transform, for single vectors at given positions."""
+    qp, kp = torch.tensor([float(q_pos)]), torch.tensor([float(k_pos)])
+    inv_freq = rope_inv_freq(mixer.head_dim, mixer.base)
+    qa, ka = mixer._angles(qp, inv_freq), mixer._angles(kp, inv_freq)
+    if mixer.pos == "coca":
+        qf, kf = coca_features(q, k, qa, ka)
+        return (qf * kf).sum()
+    q, k = rotate(q, qa), rotate(k, ka)
+    if mixer.pos == "xpos":
+        zeta = xpos_zeta(mixer.head_dim).repeat_interleave(2)
+        q, k = q * zeta ** (q_pos / mixer.xpos_scale_base), k * zeta ** (-k_pos / mixer.xpos_scale_base)
+    return (q * k).sum()
+
+
+@pytest.mark.parametrize("pos", ["rope", "xpos", "pi", "ntk", "coca"])
+def test_scores_depend_only_on_relative_position(pos):
+    mixer = build(n_heads=2, pos=pos, rope_scale=2.5)
+    q, k = randn(1, 16, seed=1), randn(1, 16, seed=2)
+    if pos == "coca":
+        k = k[..., :8].abs()
+    for m, n in [(5, 2), (40, 3), (9, 9)]:
+        base = scores(mixer, q, k, m, n)
+        for shift in (1, 17, 1000):
+            torch.testing.assert_close(scores(mixer, q, k, m + shift, n + shift), base)
+    assert not torch.allclose(scores(mixer, q, k, 5, 2), scores(mixer, q, k, 6, 2))
+
+
+def test_rope_rotation_preserves_norm_and_position_zero_is_identity():
+    x = randn(3, 5, 16)
+    angles = torch.arange(5.0)[:, None] * rope_inv_freq(16, 10000.0)
+    torch.testing.assert_close(rotate(x, angles).norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(rotate(x, angles)[:, 0], x[:, 0])
+
+
+def test_alibi_slopes_for_eight_heads_are_powers_of_one_half():
+    torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0 ** -i for i in range(1, 9)], dtype=torch.float64))
+
+
+def test_alibi_slopes_for_non_power_of_two_interleave_the_next_power():
+    # Press et al. 2022: 6 heads take the 4-head slopes, then every other of the 8-head slopes
+    expected = [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3]
+    torch.testing.assert_close(alibi_slopes(6), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_alibi_bias_penalises_distance_linearly():
+    # with zero queries every score is the bias alone: weights on key j ∝ exp(-m_h·(i - j)), j <= i
+    mixer = build(n_heads=2, pos="alibi")
+    with torch.no_grad():
+        mixer.q_proj.weight.zero_()
+    x = randn(1, 6, D)
+    _, _, v = mixer._project(x)  # [1, 2, 6, 16]
+    distance = torch.arange(6.0)[:, None] - torch.arange(6.0)  # [i, j]
+    logits = (-alibi_slopes(2)[:, None, None] * distance).masked_fill(distance < 0, float("-inf"))
+    o = logits.softmax(-1) @ v[0]  # [2, 6, 16]
+    torch.testing.assert_close(mixer(x), mixer.o_proj(o.transpose(0, 1).reshape(1, 6, -1)))
+
+
+@pytest.mark.parametrize("pos", ["rerope", "leaky_rerope"])
+def test_rerope_equals_rope_when_every_distance_is_inside_the_window(pos):
+    x = randn(B, 12, D)
+    rope = build(n_heads=2, pos="rope")(x)
+    torch.testing.assert_close(build(n_heads=2, pos=pos, rerope_window=12)(x), rope)
+    assert not torch.allclose(build(n_heads=2, pos=pos, rerope_window=3)(x), rope)
+
+
+def test_leaky_rerope_far_scores_use_the_shrunk_relative_position():
+    # a far pair (i - j >= w) must score like RoPE at relative position w + (i - j - w)/k
+    w, k, i, j = 4, 8.0, 30, 2
+    mixer = build(n_heads=1, pos="leaky_rerope", rerope_window=w, rerope_k=k)
+    x = randn(1, i + 1, D)
+    q, kk, v = mixer._project(x)
+    v = torch.zeros_like(v)
+    v[0, 0, j, 0] = 1.0  # read off the weight on key j through v
+    weights = mixer._attend(q, kk, v, torch.arange(i + 1), torch.arange(i + 1))[0, 0, :, 0]
+    inv_freq = rope_inv_freq(D, 10000.0)
+    rel = torch.tensor([float(min(r - c, w) if r - c < w else w + (r - c - w) / k) for r in range(i + 1)
+                        for c in range(i + 1)]).view(i + 1, i + 1)
+    expected = []
+    for r in range(i + 1):
+        s = torch.stack([(rotate(q[0, 0, r], rel[r, c] * inv_freq) * kk[0, 0, c]).sum() for c in range(r + 1)])
+        expected.append((s / math.sqrt(D)).softmax(-1)[j] if j <= r else torch.tensor(0.0, dtype=torch.float64))
+    torch.testing.assert_close(weights, torch.stack(expected))
+
+
+def test_pi_with_scale_one_equals_rope_and_scale_s_divides_positions():
+    x = randn(B, 15, D)
+    rope = build(n_heads=2)
+    torch.testing.assert_close(build(n_heads=2, pos="pi", rope_scale=1.0)(x), rope(x))
+    torch.testing.assert_close(build(n_heads=2, pos="pi", train_len=64, max_seq_len=64)(x), rope(x))
+    pi = build(n_heads=2, pos="pi", train_len=16, max_seq_len=64)  # s = 4
+    q, k, v = pi._project(x)
+    torch.testing.assert_close(pi._attend(q, k, v, torch.arange(15), torch.arange(15)),
+                               rope._attend(q, k, v, torch.arange(15) / 4, torch.arange(15) / 4))
+
+
+def test_ntk_scales_the_base_by_s_to_the_d_over_d_minus_2():
+    d = D // 2
+    assert build(n_heads=2, pos="ntk", rope_scale=1.0).base == 10000.0
+    assert build(n_heads=2, pos="ntk", rope_scale=4.0).base == pytest.approx(10000.0 * 4.0 ** (d / (d - 2)))
+    # the lowest frequency is interpolated by exactly s, the highest unchanged
+    freqs = rope_inv_freq(d, build(n_heads=2, pos="ntk", rope_scale=4.0).base)
+    plain = rope_inv_freq(d, 10000.0)
+    assert freqs[0] == plain[0]
+    torch.testing.assert_close(freqs[-1], plain[-1] / 4)
+
+
+def test_dynamic_ntk_is_rope_within_train_len_and_rescales_beyond():
+    x = randn(B, 20, D)
+    rope = build(n_heads=2)(x)
+    dyn = build(n_heads=2, pos="ntk_dynamic", train_len=8)
+    y = dyn(x)
+    torch.testing.assert_close(y[:, :8], rope[:, :8])
+    assert not torch.allclose(y[:, 8:], rope[:, 8:])
+    # row 12 uses s = 13/8 for itself and its keys: the same as static NTK at that scale on the prefix
+    static = build(n_heads=2, pos="ntk", rope_scale=13 / 8)
+    torch.testing.assert_close(y[:, 12], static(x[:, :13])[:, 12])
+    torch.testing.assert_close(build(n_heads=2, pos="ntk_dynamic", train_len=64)(x), rope)
+
+
+def test_learned_positions_reject_sequences_longer_than_max_seq_len():
+    mixer = build(pos="learned", max_seq_len=8)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        mixer(randn(1, 9, D))
+
+
+# ------------------------------------------------------------------------- recurrent form, every scheme
+SCHEME_KWARGS = dict(rope_scale=2.0, rerope_window=5, rerope_k=4.0, train_len=24, xpos_scale_base=32.0)
+
+
+@pytest.mark.parametrize("window", [None, 16], ids=["full", "window16"])
+@pytest.mark.parametrize("length", [1, 63, 100])
+@pytest.mark.parametrize("pos", POSITIONS)
+def test_every_scheme_steps_like_its_parallel_form(pos, length, window):
+    mixer = build(n_heads=4, n_kv_heads=2, pos=pos, window=window, max_seq_len=128, **SCHEME_KWARGS)
+    x = randn(1, length, D, seed=length)
+    y = mixer(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    ys, state = run_steps(mixer, x)
+    torch.testing.assert_close(ys, y, rtol=1e-6, atol=1e-8)
+    assert state_numel(state, 1) == mixer.state_size(length)
+
+
+def test_window_cache_stops_growing():
+    mixer = build(n_heads=2, window=4)
+    _, state = run_steps(mixer, randn(B, 9, D))
+    assert state["k"].shape[2] == 4 and mixer.state_size(9) == 2 * 2 * 16 * 4
+
+
+def test_coca_caches_one_t_per_rotary_pair():
+    mixer = build(n_heads=2, pos="coca")
+    assert mixer.state_size(10) == 2 * (8 + 16) * 10
+
+
+# --------------------------------------------------------------------------------------------------- MLA
+@pytest.mark.parametrize("q_lora_rank", [None, 12])
+@pytest.mark.parametrize("length", [1, 63])
+def test_mla_latent_decoding_equals_the_parallel_form(q_lora_rank, length):
+    torch.manual_seed(0)
+    mla = MLA(D, n_heads=4, q_lora_rank=q_lora_rank, kv_lora_rank=20, qk_rope_head_dim=6).double()
+    x = randn(B, length, D, seed=5)
+    ys, state = run_steps(mla, x)
+    torch.testing.assert_close(ys, mla(x), rtol=1e-6, atol=1e-8)
+    assert set(state) == {"c_kv", "k_rope"}
+    assert state_numel(state, B) == mla.state_size(length) == (20 + 6) * length
+
+
+def test_mla_default_cache_is_smaller_than_mha():
+    mla = MLA(D, n_heads=4)  # d_c = 4·8, d_R = 4 (paper ratios)
+    assert mla.state_size(10) == (32 + 4) * 10 < build(n_heads=4).state_size(10)
+
+
+# ------------------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(n_heads=3), "n_heads"),
+    (dict(n_heads=0), "n_heads"),
+    (dict(n_heads=4, n_kv_heads=3), "n_kv_heads"),
+    (dict(n_heads=4, n_kv_heads=0), "n_kv_heads"),
+    (dict(pos="sinusoid"), "pos"),
+    (dict(head_dim=5), "head_dim"),
+    (dict(window=0), "window"),
+    (dict(rope_base=0.0), "rope_base"),
+    (dict(rope_scale=-1.0), "rope_scale"),
+    (dict(xpos_scale_base=0.0), "xpos_scale_base"),
+    (dict(train_len=0), "train_len"),
+    (dict(rerope_window=0), "rerope_window"),
+    (dict(rerope_k=0.5), "rerope_k"),
+])
+def test_bad_attention_kwargs_raise_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name}="):
+        Attention(D, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(n_heads=5), "n_heads"),
+    (dict(kv_lora_rank=0), "kv_lora_rank"),
+    (dict(q_lora_rank=0), "q_lora_rank"),
+    (dict(qk_rope_head_dim=3), "qk_rope_head_dim"),
+    (dict(rope_base=-2.0), "rope_base"),
+])
+def test_bad_mla_kwargs_raise_naming_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name}="):
+        MLA(D, **kwargs)

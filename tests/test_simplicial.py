@@ -1,0 +1,196 @@
+"""2-simplicial attention: the windowed reference against a dense oracle, and the properties the papers claim.
+
+Clift et al. (2019); Roy et al. (2025). The generic contract (shape, causality, step == forward at L=17) lives in
+tests/test_mixers.py; here: windows shorter than the sequence, rotation invariance, relative positions, reductions.
+"""
+import copy
+import math
+
+import pytest
+import torch
+
+from probe.mixers.simplicial import (
+    SimplicialAttention,
+    rotary_3d,
+    simplicial_attention_naive,
+    simplicial_attention_ref,
+)
+from probe.mixers.base import state_numel
+
+B, H = 2, 2
+
+
+def qkv(length, dim=12, seed=0, dtype=torch.float64):
+    """q, k1, v1, k2, v2: [B, H, L, D]."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, length, dim, generator=g, dtype=dtype) for _ in range(5)]
+
+
+def random_rotation(seed=0):
+    """A random element of SO(3) (QR of a Gaussian matrix, sign-fixed to det +1)."""
+    g = torch.Generator().manual_seed(seed)
+    Q, R = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    Q = Q * torch.sign(torch.diagonal(R))
+    return Q if torch.det(Q) > 0 else -Q
+
+
+def rotate_chunks(x, R):
+    """Apply the same 3x3 matrix R to every 3-chunk of x: [..., D] -> [..., D]."""
+    return (x.unflatten(-1, (-1, 3)) @ R.T).flatten(-2)
+
+
+CASES = [(L, w1, w2) for L in (1, 5, 40) for (w1, w2) in ((1, 1), (3, 7), (40, 2), (64, 16))]
+
+
+@pytest.mark.parametrize("score", ["trilinear", "determinant"])
+@pytest.mark.parametrize("L,w1,w2", CASES, ids=[f"L{L}-w{w1}x{w2}" for L, w1, w2 in CASES])
+def test_windowed_reference_equals_dense_oracle(L, w1, w2, score):
+    q, k1, v1, k2, v2 = qkv(L)
+    expected = simplicial_attention_naive(q, k1, v1, k2, v2, w1, w2, score)
+    for query_chunk in (7, 128):  # 7 splits L=40 unevenly; 128 is one chunk
+        got = simplicial_attention_ref(q, k1, v1, k2, v2, w1, w2, score, query_chunk=query_chunk)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_determinant_score_is_invariant_to_a_common_rotation_of_q_k_kprime():
+    q, k1, v1, k2, v2 = qkv(9)
+    R = random_rotation()
+    before = simplicial_attention_ref(q, k1, v1, k2, v2, 4, 3, "determinant")
+    after = simplicial_attention_ref(rotate_chunks(q, R), rotate_chunks(k1, R), v1, rotate_chunks(k2, R), v2,
+                                     4, 3, "determinant")
+    torch.testing.assert_close(after, before, rtol=1e-10, atol=1e-12)
+    # the trilinear form has no such symmetry, which is why the determinant is needed for rotary positions
+    tri_before = simplicial_attention_ref(q, k1, v1, k2, v2, 4, 3, "trilinear")
+    tri_after = simplicial_attention_ref(rotate_chunks(q, R), rotate_chunks(k1, R), v1, rotate_chunks(k2, R), v2,
+                                         4, 3, "trilinear")
+    assert not torch.allclose(tri_after, tri_before, atol=1e-3)
+
+
+def test_determinant_score_flips_sign_under_a_reflection():
+    # det[Pq, Pk, Pk'] = det P · det[q, k, k'] = -det[...]: sign is part of the score, as in the paper's signed form
+    q, k1, v1, k2, v2 = qkv(6)
+    P = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    flipped = simplicial_attention_ref(rotate_chunks(q, P), rotate_chunks(k1, P), v1, rotate_chunks(k2, P), v2,
+                                       6, 6, "determinant")
+    negated_query = simplicial_attention_ref(-q, k1, v1, k2, v2, 6, 6, "determinant")
+    torch.testing.assert_close(flipped, negated_query, rtol=1e-10, atol=1e-12)
+
+
+def sliding_window_softmax_attention(q, k, v, window):
+    """Plain causal sliding-window attention, row by row: [B, H, L, D] -> [B, H, L, D]."""
+    L, D = q.shape[2], q.shape[3]
+    rows = []
+    for i in range(L):
+        lo = max(0, i - window + 1)
+        weights = torch.softmax(q[:, :, i : i + 1] @ k[:, :, lo : i + 1].transpose(-1, -2) / math.sqrt(D), dim=-1)
+        rows.append(weights @ v[:, :, lo : i + 1])
+    return torch.cat(rows, dim=2)
+
+
+@pytest.mark.parametrize("w1", [1, 4, 50])
+def test_trilinear_with_one_constant_pair_partner_is_windowed_softmax_attention(w1):
+    q, k1, v1, _, _ = qkv(13)
+    c = torch.randn(12, dtype=torch.float64)
+    k2 = c.expand_as(q)  # the same k' at every position
+    v2 = torch.ones_like(q)  # v' = 1, so v ⊙ v' = v
+    got = simplicial_attention_ref(q, k1, v1, k2, v2, w1, 1, "trilinear")
+    expected = sliding_window_softmax_attention(q * c, k1, v1, w1)  # <q, k, c> = <q ⊙ c, k>
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shift", [1, 17, -5])
+def test_rotary_determinant_scores_depend_only_on_relative_position(shift):
+    q, k1, v1, k2, v2 = qkv(11)
+    positions = torch.arange(11)
+
+    def attend(pos):
+        return simplicial_attention_ref(rotary_3d(q, pos), rotary_3d(k1, pos), v1, rotary_3d(k2, pos), v2,
+                                        5, 3, "determinant")
+
+    torch.testing.assert_close(attend(positions + shift), attend(positions), rtol=1e-9, atol=1e-11)
+    assert not torch.allclose(attend(positions), simplicial_attention_ref(q, k1, v1, k2, v2, 5, 3, "determinant"))
+
+
+def test_rotary_3d_is_a_rotation_of_each_chunk():
+    x = qkv(7)[0]
+    y = rotary_3d(x, torch.arange(7))
+    chunk_norm = lambda t: t.unflatten(-1, (-1, 3)).norm(dim=-1)
+    torch.testing.assert_close(chunk_norm(y), chunk_norm(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y[:, :, 0], x[:, :, 0])  # position 0 is the identity
+
+
+def make(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return SimplicialAttention(24, **kwargs).double()
+
+
+VARIANTS = [dict(score="trilinear"), dict(score="determinant"), dict(score="determinant", pos="rope")]
+VARIANT_IDS = ["trilinear", "determinant", "determinant-rope"]
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_step_equals_forward_after_the_windows_slide(kwargs):
+    mixer = make(w1=5, w2=3, **kwargs)
+    x = torch.randn(B, 20, 24, dtype=torch.float64)
+    state = mixer.init_state(B, dtype=x.dtype)
+    ys = []
+    for t in range(20):
+        y_t, state = mixer.step(x[:, t], state)
+        ys.append(y_t)
+        assert state_numel(state, B) == mixer.state_size(t + 1)
+    torch.testing.assert_close(torch.stack(ys, 1), mixer(x), rtol=1e-9, atol=1e-11)
+    assert mixer.state_size(20) == 2 * mixer.n_heads * mixer.head_dim * (5 + 3)
+
+
+@pytest.mark.parametrize("kwargs", VARIANTS, ids=VARIANT_IDS)
+def test_only_rotary_positions_make_the_output_depend_on_prefix_order(kwargs):
+    # with both windows covering the sequence, the last output sees the prefix as a set unless positions are used
+    mixer = make(w1=8, w2=8, **kwargs)
+    x = torch.randn(B, 8, 24, dtype=torch.float64)
+    permuted = torch.cat((x[:, [4, 0, 6, 2, 1, 5, 3]], x[:, 7:]), dim=1)
+    same = torch.allclose(mixer(x)[:, -1], mixer(permuted)[:, -1], rtol=1e-10, atol=1e-12)
+    assert same == (kwargs.get("pos", "none") == "none")
+
+
+def test_default_head_dim_for_the_determinant_is_rounded_down_to_a_multiple_of_3():
+    assert SimplicialAttention(32, n_heads=2, score="determinant").head_dim == 15
+    assert SimplicialAttention(32, n_heads=2).head_dim == 16
+
+
+@pytest.mark.parametrize(
+    "kwargs,argument",
+    [
+        (dict(n_heads=0), "n_heads"),
+        (dict(w1=0), "w1"),
+        (dict(w2=0), "w2"),
+        (dict(score="quadrilinear"), "score"),
+        (dict(pos="alibi"), "pos"),
+        (dict(pos="rope"), "pos"),  # rope on the trilinear score
+        (dict(score="determinant", head_dim=16), "head_dim"),
+        (dict(n_heads=64), "head_dim"),  # d_model // n_heads = 0
+        (dict(rope_base=0.0), "rope_base"),
+    ],
+)
+def test_bad_kwargs_raise_value_error_naming_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        SimplicialAttention(32, **kwargs)
+
+
+def test_reference_in_bfloat16_accumulates_in_float32():
+    q, k1, v1, k2, v2 = qkv(33, dtype=torch.float32)
+    exact = simplicial_attention_ref(q, k1, v1, k2, v2, 16, 4, "determinant")
+    low = simplicial_attention_ref(*(t.bfloat16() for t in (q, k1, v1, k2, v2)), 16, 4, "determinant")
+    assert low.dtype == torch.bfloat16
+    rel_rms = (low.float() - exact).square().mean().sqrt() / exact.square().mean().sqrt()
+    assert rel_rms < 0.05
+
+
+def test_vmap_over_stacked_weights_equals_a_loop():
+    from torch.func import functional_call, stack_module_state, vmap
+
+    mixers = [SimplicialAttention(24, score="determinant", pos="rope", w1=6, w2=3) for _ in range(3)]
+    params, buffers = stack_module_state(mixers)
+    skeleton = copy.deepcopy(mixers[0]).to("meta")
+    x = torch.randn(B, 10, 24)
+    stacked = vmap(lambda p, b: functional_call(skeleton, (p, b), (x,)))(params, buffers)
+    torch.testing.assert_close(stacked, torch.stack([m(x) for m in mixers]))
