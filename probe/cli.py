@@ -1,0 +1,183 @@
+"""`probe` command line: train, sample, list. Flags come from the typed configs (see probe.flags).
+
+Every user mistake (unknown task or arch, sizes that don't fit, an unwritable --json path, a malformed flag)
+is one line on stderr and exit code 2, before any training starts and with nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from tasks import TASKS, TaskConfigError
+
+from .errors import ProbeError
+from .flags import add_flags, dataclass_fields, pick
+from .model import mixer_options, parse_pattern
+from .train import ModelConfig, TrainConfig
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"probe: error: {message}\n")
+
+
+def fail(message: str) -> None:
+    print(f"probe: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _task_class(name: str):
+    if name not in TASKS:
+        raise ProbeError(f"unknown task {name!r} (known: {', '.join(sorted(TASKS))})")
+    return TASKS[name]
+
+
+def _arch_flags(arch: str) -> dict:
+    fields = {}
+    for name in dict.fromkeys(parse_pattern(arch)):
+        for opt, (tp, default) in mixer_options(name).items():
+            fields.setdefault(opt, (tp, default))
+    return fields
+
+
+def _check_writable(path: str) -> None:
+    """Fail before training if the result cannot be written; leaves nothing behind."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ProbeError(f"--json {path}: is a directory")
+    if not os.path.isdir(parent):
+        raise ProbeError(f"--json {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ProbeError(f"--json {path}: not writable")
+
+
+def write_json(path: str, record: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+# -- train ---------------------------------------------------------------------------------------------------
+def train_parser(task: str | None, arch: str | None) -> argparse.ArgumentParser:
+    p = OneLineParser(prog="probe train", description="Train one model on one task and print its metrics.")
+    p.add_argument("--task", required=True, help=f"one of {', '.join(sorted(TASKS))}")
+    p.add_argument("--arch", required=True, help="a registered arch or a comma pattern (see `probe list archs`)")
+    p.add_argument("--json", metavar="PATH", help="write the full record (metrics per length and slice) here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if task in TASKS:
+        add_flags(p.add_argument_group(f"task {task}"), dataclass_fields(TASKS[task]))
+    add_flags(p.add_argument_group("model"), dataclass_fields(ModelConfig))
+    add_flags(p.add_argument_group("training"), dataclass_fields(TrainConfig))
+    if arch is not None:
+        try:
+            flags = _arch_flags(arch)
+        except ProbeError:
+            flags = {}
+        taken = {a.dest for a in p._actions}
+        add_flags(p.add_argument_group(f"mixer {arch}"), {k: v for k, v in flags.items() if k not in taken})
+    return p
+
+
+def cmd_train(argv: list[str]) -> None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task")
+    pre.add_argument("--arch")
+    known, _ = pre.parse_known_args(argv)
+    args = train_parser(known.task, known.arch).parse_args(argv)
+    task_cls = _task_class(args.task)
+    task = task_cls(**pick(args, [f.name for f in dataclasses.fields(task_cls)]))
+    model_cfg = ModelConfig(**pick(args, [f.name for f in dataclasses.fields(ModelConfig)]))
+    train_cfg = TrainConfig(**pick(args, [f.name for f in dataclasses.fields(TrainConfig)]))
+    options = pick(args, _arch_flags(args.arch))
+    train_cfg.check()
+    if args.json:
+        _check_writable(args.json)
+
+    from .train import train  # heavy imports only once the input is known to be good
+    record = train(task, args.arch, model_cfg, train_cfg, options, progress=not args.no_progress)
+    print(summary_line(record))
+    if args.json:
+        write_json(args.json, record)
+        print(f"wrote {args.json}")
+
+
+def summary_line(r: dict) -> str:
+    others = ", ".join(f"L={L}: {v['accuracy']:.3f}" for L, v in r["by_length"].items()
+                       if int(L) != r["task_config"]["seq_len"])
+    parts = [f"{r['task']} {r['arch']}: accuracy {r['accuracy']:.4f}",
+             f"per-example {r['per_example_accuracy']:.4f}", f"exact {r['exact_match']:.4f}",
+             f"at L={r['task_config']['seq_len']}"]
+    if others:
+        parts.append(others)
+    parts += [f"state {r['state_size']:,}", f"params {r['params']:,}", f"steps {r['steps']}",
+              f"{r['train_tokens_per_s'] / 1e3:.1f}k tok/s", f"{r['wall_time_s']:.1f} s"]
+    if r["diverged"]:
+        parts.append(f"DIVERGED ({r['diverged']})")
+    return " | ".join(parts)
+
+
+# -- sample --------------------------------------------------------------------------------------------------
+def cmd_sample(argv: list[str]) -> None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("task", nargs="?")
+    known, _ = pre.parse_known_args(argv)
+    p = OneLineParser(prog="probe sample", description="Print examples of a task as JSON lines.")
+    p.add_argument("task", help=f"one of {', '.join(sorted(TASKS))}")
+    p.add_argument("-n", type=int, default=3, help="number of examples (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    if known.task in TASKS:
+        add_flags(p.add_argument_group(f"task {known.task}"), dataclass_fields(TASKS[known.task]))
+    args = p.parse_args(argv)
+    task_cls = _task_class(args.task)
+    task = task_cls(**pick(args, [f.name for f in dataclasses.fields(task_cls)]))
+    ex = task.generate(args.n, args.seed)
+    for i in range(args.n):
+        print(json.dumps({"inputs": ex.inputs[i].tolist(), "targets": ex.targets[i].tolist(),
+                          "slices": {k: int(v[i]) for k, v in ex.slices.items()}}))
+
+
+# -- list ----------------------------------------------------------------------------------------------------
+REFERENCE = {"vocab_size": 8192, "d_model": 128, "n_layers": 2, "seq_len": 256}
+
+
+def cmd_list(argv: list[str]) -> None:
+    p = OneLineParser(prog="probe list", description="Show the registries.")
+    p.add_argument("what", choices=["archs", "tasks"])
+    args = p.parse_args(argv)
+    if args.what == "tasks":
+        for name, cls in sorted(TASKS.items()):
+            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+            print(f"{name:10s} {doc}  [chance: {cls.chance}]")
+        return
+    from .mixers import MIXERS
+    from .model import build_model
+    r = REFERENCE
+    wf = max(len(spec.cls.formula) for spec in MIXERS.values())
+    print(f"state and params at the reference size: d_model {r['d_model']}, {r['n_layers']} layers, "
+          f"vocab {r['vocab_size']}, L {r['seq_len']}; the formula is per layer after L tokens")
+    print(f"{'arch':24s} {'state-size formula':{wf}s} {'state':>10s} {'params':>10s}  summary")
+    for name in sorted(MIXERS):
+        model = build_model(name, vocab_size=r["vocab_size"], d_model=r["d_model"], n_layers=r["n_layers"],
+                            max_seq_len=r["seq_len"])
+        print(f"{name:24s} {MIXERS[name].cls.formula:{wf}s} {model.state_size(r['seq_len']):>10,d} "
+              f"{model.num_params():>10,d}  {MIXERS[name].summary}")
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            fail(f"unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)})")
+        print("usage: probe {" + ",".join(COMMANDS) + "} ...   (probe COMMAND --help for its flags)")
+        raise SystemExit(0 if argv else 2)
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except (ProbeError, TaskConfigError) as e:
+        fail(str(e))

@@ -1,0 +1,74 @@
+"""Task data on the training device: generated there once per run, shuffled there every epoch.
+
+Nothing crosses the host/device boundary per step: the train set and every evaluation set are generated on
+the device by the task's own vectorised generator, and batches are index slices of those tensors.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from tasks import Examples, TaskConfig
+from tasks.rng import bits32
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs [B, L], targets [B, L], example index [B]
+
+
+def derived_seed(seed: int, purpose: str, *extra: int) -> int:
+    """Independent seeds for train and each test set, so test examples are never the train examples' twins."""
+    return int(bits32(seed, purpose, *extra)) | (int(bits32(seed, purpose + "/hi", *extra)) << 32)
+
+
+class Batches:
+    """Minibatches over one Examples set; reshuffled per epoch (train) or in order (evaluation)."""
+
+    def __init__(self, examples: Examples, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last=False):
+        self.examples, self.batch_size, self.shuffle, self.seed = examples, batch_size, shuffle, seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.examples)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n, device = len(self.examples), self.examples.inputs.device
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g).to(device)
+            self.epoch += 1
+        else:
+            order = torch.arange(n, device=device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.examples.inputs[idx], self.examples.targets[idx], idx
+
+
+class TaskData(L.LightningDataModule):
+    """Train set at the task's training length; one test set per evaluation length (training length first)."""
+
+    def __init__(self, task: TaskConfig, *, num_train: int, num_test: int, batch_size: int, seed: int,
+                 device: torch.device):
+        super().__init__()
+        self.task, self.num_train, self.num_test = task, num_train, num_test
+        self.batch_size, self.seed, self.device = batch_size, seed, device
+        self.eval_tasks = task.eval_configs()
+        self.train: Examples | None = None
+        self.tests: list[Examples] = []
+
+    @property
+    def eval_lengths(self) -> list[int]:
+        return [t.seq_len for t in self.eval_tasks]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train is not None:
+            return
+        self.train = self.task.generate(self.num_train, derived_seed(self.seed, "train"), self.device)
+        self.tests = [t.generate(self.num_test, derived_seed(self.seed, "test", t.seq_len), self.device)
+                      for t in self.eval_tasks]
+
+    def train_dataloader(self):
+        return Batches(self.train, self.batch_size, shuffle=True, seed=self.seed, drop_last=len(self.train) >= self.batch_size)
+
+    def val_dataloader(self):
+        return [Batches(t, self.batch_size, shuffle=False) for t in self.tests]

@@ -1,0 +1,77 @@
+"""Lightning training on the CPU: a small attention model learns MQAR; the record holds what a user reads."""
+import pytest
+import torch
+from torchmetrics.classification import MulticlassAccuracy
+
+from probe.metrics import ExampleCounts, summarise
+from probe.train import ModelConfig, TrainConfig, train
+from tasks import IGNORE
+from tasks.mqar import MQAR
+
+SMALL_MQAR = MQAR(seq_len=32, vocab_size=64, num_kv_pairs=4, eval_seq_lens=(64,))
+
+
+@pytest.fixture(scope="module")
+def learned():
+    cfg = TrainConfig(lr=3e-3, max_steps=800, num_train=4000, num_test=500, val_every=100, stop_at=0.95,
+                      device="cpu", seed=0)
+    return train(SMALL_MQAR, "attention", ModelConfig(d_model=64, n_layers=2), cfg)
+
+
+@pytest.mark.slow
+def test_attention_learns_small_mqar(learned):
+    assert learned["accuracy"] >= 0.9
+    assert learned["stopped_at_target"] and learned["steps"] < 800, "stop_at did not end training early"
+
+
+@pytest.mark.slow
+def test_record_holds_metrics_per_length_and_slice(learned):
+    r = learned
+    assert set(r["by_length"]) == {32, 64}
+    at_train = r["by_length"][32]
+    assert at_train["accuracy"] == r["accuracy"]
+    # one slice value (4 pairs): its token accuracy is the headline token accuracy
+    assert at_train["slices"]["num_kv_pairs"][4]["accuracy"] == pytest.approx(r["accuracy"], abs=1e-6)
+    assert at_train["slices"]["num_kv_pairs"][4]["examples"] == 500
+    # every MQAR example has the same number of queries: per-example mean equals token accuracy
+    assert r["per_example_accuracy"] == pytest.approx(r["accuracy"], abs=1e-6)
+    assert 0 <= r["exact_match"] <= r["per_example_accuracy"]
+    assert r["state_size"] == 2 * (2 * 64 * 32) and r["state_size_by_length"][64] == 2 * (2 * 64 * 64)
+    assert r["params"] > 0 and r["train_tokens_per_s"] > 0 and r["wall_time_s"] >= r["train_time_s"] > 0
+    assert [h["step"] for h in r["history"]] == sorted(h["step"] for h in r["history"])
+    assert r["seed"] == 0 and r["device"] == "cpu" and "torch" in r["versions"] and "lightning" in r["versions"]
+
+
+def test_micro_accuracy_counts_tokens_not_classes():
+    preds = torch.tensor([1, 1, 1, 2])
+    target = torch.tensor([1, 1, 1, 3])
+    micro = MulticlassAccuracy(num_classes=5, ignore_index=IGNORE, average="micro")
+    assert micro(preds, target).item() == pytest.approx(0.75)
+    macro = MulticlassAccuracy(num_classes=5, ignore_index=IGNORE, average="macro")
+    assert macro(preds, target).item() != pytest.approx(0.75), "the test would not tell micro from macro"
+
+
+def test_per_example_mean_and_slices():
+    counts = ExampleCounts(3)
+    counts.update(torch.tensor([0, 1, 2]), torch.tensor([2, 1, 0]), torch.tensor([2, 4, 1]))
+    correct, scored = counts.compute()
+    s = summarise(correct, scored, {"depth": torch.tensor([0, 0, 1])})
+    assert s["per_example_accuracy"] == pytest.approx((1 + 0.25 + 0) / 3)
+    assert s["exact_match"] == pytest.approx(1 / 3)
+    assert s["slices"]["depth"][0]["accuracy"] == pytest.approx(3 / 6)
+    assert s["slices"]["depth"][1]["accuracy"] == 0
+
+
+def test_divergence_ends_the_run_and_is_recorded():
+    cfg = TrainConfig(lr=1e30, warmup_steps=0, max_steps=40, num_train=256, num_test=64, val_every=10,
+                      device="cpu", stop_at=None)
+    r = train(MQAR(seq_len=16, vocab_size=32, num_kv_pairs=2), "attention", ModelConfig(d_model=16), cfg)
+    assert r["diverged"] and "non-finite" in r["diverged"]
+    assert r["steps"] < 40
+
+
+def test_same_seed_same_record():
+    cfg = TrainConfig(max_steps=5, num_train=128, num_test=64, val_every=5, device="cpu", stop_at=None)
+    task = MQAR(seq_len=16, vocab_size=32, num_kv_pairs=2)
+    a, b = (train(task, "attention", ModelConfig(d_model=16), cfg) for _ in range(2))
+    assert a["history"] == b["history"]
