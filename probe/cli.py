@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 
 from tasks import TASKS, TaskConfigError
@@ -167,10 +168,16 @@ def cmd_list(argv: list[str]) -> None:
               f"{model.num_params():>10,d}  {MIXERS[name].summary}")
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "list": cmd_list}
+def cmd_bench(argv: list[str]) -> None:
+    from .bench import main as bench_main
+    bench_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "list": cmd_list, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `probe list archs | head` ends quietly
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
