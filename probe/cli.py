@@ -173,7 +173,17 @@ def cmd_bench(argv: list[str]) -> None:
     bench_main(argv)
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "list": cmd_list, "bench": cmd_bench}
+def _lazy(module: str, name: str):
+    def run(argv: list[str]) -> None:
+        import importlib
+        getattr(importlib.import_module(module, __package__), name)(argv)
+    return run
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "list": cmd_list, "bench": cmd_bench,
+            "sweep": _lazy(".launch", "cmd_sweep"), "worker": _lazy(".launch", "cmd_worker"),
+            "status": _lazy(".launch", "cmd_status"), "results": _lazy(".launch", "cmd_results"),
+            "report": _lazy(".report", "main")}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -71,4 +71,7 @@ class TaskData(L.LightningDataModule):
         return Batches(self.train, self.batch_size, shuffle=True, seed=self.seed, drop_last=len(self.train) >= self.batch_size)
 
     def val_dataloader(self):
-        return [Batches(t, self.batch_size, shuffle=False) for t in self.tests]
+        # the same number of tokens per evaluation batch at every length: a 16x longer test set gets 16x
+        # smaller batches, so quadratic mixers evaluated far past the training length still fit in memory
+        return [Batches(t, max(1, self.batch_size * self.task.seq_len // t.inputs.shape[1]), shuffle=False)
+                for t in self.tests]

@@ -1,0 +1,207 @@
+"""`probe sweep`, `probe worker`, `probe status`, `probe results`: running a sweep and reading it back.
+
+`probe sweep FILE` validates the whole sweep first (a bad cell fails before any training), then starts one
+worker process per slot: on CUDA, `--workers-per-gpu` per visible GPU, each pinned with CUDA_VISIBLE_DEVICES and
+its own TRITON_CACHE_DIR; on the CPU, `--workers`. It shows live progress and returns when no cell needs work.
+Killing anything is safe: run the same command again and the sweep goes on where it stopped (a killed worker's
+trial is failed and redone). `probe worker FILE --storage URL` joins a running sweep from another machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from .errors import ProbeError
+from .storage import default_url, open_storage
+from .sweep import load_sweep
+
+
+def _parser(prog: str, description: str):
+    from .cli import OneLineParser
+    p = OneLineParser(prog=prog, description=description)
+    p.add_argument("file", help="a sweep file (sweeps/*.py)")
+    p.add_argument("--storage", default=None,
+                   help="journal file path (default runs/<sweep>/journal.log) or postgresql://user:pw@host/db")
+    return p
+
+
+def _device(value: str) -> str:
+    import torch
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value == "cuda" and not torch.cuda.is_available():
+        raise ProbeError("--device cuda but no CUDA device is available")
+    return value
+
+
+def cmd_worker(argv: list[str]) -> None:
+    p = _parser("probe worker", "Work on a sweep's cells until none needs a trial (one process).")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--worker-id", type=int, default=None, help="spreads workers over cells (default: the pid)")
+    p.add_argument("--heartbeat", type=int, default=60, help="RDB storages: seconds between heartbeats")
+    p.add_argument("--progress", action="store_true", help="a progress bar per trial")
+    args = p.parse_args(argv)
+    sweep = load_sweep(args.file)
+    storage = open_storage(args.storage or default_url(sweep.name), heartbeat=args.heartbeat)
+    from .train import quiet_lightning
+    from .tuning import run_worker
+    quiet_lightning()
+    wid = args.worker_id if args.worker_id is not None else os.getpid()
+    did = run_worker(sweep, storage, device=_device(args.device), worker_seed=wid, progress=args.progress,
+                     log=lambda m: print(m, flush=True))
+    print(f"[worker {wid}] done: {did['trials']} trials ({did['failed']} failed), "
+          f"{did['reaped']} dead workers' trials failed for retry", flush=True)
+
+
+def _counts(sweep, storage_url: str) -> dict:
+    import optuna
+    from .tuning import cell_status, live_trials
+    counts = {"complete": 0, "running": 0, "failed": 0, "pending": 0, "trials": 0, "pruned": 0, "best": {}}
+    try:
+        storage = open_storage(storage_url, create=False)
+        names = {s.study_name for s in storage.get_all_studies()}
+    except ProbeError:
+        storage, names = None, set()
+    for cell in sweep.cells():
+        study = optuna.load_study(study_name=cell.study_name, storage=storage) if cell.study_name in names else None
+        status = cell_status(study, sweep)
+        counts[status] += 1
+        if study is not None:
+            live = live_trials(study)
+            counts["trials"] += sum(t.state.name == "COMPLETE" for t in live)
+            counts["pruned"] += sum(t.state.name == "PRUNED" for t in live)
+            values = [t.value for t in live if t.value is not None]
+            if values:
+                counts["best"][cell.key] = max(values)
+    return counts
+
+
+def cmd_status(argv: list[str]) -> None:
+    import optuna
+    from .tuning import cell_status, failures, live_trials
+    args = _parser("probe status", "Cells done / running / failed / pruned and the best accuracy so far.").parse_args(argv)
+    sweep = load_sweep(args.file)
+    url = args.storage or default_url(sweep.name)
+    try:
+        storage = open_storage(url, create=False)
+        names = {s.study_name for s in storage.get_all_studies()}
+    except ProbeError:
+        storage, names = None, set()
+    cells = sweep.cells()
+    width = max(len(c.key) for c in cells)
+    print(f"{'cell':{width}s}  {'status':9s} {'done':>5s} {'run':>4s} {'pruned':>6s} {'failed':>6s}  best acc")
+    totals = {}
+    for cell in cells:
+        study = optuna.load_study(study_name=cell.study_name, storage=storage) if cell.study_name in names else None
+        status = cell_status(study, sweep)
+        totals[status] = totals.get(status, 0) + 1
+        live = live_trials(study) if study else []
+        n = {s: sum(t.state.name == s for t in live) for s in ("COMPLETE", "RUNNING", "PRUNED")}
+        best = max((t.value for t in live if t.value is not None), default=None)
+        print(f"{cell.key:{width}s}  {status:9s} {n['COMPLETE']:>5d} {n['RUNNING']:>4d} {n['PRUNED']:>6d} "
+              f"{failures(study) if study else 0:>6d}  {'' if best is None else f'{best:.4f}'}")
+    print(f"{len(cells)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(totals.items())) + f"  [storage {url}]")
+
+
+def cmd_sweep(argv: list[str]) -> None:
+    p = _parser("probe sweep", "Run a sweep: one worker process per slot, live progress, resumable.")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--workers-per-gpu", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="CPU: number of worker processes")
+    p.add_argument("--heartbeat", type=int, default=60)
+    args = p.parse_args(argv)
+    sweep = load_sweep(args.file)
+    url = args.storage or default_url(sweep.name)
+    open_storage(url, heartbeat=args.heartbeat)  # fails here, once, if the storage is unusable
+    device = _device(args.device)
+    slots = _slots(device, args.workers_per_gpu, args.workers)
+    cells = sweep.cells()
+    print(f"sweep {sweep.name}: {len(cells)} cells × {sweep.trials_per_cell} trials; {len(slots)} worker(s) on "
+          f"{device}; storage {url}", flush=True)
+    log_dir = os.path.join("runs", sweep.name, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    procs = []
+    for i, gpu in enumerate(slots):
+        env = dict(os.environ, TRITON_CACHE_DIR=os.path.abspath(os.path.join("runs", sweep.name, "triton", f"w{i}")),
+                   PYTHONUNBUFFERED="1")
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        else:  # CPU workers split the cores: oversubscribed torch threads spin against each other
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
+        log = open(os.path.join(log_dir, f"worker{i}.log"), "a")
+        cmd = [sys.executable, "-m", "probe", "worker", args.file, "--storage", url, "--device", device,
+               "--worker-id", str(i), "--heartbeat", str(args.heartbeat)]
+        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    start = time.time()
+    try:
+        while any(proc.poll() is None for proc, _ in procs):
+            _show_progress(sweep, url, start)
+            time.sleep(2)
+    except KeyboardInterrupt:
+        for proc, _ in procs:
+            proc.terminate()
+        print("\ninterrupted: run the same command again to resume", flush=True)
+        raise SystemExit(130)
+    finally:
+        for _, log in procs:
+            log.close()
+    counts = _show_progress(sweep, url, start, final=True)
+    bad = [i for i, (proc, _) in enumerate(procs) if proc.returncode != 0]
+    if bad:
+        raise ProbeError(f"worker(s) {bad} exited with an error: see {log_dir}/worker<N>.log")
+    print(f"done in {time.time() - start:.0f} s: {counts['complete']} cells complete, {counts['failed']} failed, "
+          f"{counts['pending'] + counts['running']} unfinished. `probe status {args.file}` for the table.")
+
+
+def _slots(device: str, per_gpu: int, workers: int) -> list[int | None]:
+    if per_gpu < 1 or workers < 1:
+        raise ProbeError("--workers-per-gpu and --workers must be >= 1")
+    if device == "cuda":
+        import torch
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = [g.strip() for g in visible.split(",")] if visible else list(range(torch.cuda.device_count()))
+        return [g for g in gpus for _ in range(per_gpu)]
+    return [None] * workers
+
+
+def _show_progress(sweep, url: str, start: float, final: bool = False) -> dict:
+    counts = _counts(sweep, url)
+    n = len(sweep.cells())
+    best = max(counts["best"].values(), default=None)
+    line = (f"[{time.time() - start:6.0f} s] cells {counts['complete']}/{n} complete, {counts['running']} running, "
+            f"{counts['failed']} failed | trials {counts['trials']} complete, {counts['pruned']} pruned"
+            + (f" | best accuracy {best:.4f}" if best is not None else ""))
+    if sys.stdout.isatty() and not final:
+        print("\r" + line, end="", flush=True)
+    else:
+        print(line, flush=True)
+    return counts
+
+
+def cmd_results(argv: list[str]) -> None:
+    p = _parser("probe results", "Export a sweep's trials as one tidy table.")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    p.add_argument("--table", choices=["tidy", "trials", "curves"], default="tidy")
+    p.add_argument("-o", "--output", default=None, help="file to write (default: stdout for csv)")
+    args = p.parse_args(argv)
+    from .results import load_results
+    res = load_results([args.file], args.storage)
+    table = getattr(res, args.table)
+    if args.output is None:
+        if args.format == "parquet":
+            raise ProbeError("--format parquet needs -o PATH")
+        table.to_csv(sys.stdout, index=False)
+        return
+    parent = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ProbeError(f"-o {args.output}: directory {parent} is missing or not writable")
+    tmp = f"{args.output}.tmp{os.getpid()}"
+    if args.format == "csv":
+        table.to_csv(tmp, index=False)
+    else:
+        table.to_parquet(tmp, index=False)
+    os.replace(tmp, args.output)
+    print(f"wrote {len(table)} rows ({args.table}) to {args.output}")

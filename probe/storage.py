@@ -1,0 +1,83 @@
+"""Where a sweep's Optuna studies live.
+
+- Default: a journal file, `runs/<sweep>/journal.log` (optuna's JournalStorage over a JournalFileBackend, which
+  locks the file, so many processes on one machine share it safely). Journals have no heartbeat, so a worker
+  records its host and pid on each trial, and any worker on that host fails the RUNNING trials of dead pids
+  (`reap_dead_workers`) before it looks for work.
+- `postgresql://...` (or any SQLAlchemy URL Optuna's RDBStorage takes): one sweep across machines, with
+  Optuna's heartbeat: a trial whose worker stops beating is failed and re-queued once as WAITING with the same
+  parameters (RetryHeartbeatStaleTrialCallback). Not SQLite: it does not take concurrent writers well.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import TrialState
+
+from .errors import ProbeError
+
+
+def default_url(sweep_name: str) -> str:
+    return os.path.join("runs", sweep_name, "journal.log")
+
+
+def open_storage(url: str, *, heartbeat: int = 60, create: bool = True) -> optuna.storages.BaseStorage:
+    """A journal path (no scheme) or an RDB URL -> an Optuna storage."""
+    if "://" not in url:
+        if not create and not os.path.exists(url):
+            raise ProbeError(f"storage {url} does not exist (no sweep has run there yet)")
+        parent = os.path.dirname(os.path.abspath(url))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise ProbeError(f"storage {url}: cannot create {parent}: {e.strerror}") from None
+        lock = JournalFileOpenLock(url)  # an O_EXCL lock file: works on any local filesystem
+        return JournalStorage(JournalFileBackend(url, lock_obj=lock))
+    if url.startswith("sqlite"):
+        raise ProbeError("storage: SQLite does not take concurrent writers well; use a journal file (a plain "
+                         "path) on one machine or postgresql://... across machines")
+    try:
+        return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                          engine_kwargs={"pool_pre_ping": True})
+    except Exception as e:  # a wrong URL, a server that is down: one line, not a SQLAlchemy traceback
+        raise ProbeError(f"storage {url}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+def uses_heartbeat(storage) -> bool:
+    return isinstance(storage, RDBStorage)
+
+
+def worker_identity() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_workers(study: optuna.Study) -> int:
+    """Fail RUNNING trials whose worker (on this host) is gone; returns how many. Journal storages only."""
+    if uses_heartbeat(study._storage):
+        optuna.storages.fail_stale_trials(study)
+        return 0
+    host, reaped = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if not worker or worker.get("host") != host or _pid_alive(worker.get("pid", -1)):
+            continue
+        storage = study._storage
+        storage.set_trial_user_attr(t._trial_id, "reason", f"worker pid {worker['pid']} on {host} died")
+        if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            reaped += 1
+    return reaped

@@ -1,0 +1,218 @@
+"""Sweep definitions: a Python file whose `sweep()` returns a typed `Sweep`; the grid it spans; its checks.
+
+    def sweep() -> Sweep:
+        return Sweep(name="zoology_mqar",
+                     tasks=[MQAR(seq_len=L, num_kv_pairs=N) for L, N in [(64, 4), (128, 8)]],
+                     archs=["attention", "based", "mamba"], d_models=(64, 128),
+                     train=TrainConfig(batch_size=256, num_train=100_000, num_test=3_000),
+                     epochs=64, search=SearchSpace(lr=(1e-4, 1e-2)), trials_per_cell=4)
+
+A cell is one point of tasks × archs × d_models × seeds; each cell is one Optuna study (named from the sweep and
+the cell) whose trials tune the cell's search space. Everything is validated before any training starts: a bad
+cell is named with the field that is wrong.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import runpy
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tasks import TaskConfig, TaskConfigError
+
+from .errors import ProbeError
+from .model import build_model
+from .train import ModelConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What Optuna tunes per cell: learning rate (log-uniform), optionally weight decay (log-uniform)."""
+
+    lr: tuple[float, float] = (1e-4, 1e-2)
+    weight_decay: tuple[float, float] | None = None
+
+    def check(self, where: str) -> None:
+        for name in ("lr", "weight_decay"):
+            rng = getattr(self, name)
+            if rng is None and name == "weight_decay":
+                continue
+            if not (isinstance(rng, tuple) and len(rng) == 2 and 0 < rng[0] < rng[1]):
+                raise ProbeError(f"{where}: search.{name}={rng!r} must be a (low, high) pair with 0 < low < high")
+
+    @property
+    def n_params(self) -> int:
+        return 1 + (self.weight_decay is not None)
+
+
+@dataclass(frozen=True)
+class Cell:
+    sweep: str
+    task: TaskConfig
+    arch: str  # the registered arch (or pattern) that is built
+    label: str  # its name in this sweep's results (the arch itself unless the sweep names a variant)
+    mixer_options: dict
+    model: ModelConfig
+    train: TrainConfig
+    search: SearchSpace
+    seed: int
+    key: str
+
+    @property
+    def study_name(self) -> str:
+        return f"{self.sweep}:{self.key}"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    tasks: list[TaskConfig]
+    #: arch names (or comma patterns), or a dict label -> mixer options; an "arch" entry in the options names
+    #: the registered arch when the label differs (e.g. {"swa64": {"arch": "sliding_window", "window": 64}})
+    archs: list[str] | dict[str, dict]
+    d_models: tuple[int, ...]
+    n_layers: int = 2
+    channel_mixer: Literal["none", "mlp", "swiglu"] = "none"
+    train: TrainConfig = TrainConfig()
+    #: budget in epochs over train.num_train (overrides train.max_steps when given)
+    epochs: float | None = None
+    #: one space for all archs, or a dict arch -> space (archs not named use "default" or SearchSpace())
+    search: SearchSpace | dict[str, SearchSpace] = field(default_factory=SearchSpace)
+    trials_per_cell: int = 4
+    seeds: tuple[int, ...] = (0,)
+    pruner: Literal["median", "none"] = "median"
+    #: a trial that raised is retried; after this many failures the cell is given up (shown as failed)
+    max_failures_per_cell: int = 3
+
+    # -- the grid ---------------------------------------------------------------------------------------
+    def arch_options(self) -> dict[str, dict]:
+        return dict(self.archs) if isinstance(self.archs, dict) else {a: {} for a in self.archs}
+
+    def search_for(self, arch: str) -> SearchSpace:
+        if isinstance(self.search, SearchSpace):
+            return self.search
+        return self.search.get(arch, self.search.get("default", SearchSpace()))
+
+    def train_config(self) -> TrainConfig:
+        if self.epochs is None:
+            return self.train
+        steps = max(1, math.ceil(self.epochs * self.train.num_train / self.train.batch_size))
+        return dataclasses.replace(self.train, max_steps=steps)
+
+    def cells(self) -> list[Cell]:
+        train = self.train_config()
+        tkeys = task_keys(self.tasks)
+        out = []
+        for task, tkey in zip(self.tasks, tkeys):
+            for label, options in self.arch_options().items():
+                options = dict(options)
+                arch = options.pop("arch", label)
+                for d_model in self.d_models:
+                    for seed in self.seeds:
+                        out.append(Cell(
+                            sweep=self.name, task=task, arch=arch, label=label, mixer_options=options,
+                            model=ModelConfig(d_model=d_model, n_layers=self.n_layers,
+                                              channel_mixer=self.channel_mixer),
+                            train=dataclasses.replace(train, seed=seed), search=self.search_for(label), seed=seed,
+                            key=f"{tkey}/{label}/d{d_model}/seed{seed}"))
+        return out
+
+    # -- validation ---------------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise ProbeError naming the sweep, the cell and the field of the first problem found."""
+        where = f"sweep {self.name!r}"
+        if not self.name or any(c in self.name for c in ":/ "):
+            raise ProbeError(f"{where}: name must be non-empty without ':', '/' or spaces")
+        for fname in ("tasks", "archs", "d_models", "seeds"):
+            if not getattr(self, fname):
+                raise ProbeError(f"{where}: field {fname!r} is empty")
+        if not all(isinstance(t, TaskConfig) for t in self.tasks):
+            raise ProbeError(f"{where}: field 'tasks' must hold task configs (e.g. tasks.mqar.MQAR(...))")
+        for fname in ("trials_per_cell", "max_failures_per_cell", "n_layers"):
+            if getattr(self, fname) < 1:
+                raise ProbeError(f"{where}: {fname}={getattr(self, fname)} must be >= 1")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ProbeError(f"{where}: epochs={self.epochs} must be > 0")
+        try:
+            self.train_config().check()
+        except ProbeError as e:
+            raise ProbeError(f"{where}: train: {e}") from None
+        for arch in self.arch_options():
+            self.search_for(arch).check(f"{where}: arch {arch}")
+        keys = [c.key for c in self.cells()]
+        if len(set(keys)) != len(keys):
+            raise ProbeError(f"{where}: two cells share the key {next(k for k in keys if keys.count(k) > 1)!r} "
+                             "(a task, arch, d_model or seed is listed twice)")
+        checked = set()
+        for cell in self.cells():
+            probe_key = (cell.arch, cell.model, tuple(sorted(cell.mixer_options.items())), cell.task.max_seq_len)
+            if probe_key in checked:
+                continue
+            checked.add(probe_key)
+            try:  # a small vocabulary: only the mixers' own checks matter here
+                build_model(cell.arch, vocab_size=8, max_seq_len=cell.task.max_seq_len,
+                            **dataclasses.asdict(cell.model), **cell.mixer_options)
+            except ProbeError as e:
+                raise ProbeError(f"{where}: cell {cell.key}: {e}") from None
+
+
+def task_keys(tasks: list[TaskConfig]) -> list[str]:
+    """Readable keys: task name, training length, and every field that differs among this sweep's tasks."""
+    varying = set()
+    for a in tasks:
+        for b in tasks:
+            if a.name == b.name:
+                varying |= {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    varying -= {"seq_len", "eval_seq_lens", "eval_num_kv_pairs"}  # evaluation settings do not make a new cell
+    keys = []
+    for t in tasks:
+        parts = [t.name, f"L{t.seq_len}"]
+        for f in sorted(varying):
+            if hasattr(t, f):
+                value = getattr(t, f)
+                parts.append(f"{f}{','.join(map(str, value)) if isinstance(value, tuple) else value}")
+        keys.append("-".join(parts))
+    return keys
+
+
+def load_sweep(path: str) -> Sweep:
+    """Run a sweep file and return its validated Sweep; any problem is one ProbeError line naming the file."""
+    if not os.path.isfile(path):
+        raise ProbeError(f"sweep file {path} does not exist")
+    try:
+        namespace = runpy.run_path(path, run_name="probe_sweep")
+    except SyntaxError as e:
+        raise ProbeError(f"{path}:{e.lineno}: {e.msg}") from None
+    except (TaskConfigError, ProbeError) as e:
+        raise ProbeError(f"{path}: {e}") from None
+    except Exception as e:  # a sweep file is user code: any error in it is reported, not raised
+        raise ProbeError(f"{path}: {type(e).__name__}: {e}") from None
+    make = namespace.get("sweep")
+    if not callable(make):
+        raise ProbeError(f"{path}: defines no function sweep() returning a probe.sweep.Sweep")
+    try:
+        result = make()
+    except TypeError as e:
+        if "missing" in str(e) and "argument" in str(e):
+            missing = str(e).split("argument:")[-1].strip() if "argument:" in str(e) else str(e)
+            raise ProbeError(f"{path}: Sweep is missing field {missing}") from None
+        raise ProbeError(f"{path}: TypeError: {e}") from None
+    except (TaskConfigError, ProbeError) as e:
+        raise ProbeError(f"{path}: {e}") from None
+    except Exception as e:
+        raise ProbeError(f"{path}: {type(e).__name__}: {e}") from None
+    if not isinstance(result, Sweep):
+        raise ProbeError(f"{path}: sweep() returned {type(result).__name__}, not a probe.sweep.Sweep")
+    try:
+        result.check()
+    except ProbeError as e:
+        raise ProbeError(f"{path}: {e}") from None
+    return result
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()

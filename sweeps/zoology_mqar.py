@@ -1,0 +1,26 @@
+"""Zoology's Figure 2 (Arora et al. 2023): MQAR recall across sequence length and model width.
+
+(seq len, pairs) = (64, 4), (128, 8), (256, 16), (512, 64); d_model 64-512; vocab 8192; 100k train / 3k test
+examples; 2 layers, no MLP; up to 64 epochs, stopping at 99% accuracy. Zoology tried four fixed learning rates
+per cell; here each cell's learning rate is tuned (4 trials, log-uniform over the same 1e-4..1e-2 range).
+RetNet stands in for the RWKV-style recurrence.
+"""
+from probe.sweep import SearchSpace, Sweep
+from probe.train import TrainConfig
+from tasks.mqar import MQAR
+
+
+def sweep() -> Sweep:
+    return Sweep(
+        name="zoology_mqar",
+        tasks=[MQAR(seq_len=L, vocab_size=8192, num_kv_pairs=N) for L, N in [(64, 4), (128, 8), (256, 16), (512, 64)]],
+        archs=["attention", "baseconv", "hyena", "h3", "retnet", "based", "mamba"],
+        d_models=(64, 128, 256, 512),
+        n_layers=2,
+        train=TrainConfig(batch_size=256, warmup_steps=100, num_train=100_000, num_test=3_000, val_every=200,
+                          stop_at=0.99, weight_decay=0.1),
+        epochs=64,
+        search=SearchSpace(lr=(1e-4, 1e-2)),
+        trials_per_cell=4,
+        seeds=(0,),
+    )

@@ -1,0 +1,193 @@
+"""Sweeps as a user runs them: `probe sweep/worker/status/results` in subprocesses over a real journal file or a
+real PostgreSQL server. Reliability: a SIGKILLed worker's trial is redone, two workers never train the same
+trial, a bad sweep file fails before any training, a diverging trial is pruned with its reason."""
+import csv
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from probe.storage import open_storage
+from probe.sweep import load_sweep
+
+TINY = """
+from probe.sweep import SearchSpace, Sweep
+from probe.train import TrainConfig
+from tasks.mqar import MQAR
+
+
+def sweep():
+    return Sweep(
+        name={name!r},
+        tasks=[MQAR(seq_len=8, vocab_size=16, num_kv_pairs=2, eval_seq_lens=(16,)),
+               MQAR(seq_len=16, vocab_size=16, num_kv_pairs=2)],
+        archs={archs!r},
+        d_models=(16,),
+        train=TrainConfig(batch_size=16, max_steps={steps}, warmup_steps=0, num_train=64, num_test=32, val_every=10,
+                          stop_at=None),
+        search=SearchSpace(lr={lr!r}),
+        trials_per_cell={trials},
+        pruner="none",
+    )
+"""
+
+
+def write_sweep(tmp_path, name="tiny", archs=("attention", "baseconv_short"), steps=20, lr=(1e-3, 1e-2),
+                trials=2, body=None):
+    path = tmp_path / f"{name}.py"
+    path.write_text(body if body is not None else TINY.format(name=name, archs=list(archs), steps=steps, lr=lr,
+                                                             trials=trials))
+    return str(path)
+
+
+def probe(*args, cwd, timeout=600):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "probe", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
+
+
+def studies(storage_url, sweep_file):
+    sweep = load_sweep(sweep_file)
+    storage = open_storage(storage_url, create=False)
+    return {c.key: optuna.load_study(study_name=c.study_name, storage=storage) for c in sweep.cells()}
+
+
+def live(study):
+    return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+# -- bad sweep files ------------------------------------------------------------------------------------------
+BAD = {
+    "unknown_arch": (dict(archs=("attention", "transformerxl")), "cell mqar-L8/transformerxl/d16/seed0: unknown arch"),
+    "pairs_do_not_fit": (dict(body=TINY.format(name="x", archs=["attention"], steps=5, lr=(1e-3, 1e-2), trials=1)
+                              .replace("num_kv_pairs=2)]", "num_kv_pairs=5)]")), "num_kv_pairs=5 does not fit in seq_len=16"),
+    "missing_field": (dict(body=TINY.format(name="x", archs=["attention"], steps=5, lr=(1e-3, 1e-2), trials=1)
+                           .replace("d_models=(16,),", "")), "missing field 'd_models'"),
+    "bad_search": (dict(lr=(1e-2, 1e-3)), "search.lr"),
+    "no_sweep_function": (dict(body="x = 1\n"), "defines no function sweep()"),
+    "syntax_error": (dict(body="def sweep(:\n"), "tiny.py:1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_sweep_file_fails_before_training_with_one_line(case, tmp_path):
+    kwargs, expected = BAD[case]
+    path = write_sweep(tmp_path, **kwargs)
+    out = probe("sweep", path, "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("probe: error:"), out.stderr
+    assert expected in lines[0]
+    assert not (tmp_path / "runs").exists(), "a bad sweep left a storage behind"
+
+
+# -- a whole sweep, two workers --------------------------------------------------------------------------------
+def test_sweep_completes_every_cell_and_two_workers_never_share_a_trial(tmp_path):
+    path = write_sweep(tmp_path)
+    out = probe("sweep", path, "--device", "cpu", "--workers", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 cells complete" in out.stdout
+    journal = str(tmp_path / "runs" / "tiny" / "journal.log")
+    cells = studies(journal, path)
+    assert all(len(live(s)) == 2 for s in cells.values()), {k: len(live(s)) for k, s in cells.items()}
+    # every trial was trained by exactly one worker: the workers' logs name each (cell, trial) once
+    logs = "".join((tmp_path / "runs" / "tiny" / "logs" / f"worker{i}.log").read_text() for i in range(2))
+    trained = re.findall(r"\] (\S+) trial (\d+): (COMPLETE|PRUNED)", logs)
+    assert len(trained) == len(set(trained)) == 8
+    pids = {s.study_name: {t.user_attrs["worker"]["pid"] for t in live(s)} for s in cells.values()}
+    assert len(set().union(*pids.values())) == 2, "both workers should have trained"
+    # status and results see the same sweep
+    status = probe("status", path, cwd=tmp_path)
+    assert status.returncode == 0 and "4 complete" in status.stdout
+    table = probe("results", path, "--format", "csv", cwd=tmp_path)
+    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert {r["cell"] for r in rows} == set(cells)
+    whole = [r for r in rows if r["slice"] == "all"]
+    assert {(r["cell"], r["eval_seq_len"]) for r in whole} >= {("mqar-L8/attention/d16/seed0", "16")}
+    out = probe("results", path, "--format", "parquet", "-o", "r.parquet", "--table", "trials", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    import pandas as pd
+    trials = pd.read_parquet(tmp_path / "r.parquet")
+    assert len(trials) == 8 and trials["lr"].between(1e-3, 1e-2).all() and trials["state_size"].gt(0).all()
+    for column in ("device", "git", "versions", "params", "train_tokens_per_s", "wall_time_s", "seed"):
+        assert column in trials.columns
+
+
+def test_sigkilled_worker_is_resumed_with_every_cell_present_once(tmp_path):
+    path = write_sweep(tmp_path, name="killme", steps=400)
+    journal = str(tmp_path / "runs" / "killme" / "journal.log")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "probe", "worker", path, "--device", "cpu"], cwd=tmp_path,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    victim = None
+    while victim is None and time.time() < deadline:
+        time.sleep(0.3)
+        if not os.path.exists(journal):
+            continue
+        storage = open_storage(journal, create=False)
+        for summary in storage.get_all_studies():
+            for t in storage.get_all_trials(summary._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                if "worker" in t.user_attrs:
+                    victim = (summary.study_name, t.number)
+    assert victim is not None, "the worker never started a trial"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+
+    out = probe("sweep", path, "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    cells = studies(journal, path)
+    assert all(len(live(s)) == 2 for s in cells.values())
+    killed = next(t for s in cells.values() if s.study_name == victim[0] for t in s.get_trials()
+                  if t.number == victim[1])
+    assert killed.state == TrialState.FAIL and "died" in killed.user_attrs["reason"]
+    from probe.results import best_per_cell, load_results
+    res = load_results([path], journal)
+    best = best_per_cell(res.trials)
+    assert sorted(best["cell"]) == sorted(cells), "every cell exactly once"
+
+
+def test_diverging_trials_are_pruned_with_their_reason_and_the_sweep_goes_on(tmp_path):
+    path = write_sweep(tmp_path, name="nan", archs=("attention",), lr=(1e29, 1e30), trials=1, steps=30)
+    out = probe("sweep", path, "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for study in studies(str(tmp_path / "runs" / "nan" / "journal.log"), path).values():
+        (t,) = live(study)
+        assert t.state == TrialState.PRUNED and "non-finite" in t.user_attrs["reason"]
+
+
+# -- PostgreSQL: one sweep across machines --------------------------------------------------------------------
+POSTGRES = os.environ.get("PROBE_TEST_POSTGRES")
+
+
+@pytest.mark.skipif(not POSTGRES, reason="PROBE_TEST_POSTGRES is not set (.ci/run starts a server and sets it)")
+def test_postgres_storage_runs_a_sweep_from_two_workers(tmp_path):
+    name = f"pg{os.getpid()}"
+    path = write_sweep(tmp_path, name=name)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    # two `probe worker` processes, as two machines would run them, on one database
+    workers = [subprocess.Popen([sys.executable, "-m", "probe", "worker", path, "--storage", POSTGRES, "--device",
+                                 "cpu", "--worker-id", str(i)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), logs
+    cells = studies(POSTGRES, path)
+    assert all(len(live(s)) == 2 for s in cells.values())
+    trained = re.findall(r"\] (\S+) trial (\d+): (COMPLETE|PRUNED)", "".join(logs))
+    assert len(trained) == len(set(trained)) == 8
+    status = probe("status", path, "--storage", POSTGRES, cwd=tmp_path)
+    assert "4 complete" in status.stdout
+
+
+def test_sqlite_is_refused_for_concurrent_writers(tmp_path):
+    path = write_sweep(tmp_path)
+    out = probe("sweep", path, "--storage", "sqlite:///x.db", cwd=tmp_path)
+    assert out.returncode == 2 and "SQLite" in out.stderr
