@@ -1,4 +1,4 @@
-# Two commands on a fresh machine:  `make demo` (train a small model, print where the record went)
+# Two commands on a fresh machine:  `make demo` (a quick tuned sweep, then its HTML report; prints the path)
 # and `make test`. Both make .venv first. torch goes in before everything else, pinned, so pip never
 # resolves an unpinned torch (which pulls several GB of CUDA packages on a CPU-only machine).
 # On a machine without a local CPU wheel of torch, point pip at PyTorch's CPU wheel index:
@@ -18,10 +18,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	mkdir -p runs
-	$(BIN)/probe train --task mqar --arch attention --vocab-size 64 --seq-len 32 --num-kv-pairs 4 \
-	  --eval-seq-lens 64 --d-model 64 --lr 3e-3 --max-steps 800 --num-train 4000 --num-test 500 \
-	  --val-every 100 --device cpu --json runs/demo.json
+	$(BIN)/probe sweep sweeps/quick.py --workers 2
+	$(BIN)/probe report sweeps/quick.py -o reports/quick.html
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2

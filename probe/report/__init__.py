@@ -1,0 +1,79 @@
+"""`probe report`: one self-contained HTML page comparing archs by accuracy, sequence length and state size.
+
+    probe report sweeps/quick.py -o reports/quick.html
+    write_report(load_results(["sweeps/quick.py"]), "reports/quick.html")
+
+Design choices: the page needs no network (inline CSS, figures as inline SVG, PNG only for dense plots); it
+carries its own data (tidy, trials and curves as CSV links) and provenance (sweep hashes, git, versions,
+devices); a cell without a result is listed with the reason, never dropped; partial and empty results render
+with explanations. Layout: analysis.py computes the tables, figures.py draws, page.py assembles the sections,
+template.html.j2 is the page.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import ProbeError
+from ..results import Results
+
+__all__ = ["main", "write_report"]
+
+
+def write_report(results: Results, path: str) -> str:
+    """Write the report for `results` to `path` (atomically: a temporary file renamed); returns the path."""
+    from . import page  # matplotlib and jinja only once there is something to draw
+
+    check_output(path)
+    stem = os.path.splitext(os.path.basename(path))[0] or "report"
+    names = [s["name"] for s in results.provenance.get("sweeps", [])]
+    title = "probe report: " + (", ".join(names) or results.provenance.get("storage", "") or "no sweep")
+    sections = page.build(results.trials, results.tidy, results.curves, results.provenance, stem)
+    html = page.render(sections, title, results.provenance)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(html)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ProbeError(f"-o {path}: {e.strerror}") from None
+    return path
+
+
+def check_output(path: str) -> None:
+    """Fail in one line, before any work, if the report cannot be written; makes a missing parent folder."""
+    if os.path.isdir(path):
+        raise ProbeError(f"-o {path}: is a directory")
+    if not path.endswith((".html", ".htm")):
+        raise ProbeError(f"-o {path}: the report is HTML; name it NAME.html")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise ProbeError(f"-o {path}: cannot create {parent}: {e.strerror}") from None
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ProbeError(f"-o {path}: not writable")
+
+
+def parser() -> argparse.ArgumentParser:
+    from ..cli import OneLineParser
+    p = OneLineParser(prog="probe report", description="Write an HTML report comparing the archs of sweeps: "
+                      "accuracy against sequence length and state size, tuned learning rates, holes.")
+    p.add_argument("sweep_files", nargs="*", metavar="SWEEP_FILE", help="sweep files (Python) whose cells to report")
+    p.add_argument("--storage", metavar="URL", help="where the trials are (default: each sweep's journal)")
+    p.add_argument("-o", "--output", metavar="PATH", required=True, help="the HTML file to write (reports/NAME.html)")
+    return p
+
+
+def main(argv: list[str]) -> None:
+    args = parser().parse_args(argv)
+    if not args.sweep_files and not args.storage:
+        raise ProbeError("give at least one SWEEP_FILE or --storage")
+    for f in args.sweep_files:
+        if not os.path.isfile(f):
+            raise ProbeError(f"sweep file {f} does not exist")
+    check_output(args.output)
+    from ..results import load_results
+    print(f"wrote {write_report(load_results(args.sweep_files, args.storage), args.output)}")
