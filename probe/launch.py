@@ -176,9 +176,13 @@ def _show_progress(sweep, url: str, start: float, final: bool = False) -> dict:
             + (f" | best accuracy {best:.4f}" if best is not None else ""))
     if sys.stdout.isatty() and not final:
         print("\r" + line, end="", flush=True)
-    else:
+    elif final or line.split("] ", 1)[1] != _last_line[0]:  # a log file gets a line per change, not per poll
         print(line, flush=True)
+    _last_line[0] = line.split("] ", 1)[1]
     return counts
+
+
+_last_line = [""]
 
 
 def cmd_results(argv: list[str]) -> None:
