@@ -57,18 +57,10 @@ def cmd_worker(argv: list[str]) -> None:
 
 
 def _counts(sweep, storage_url: str) -> dict:
-    import optuna
-    from .tuning import cell_status, live_trials
+    from .tuning import cell_status, cell_studies, live_trials
     counts = {"complete": 0, "running": 0, "failed": 0, "pending": 0, "trials": 0, "pruned": 0, "best": {}}
-    try:
-        storage = open_storage(storage_url, create=False)
-        names = {s.study_name for s in storage.get_all_studies()}
-    except ProbeError:
-        storage, names = None, set()
-    for cell in sweep.cells():
-        study = optuna.load_study(study_name=cell.study_name, storage=storage) if cell.study_name in names else None
-        status = cell_status(study, sweep)
-        counts[status] += 1
+    for cell, study in cell_studies(sweep, storage_url):
+        counts[cell_status(study, sweep)] += 1
         if study is not None:
             live = live_trials(study)
             counts["trials"] += sum(t.state.name == "COMPLETE" for t in live)
@@ -80,22 +72,15 @@ def _counts(sweep, storage_url: str) -> dict:
 
 
 def cmd_status(argv: list[str]) -> None:
-    import optuna
-    from .tuning import cell_status, failures, live_trials
+    from .tuning import cell_status, cell_studies, failures, live_trials
     args = _parser("probe status", "Cells done / running / failed / pruned and the best accuracy so far.").parse_args(argv)
     sweep = load_sweep(args.file)
     url = args.storage or default_url(sweep.name)
-    try:
-        storage = open_storage(url, create=False)
-        names = {s.study_name for s in storage.get_all_studies()}
-    except ProbeError:
-        storage, names = None, set()
-    cells = sweep.cells()
-    width = max(len(c.key) for c in cells)
+    pairs = cell_studies(sweep, url)
+    width = max(len(c.key) for c, _ in pairs)
     print(f"{'cell':{width}s}  {'status':9s} {'done':>5s} {'run':>4s} {'pruned':>6s} {'failed':>6s}  best acc")
     totals = {}
-    for cell in cells:
-        study = optuna.load_study(study_name=cell.study_name, storage=storage) if cell.study_name in names else None
+    for cell, study in pairs:
         status = cell_status(study, sweep)
         totals[status] = totals.get(status, 0) + 1
         live = live_trials(study) if study else []
@@ -103,7 +88,7 @@ def cmd_status(argv: list[str]) -> None:
         best = max((t.value for t in live if t.value is not None), default=None)
         print(f"{cell.key:{width}s}  {status:9s} {n['COMPLETE']:>5d} {n['RUNNING']:>4d} {n['PRUNED']:>6d} "
               f"{failures(study) if study else 0:>6d}  {'' if best is None else f'{best:.4f}'}")
-    print(f"{len(cells)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(totals.items())) + f"  [storage {url}]")
+    print(f"{len(pairs)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(totals.items())) + f"  [storage {url}]")
 
 
 def cmd_sweep(argv: list[str]) -> None:

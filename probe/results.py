@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import optuna
 import pandas as pd
 
-from .storage import default_url, open_storage
+from .storage import default_url
 from .sweep import Sweep, file_sha256, load_sweep
-from .tuning import cell_status
+from .tuning import cell_status, cell_studies
 
 NAN = math.nan
 
@@ -90,15 +90,8 @@ def collect(sweeps: list[tuple[Sweep, str]], storage_url: str | None) -> Results
     for sweep, path in sweeps:
         url = storage_url or default_url(sweep.name)
         storages.append(url)
-        try:
-            storage = open_storage(url, create=False)
-            names = {s.study_name for s in storage.get_all_studies()}
-        except Exception:  # no storage yet: every cell is pending
-            storage, names = None, set()
-        for cell in sweep.cells():
-            study = None
-            if storage is not None and cell.study_name in names:
-                study = optuna.load_study(study_name=cell.study_name, storage=storage)
+        for cell, study in cell_studies(sweep, url):
+            if study is not None:
                 for t in study.get_trials(deepcopy=False):
                     if t.user_attrs.get("surplus"):
                         continue

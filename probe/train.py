@@ -192,7 +192,9 @@ def versions() -> dict[str, str]:
         here = os.path.dirname(os.path.abspath(__file__))
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if rev.returncode == 0:
-            out["git"] = rev.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            out["git"] = rev.stdout.strip() + ("-dirty" if dirty else "")  # code that is not the commit
     except (OSError, subprocess.SubprocessError):
         pass
     return out

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Mixer, MixerSpec, State
+from .conv import fft_conv  # causal long convolution, shared with the convolution family
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -384,18 +385,6 @@ class Mamba2(Mixer):
 # ---------------------------------------------------------------------------------------------------------------
 # S4D (time-invariant diagonal SSM, convolutional form)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def fft_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Causal convolution y_t = Σ_{s<=t} k_s u_{t−s} through an FFT of length 2L (zero padding, so the circular
-    convolution does not wrap around). u: [B, D, L], k: [D, L] -> y: [B, D, L] in u's dtype; FFTs in float32+.
-    More generally k: [..., L] broadcasts against u's dims before L (H3 shares one kernel per head this way).
-    """
-    length = u.shape[-1]
-    dtype = _compute_dtype(u.dtype)
-    u_f = torch.fft.rfft(u.to(dtype), n=2 * length)
-    k_f = torch.fft.rfft(k.to(dtype), n=2 * length)
-    return torch.fft.irfft(u_f * k_f, n=2 * length)[..., :length].to(u.dtype)
 
 
 def s4d_kernel(dtA: torch.Tensor, CB: torch.Tensor, length: int) -> torch.Tensor:
