@@ -53,7 +53,8 @@ def uses_heartbeat(storage) -> bool:
 
 
 def worker_identity() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """Who trains a trial: host and pid (to reap dead workers) and the GPU the launcher pinned it to."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
 def _pid_alive(pid: int) -> bool:
