@@ -91,6 +91,10 @@ class ImplicitFilter(nn.Module):
                  w: float = 1.0, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,
                  target: float = 1e-2, shift: float = 0.0):
         super().__init__()
+        if filter_order < 1:
+            raise ValueError(f"filter_order={filter_order} must be >= 1")
+        if emb_dim < 3 or emb_dim % 2 == 0:
+            raise ValueError(f"emb_dim={emb_dim} must be odd and >= 3 (time + sine/cosine pairs)")
         self.channels, self.max_seq_len, self.shift = channels, max_seq_len, shift
         self.register_buffer("bands", torch.arange(1, (emb_dim - 1) // 2 + 1, dtype=torch.float32),
                              persistent=False)
@@ -214,10 +218,6 @@ class Hyena(Mixer):
         super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
         if order < 1:
             raise ValueError(f"order={order} must be >= 1")
-        if filter_order < 1:
-            raise ValueError(f"filter_order={filter_order} must be >= 1")
-        if emb_dim < 3 or emb_dim % 2 == 0:
-            raise ValueError(f"emb_dim={emb_dim} must be odd and >= 3 (time + sine/cosine pairs)")
         if short_filter_order < 1:
             raise ValueError(f"short_filter_order={short_filter_order} must be >= 1")
         self.order, self.short_filter_order = order, short_filter_order

@@ -120,10 +120,6 @@ class MonarchMixer(Mixer):
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048, filter_order: int = 64,
                  emb_dim: int = 3, short_filter_order: int = 3):
         super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
-        if filter_order < 1:
-            raise ValueError(f"filter_order={filter_order} must be >= 1")
-        if emb_dim < 3 or emb_dim % 2 == 0:
-            raise ValueError(f"emb_dim={emb_dim} must be odd and >= 3 (time + sine/cosine pairs)")
         if short_filter_order < 1:
             raise ValueError(f"short_filter_order={short_filter_order} must be >= 1")
         self.short_filter_order = short_filter_order
