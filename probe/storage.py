@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
@@ -67,18 +68,29 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def reap_dead_workers(study: optuna.Study) -> int:
-    """Fail RUNNING trials whose worker (on this host) is gone; returns how many. Journal storages only."""
+def reap_dead_workers(study: optuna.Study, untagged_after_s: float = 60.0) -> int:
+    """Fail RUNNING trials whose worker is gone; returns how many. Journal storages (one machine) only.
+
+    A worker tags its trial with host and pid within milliseconds of Optuna creating it; a RUNNING trial still
+    untagged after `untagged_after_s` belonged to a worker killed in between, and would otherwise hold its
+    cell (and every waiting worker) forever.
+    """
     if uses_heartbeat(study._storage):
         optuna.storages.fail_stale_trials(study)
         return 0
-    host, reaped = socket.gethostname(), 0
+    host, reaped, now = socket.gethostname(), 0, datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
-        if not worker or worker.get("host") != host or _pid_alive(worker.get("pid", -1)):
+        if worker is None:
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+            if age <= untagged_after_s:
+                continue
+            reason = f"never claimed by a worker ({age:.0f} s old)"
+        elif worker.get("host") != host or _pid_alive(worker.get("pid", -1)):
             continue
-        storage = study._storage
-        storage.set_trial_user_attr(t._trial_id, "reason", f"worker pid {worker['pid']} on {host} died")
-        if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+        else:
+            reason = f"worker pid {worker['pid']} on {host} died"
+        study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
+        if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
             reaped += 1
     return reaped

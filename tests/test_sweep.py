@@ -155,6 +155,20 @@ def test_sigkilled_worker_is_resumed_with_every_cell_present_once(tmp_path):
     assert sorted(best["cell"]) == sorted(cells), "every cell exactly once"
 
 
+def test_a_trial_no_worker_ever_claimed_is_failed_not_waited_for(tmp_path):
+    from probe.storage import reap_dead_workers
+    storage = open_storage(str(tmp_path / "journal.log"))
+    study = optuna.create_study(study_name="s", storage=storage)
+    orphan = study.ask()  # RUNNING, untagged: its worker died before tagging it
+    mine = study.ask()
+    mine.set_user_attr("worker", {"host": __import__("socket").gethostname(), "pid": os.getpid(), "gpu": ""})
+    assert reap_dead_workers(study, untagged_after_s=60) == 0, "a fresh untagged trial may still be claimed"
+    assert reap_dead_workers(study, untagged_after_s=0) == 1
+    states = {t.number: t for t in study.get_trials()}
+    assert states[orphan.number].state == TrialState.FAIL and "never claimed" in states[orphan.number].user_attrs["reason"]
+    assert states[mine.number].state == TrialState.RUNNING, "a live worker's trial was failed"
+
+
 def test_diverging_trials_are_pruned_with_their_reason_and_the_sweep_goes_on(tmp_path):
     path = write_sweep(tmp_path, name="nan", archs=("attention",), lr=(1e29, 1e30), trials=1, steps=30)
     out = probe("sweep", path, "--device", "cpu", cwd=tmp_path)
