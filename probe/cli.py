@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import signal
 import sys
 
@@ -17,6 +16,7 @@ from tasks import TASKS, TaskConfigError
 from .errors import ProbeError
 from .flags import add_flags, dataclass_fields, pick
 from .model import mixer_options, parse_pattern
+from .outputs import check_writable, write_atomically
 from .train import ModelConfig, TrainConfig
 
 
@@ -44,22 +44,11 @@ def _arch_flags(arch: str) -> dict:
     return fields
 
 
-def _check_writable(path: str) -> None:
-    """Fail before training if the result cannot be written; leaves nothing behind."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ProbeError(f"--json {path}: is a directory")
-    if not os.path.isdir(parent):
-        raise ProbeError(f"--json {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ProbeError(f"--json {path}: not writable")
-
-
 def write_json(path: str, record: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1, default=str)
-    os.replace(tmp, path)
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=1, default=str)
+    write_atomically(path, "--json", dump)
 
 
 # -- train ---------------------------------------------------------------------------------------------------
@@ -96,7 +85,7 @@ def cmd_train(argv: list[str]) -> None:
     options = pick(args, _arch_flags(args.arch))
     train_cfg.check()
     if args.json:
-        _check_writable(args.json)
+        check_writable(args.json, "--json")
 
     from .train import train  # heavy imports only once the input is known to be good
     record = train(task, args.arch, model_cfg, train_cfg, options, progress=not args.no_progress)

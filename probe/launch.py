@@ -15,6 +15,7 @@ import sys
 import time
 
 from .errors import ProbeError
+from .outputs import check_writable, write_atomically
 from .storage import default_url, open_storage
 from .sweep import load_sweep
 
@@ -184,13 +185,7 @@ def cmd_results(argv: list[str]) -> None:
             raise ProbeError("--format parquet needs -o PATH")
         table.to_csv(sys.stdout, index=False)
         return
-    parent = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise ProbeError(f"-o {args.output}: directory {parent} is missing or not writable")
-    tmp = f"{args.output}.tmp{os.getpid()}"
-    if args.format == "csv":
-        table.to_csv(tmp, index=False)
-    else:
-        table.to_parquet(tmp, index=False)
-    os.replace(tmp, args.output)
+    check_writable(args.output, "-o")
+    write_atomically(args.output, "-o", lambda tmp: table.to_csv(tmp, index=False) if args.format == "csv"
+                     else table.to_parquet(tmp, index=False))
     print(f"wrote {len(table)} rows ({args.table}) to {args.output}")

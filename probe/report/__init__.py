@@ -15,6 +15,7 @@ import argparse
 import os
 
 from ..errors import ProbeError
+from ..outputs import check_writable, write_atomically
 from ..results import Results
 
 __all__ = ["main", "write_report"]
@@ -30,31 +31,19 @@ def write_report(results: Results, path: str) -> str:
     title = "probe report: " + (", ".join(names) or results.provenance.get("storage", "") or "no sweep")
     sections = page.build(results.trials, results.tidy, results.curves, results.provenance, stem)
     html = page.render(sections, title, results.provenance)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
+
+    def dump(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(html)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise ProbeError(f"-o {path}: {e.strerror}") from None
+    write_atomically(path, "-o", dump)
     return path
 
 
 def check_output(path: str) -> None:
     """Fail in one line, before any work, if the report cannot be written; makes a missing parent folder."""
-    if os.path.isdir(path):
-        raise ProbeError(f"-o {path}: is a directory")
-    if not path.endswith((".html", ".htm")):
+    if not os.path.isdir(path) and not path.endswith((".html", ".htm")):
         raise ProbeError(f"-o {path}: the report is HTML; name it NAME.html")
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise ProbeError(f"-o {path}: cannot create {parent}: {e.strerror}") from None
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ProbeError(f"-o {path}: not writable")
+    check_writable(path, "-o", make_parent=True)
 
 
 def parser() -> argparse.ArgumentParser:
