@@ -16,6 +16,7 @@ from probe.mixers.attention import (
     MLA, POSITIONS, Attention, alibi_slopes, attention, attention_ref, coca_features, rope_inv_freq, rotate,
     xpos_zeta,
 )
+from mixer_helpers import randn, run_steps
 
 D, B = 32, 2
 
@@ -29,22 +30,9 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
 def build(seed=0, d_model=D, **kwargs):
     torch.manual_seed(seed)
     return Attention(d_model, **kwargs).double()
-
-
-def run_steps(mixer, x):
-    state = mixer.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        ys.append(y_t)
-    return torch.stack(ys, 1), state
 
 
 # ------------------------------------------------------------------------------------------- heads, masks

@@ -5,6 +5,7 @@ import torch
 
 from probe.mixers.base import state_numel
 from probe.mixers.conv import BaseConv, Hyena, ImplicitFilter, causal_conv_step, fft_conv, short_conv
+from mixer_helpers import randn, run_steps
 
 D = 6
 
@@ -17,19 +18,6 @@ def direct_causal_conv(u, k):
         for s in range(min(t + 1, k.shape[-1])):
             y[..., t] += k[:, s] * u[..., t - s]
     return y
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def run_steps(mixer, x):
-    state = mixer.init_state(x.shape[0], device=x.device, dtype=x.dtype)
-    ys = []
-    for t in range(x.shape[1]):
-        y_t, state = mixer.step(x[:, t], state)
-        ys.append(y_t)
-    return torch.stack(ys, 1), state
 
 
 CONV_CASES = [(1, 1), (1, 5), (63, 7), (63, 90), (100, 3), (100, 100), (100, 250)]

@@ -6,7 +6,8 @@ import torch
 from probe.mixers.base import state_numel
 from probe.mixers.conv import fft_conv
 from probe.mixers.monarch import MonarchMixer, monarch_conv, monarch_dft_factors, monarch_multiply, monarch_size
-from test_conv import direct_causal_conv, randn, run_steps
+from mixer_helpers import randn, run_steps
+from test_conv import direct_causal_conv
 
 D = 6
 

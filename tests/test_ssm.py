@@ -13,12 +13,9 @@ import torch.nn.functional as F
 
 from probe.mixers import ssm
 from probe.mixers.base import state_numel
+from mixer_helpers import randn
 
 f64 = torch.float64
-
-
-def randn(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=f64)
 
 
 # --- selective scan (Mamba) -------------------------------------------------------------------------------------
