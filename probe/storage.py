@@ -7,14 +7,18 @@
 - `postgresql://...` (or any SQLAlchemy URL Optuna's RDBStorage takes): one sweep across machines, with
   Optuna's heartbeat: a trial whose worker stops beating is failed and re-queued once as WAITING with the same
   parameters (RetryHeartbeatStaleTrialCallback). Not SQLite: it does not take concurrent writers well.
+  Workers that start together on an empty database race to create Optuna's tables; the losers try again.
 """
 from __future__ import annotations
 
 import datetime
 import os
+import random
 import socket
+import time
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
@@ -41,12 +45,29 @@ def open_storage(url: str, *, heartbeat: int = 60, create: bool = True) -> optun
     if url.startswith("sqlite"):
         raise ProbeError("storage: SQLite does not take concurrent writers well; use a journal file (a plain "
                          "path) on one machine or postgresql://... across machines")
-    try:
-        return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-                          engine_kwargs={"pool_pre_ping": True})
-    except Exception as e:  # a wrong URL, a server that is down: one line, not a SQLAlchemy traceback
-        raise ProbeError(f"storage {url}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    for attempt in range(_SCHEMA_RACE_RETRIES + 1):
+        try:
+            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                              engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # Workers that start together on an empty database all create Optuna's tables and its version row;
+            # the losers' transactions fail with a unique violation once the winner's commits. Trying again
+            # finds the schema in place. Anything else (a wrong URL, a server that is down) is not retried.
+            if attempt == _SCHEMA_RACE_RETRIES or not _is_duplicate(e):
+                raise ProbeError(f"storage {url}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
+        except Exception as e:  # a wrong URL, a server that is down: one line, not a SQLAlchemy traceback
+            raise ProbeError(f"storage {url}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
+_SCHEMA_RACE_RETRIES = 5
+
+
+def _is_duplicate(e: Exception) -> bool:
+    """A unique violation or an already existing table: what a concurrent schema creation looks like."""
+    text = str(e).lower()
+    return isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in text or "duplicate" in text
 
 
 def uses_heartbeat(storage) -> bool:

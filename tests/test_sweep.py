@@ -180,10 +180,43 @@ def test_diverging_trials_are_pruned_with_their_reason_and_the_sweep_goes_on(tmp
 
 # -- PostgreSQL: one sweep across machines --------------------------------------------------------------------
 POSTGRES = os.environ.get("PROBE_TEST_POSTGRES")
+needs_postgres = pytest.mark.skipif(not POSTGRES,
+                                    reason="PROBE_TEST_POSTGRES is not set (.ci/run starts a server and sets it)")
 
 
-@pytest.mark.skipif(not POSTGRES, reason="PROBE_TEST_POSTGRES is not set (.ci/run starts a server and sets it)")
-def test_postgres_storage_runs_a_sweep_from_two_workers(tmp_path):
+@pytest.fixture
+def empty_postgres():
+    """A URL whose tables live in a new, empty schema: every test meets the database as a first sweep does."""
+    import uuid
+
+    import sqlalchemy
+    schema = f"probe_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(POSTGRES)
+    with engine.begin() as c:
+        c.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in POSTGRES else "?"
+    yield f"{POSTGRES}{sep}options=-csearch_path%3D{schema}"
+    with engine.begin() as c:
+        c.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    engine.dispose()
+
+
+@needs_postgres
+def test_workers_starting_together_on_an_empty_database_all_open_it(tmp_path, empty_postgres):
+    # each process creates Optuna's tables and version row at the same moment, as workers started by one
+    # script on several machines do
+    start = time.time() + 3
+    code = ("import sys, time; from probe.storage import open_storage; time.sleep(max(0, float(sys.argv[2]) - "
+            "time.time())); open_storage(sys.argv[1]); print('opened')")
+    procs = [subprocess.Popen([sys.executable, "-c", code, empty_postgres, str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(6)]
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 and "opened" in log for p, log in zip(procs, logs)), logs
+
+
+@needs_postgres
+def test_postgres_storage_runs_a_sweep_from_two_workers(tmp_path, empty_postgres):
+    POSTGRES = empty_postgres
     name = f"pg{os.getpid()}"
     path = write_sweep(tmp_path, name=name)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
