@@ -14,6 +14,7 @@ from probe.mixers.linear_attention import (
     linear_attention_recurrent,
     orthogonal_gaussian_features,
     rotate,
+    taylor_attention_quadratic,
     taylor_feature_map,
 )
 
@@ -115,6 +116,29 @@ def test_taylor_features_give_exactly_one_plus_s_plus_half_s_squared():
     assert phi_q.shape == (100, 1 + 16 + 16**2)
     s = (q * k).sum(-1) / math.sqrt(16)
     torch.testing.assert_close((phi_q * phi_k).sum(-1), 1 + s + s**2 / 2)
+
+
+@pytest.mark.parametrize("length", [1, 63, 100])
+def test_taylor_quadratic_form_equals_the_chunked_form_on_its_features(length):
+    g = torch.Generator().manual_seed(length)
+    q, k = (torch.randn(B, H, length, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, H, length, DV, generator=g, dtype=torch.float64)
+    quadratic = taylor_attention_quadratic(q, k, v)
+    chunked = linear_attention_chunked(taylor_feature_map(q), taylor_feature_map(k), v, None, 16, normalize=True)
+    torch.testing.assert_close(quadratic, chunked, rtol=1e-9, atol=1e-10)
+
+
+def test_based_gives_the_same_outputs_and_gradients_past_its_quadratic_length():
+    torch.manual_seed(0)
+    mixer = MIXERS["based"].build(16).double()
+    x = torch.randn(2, 40, 16, dtype=torch.float64, requires_grad=True)
+    quadratic = mixer(x)
+    (gq,) = torch.autograd.grad(quadratic.square().sum(), x)
+    mixer.quadratic_max_len = 39  # as if 40 were a long sequence: the chunked form
+    chunked = mixer(x)
+    (gc,) = torch.autograd.grad(chunked.square().sum(), x)
+    torch.testing.assert_close(quadratic, chunked, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(gq, gc, rtol=1e-9, atol=1e-10)
 
 
 def test_taylor_features_approximate_exp_to_second_order():

@@ -185,6 +185,27 @@ def linear_attention_recurrent(
     return (o, S) if output_final_state else o
 
 
+def taylor_attention_quadratic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Based's normalised Taylor linear attention in its quadratic (attention-like) form.
+
+    q, k: [B, H, L, d'] *before* the feature map, v: [B, H, L, Dv] -> o: [B, H, L, Dv] in v's dtype.
+        A_ts = 1 + s + s²/2  (s = q_t·k_s/√d', s ≤ t),   o_t = Σ_s A_ts v_s / Σ_s A_ts
+    The same map as `linear_attention_chunked(taylor_feature_map(q), taylor_feature_map(k), v, normalize=True)`,
+    since φ(q)·φ(k) = 1 + s + s²/2, but it never builds the 1+d'+d'² features: O(L²·(d'+Dv)) work and O(L²)
+    memory per head instead of O(L·(1+d'+d'²)·(chunk+Dv)). Cheaper at short lengths, which is where the
+    recall tasks train.
+    """
+    out_dtype, L = v.dtype, q.shape[2]
+    acc = _accumulation_dtype(q, k, v)
+    with _full_precision(q.device):
+        q, k, v = q.to(acc), k.to(acc), v.to(acc)
+        s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, L, L]
+        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+        a = (1 + s + 0.5 * s * s).masked_fill(~causal, 0.0)
+        o = (a @ v) / (a.sum(-1, keepdim=True) + eps)
+    return o.to(out_dtype)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Feature maps
 # ----------------------------------------------------------------------------------------------------------------
@@ -393,6 +414,9 @@ class Based(_LinearAttentionMixer):
 
     formula = "n_heads·(1+feature_dim+feature_dim²)·(head_dim+1)"
     normalize = True
+    # up to this length the forward pass takes the quadratic form (`taylor_attention_quadratic`), beyond it the
+    # chunked one: the same function, whichever is cheaper; not a model choice, so not a flag
+    quadratic_max_len: ClassVar[int] = 512
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048,
                  n_heads: int = 4, feature_dim: int = 16):
@@ -407,10 +431,19 @@ class Based(_LinearAttentionMixer):
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
+    def _project(self, x):
+        """x: [B, L, D] -> q, k: [B, H, L, d'] (before the feature map), v: [B, H, L, head_dim]."""
+        return tuple(_split_heads(proj(x), self.n_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+
     def _qkv(self, x):
-        q = taylor_feature_map(_split_heads(self.q_proj(x), self.n_heads))  # [B, H, L, 1+d'+d'²]
-        k = taylor_feature_map(_split_heads(self.k_proj(x), self.n_heads))
-        return q, k, _split_heads(self.v_proj(x), self.n_heads), None
+        q, k, v = self._project(x)
+        return taylor_feature_map(q), taylor_feature_map(k), v, None  # q, k: [B, H, L, 1+d'+d'²]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > self.quadratic_max_len:
+            return super().forward(x)
+        q, k, v = self._project(x)
+        return self._readout(taylor_attention_quadratic(q, k, v).transpose(1, 2).to(x.dtype), x)
 
     def _readout(self, o, x):
         return self.out_proj(o.flatten(-2))
