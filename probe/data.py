@@ -1,17 +1,35 @@
 """Task data on the training device: generated there once per run, shuffled there every epoch.
 
 Nothing crosses the host/device boundary per step: the train set and every evaluation set are generated on
-the device by the task's own vectorised generator, and batches are index slices of those tensors.
+the device by the task's own vectorised generator, and batches are index slices of those tensors. The scored
+positions of every example are found once per set (`Scored`), so a step gathers a fixed number of positions
+per example instead of indexing with a boolean mask, whose result size the host would have to wait for.
 """
 from __future__ import annotations
 
 import lightning as L
 import torch
 
-from tasks import Examples, TaskConfig
+from tasks import IGNORE, Examples, TaskConfig
 from tasks.rng import bits32
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # inputs [B, L], targets [B, L], example index [B]
+# inputs [B, L], scored positions [B, M], their targets [B, M] (IGNORE in padding), example index [B]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class Scored:
+    """The positions each example is scored at, as a fixed-width [N, M] table (M: the most any example has).
+
+    Positions come in increasing order; an example with fewer than M scored positions is padded with unscored
+    ones, whose targets are IGNORE, so losses and accuracies skip them. Built with one host sync per set.
+    """
+
+    def __init__(self, targets: torch.Tensor):  # [N, L]
+        scored = targets != IGNORE
+        width = max(1, int(scored.sum(1).max())) if len(targets) else 1
+        # a stable sort of "not scored" puts each row's scored positions first, in order
+        self.positions = torch.sort((~scored).to(torch.uint8), dim=1, stable=True).indices[:, :width]  # [N, M]
+        self.targets = targets.gather(1, self.positions)  # [N, M]
 
 
 def derived_seed(seed: int, purpose: str, *extra: int) -> int:
@@ -24,6 +42,7 @@ class Batches:
 
     def __init__(self, examples: Examples, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last=False):
         self.examples, self.batch_size, self.shuffle, self.seed = examples, batch_size, shuffle, seed
+        self.scored = Scored(examples.targets)
         self.drop_last = drop_last
         self.epoch = 0
 
@@ -41,7 +60,7 @@ class Batches:
             order = torch.arange(n, device=device)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.examples.inputs[idx], self.examples.targets[idx], idx
+            yield self.examples.inputs[idx], self.scored.positions[idx], self.scored.targets[idx], idx
 
 
 class TaskData(L.LightningDataModule):

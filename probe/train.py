@@ -90,27 +90,25 @@ class ProbeModule(L.LightningModule):
         self.diverged: str | None = None
         self.register_buffer("nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
 
-    def scored_logits(self, inputs, targets):
-        """Logits [M, V] and targets [M] at the M scored positions of the batch, plus the mask [B, L]."""
-        mask = targets != IGNORE
-        return self.model.logits(self.model.hidden(inputs)[mask]), targets[mask], mask
+    def scored_logits(self, inputs, positions):
+        """Logits [B, M, V] at the M scored positions [B, M] of each example; the vocabulary head runs only there."""
+        hidden = self.model.hidden(inputs)  # [B, L, D]
+        return self.model.logits(hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])))
 
     def training_step(self, batch, batch_idx):
-        inputs, targets, _ = batch
-        logits, target, _ = self.scored_logits(inputs, targets)
-        loss = F.cross_entropy(logits.float(), target)
+        inputs, positions, targets, _ = batch
+        logits = self.scored_logits(inputs, positions)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
         self.nonfinite |= ~torch.isfinite(loss.detach())
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        inputs, targets, idx = batch
-        logits, target, mask = self.scored_logits(inputs, targets)
-        preds = logits.argmax(-1)
-        self.accuracy[dataloader_idx].update(preds, target)
-        correct = torch.zeros_like(mask, dtype=torch.long)
-        correct[mask] = (preds == target).long()
-        self.counts[dataloader_idx].update(idx, correct.sum(1), mask.sum(1))
+        inputs, positions, targets, idx = batch
+        preds = self.scored_logits(inputs, positions).argmax(-1)  # [B, M]
+        self.accuracy[dataloader_idx].update(preds.flatten(), targets.flatten())
+        scored = targets != IGNORE
+        self.counts[dataloader_idx].update(idx, ((preds == targets) & scored).sum(1), scored.sum(1))
 
     def on_validation_epoch_end(self):
         entry = {"step": int(self.global_step), "by_length": {}}

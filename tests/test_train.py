@@ -75,3 +75,16 @@ def test_same_seed_same_record():
     task = MQAR(seq_len=16, vocab_size=32, num_kv_pairs=2)
     a, b = (train(task, "attention", ModelConfig(d_model=16), cfg) for _ in range(2))
     assert a["history"] == b["history"]
+
+
+def test_scored_positions_are_a_fixed_width_table_padded_with_ignored_targets():
+    from probe.data import Scored
+    targets = torch.full((3, 6), IGNORE)
+    targets[0, [1, 4]] = torch.tensor([7, 8])
+    targets[1, [0, 2, 5]] = torch.tensor([1, 2, 3])  # the widest row sets M = 3
+    scored = Scored(targets)  # row 2 scores nothing
+    assert scored.positions.shape == scored.targets.shape == (3, 3)
+    assert scored.positions[0, :2].tolist() == [1, 4] and scored.targets[0].tolist() == [7, 8, IGNORE]
+    assert scored.positions[1].tolist() == [0, 2, 5] and scored.targets[1].tolist() == [1, 2, 3]
+    assert (scored.targets[2] == IGNORE).all()
+    assert (targets.gather(1, scored.positions) == scored.targets).all()
