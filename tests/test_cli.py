@@ -1,6 +1,7 @@
 """The `probe` command as a user runs it: a subprocess, its stdout, stderr and exit code."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -50,6 +51,16 @@ def test_list_tasks_shows_every_task_and_its_chance():
     out = probe("list", "tasks")
     for name in TASKS:
         assert any(l.startswith(name) and "chance" in l for l in out.stdout.splitlines())
+
+
+def test_bench_measures_tasks_and_mixers_on_the_cpu():
+    out = probe("bench", "tasks", "--device", "cpu", "-n", "50", "--repeats", "1")
+    assert out.returncode == 0, out.stderr
+    assert all(re.search(rf"^{t} +n= +50 .* s$", out.stdout, re.M) for t in ("mqar", "passkey", "copying", "order"))
+    out = probe("bench", "mixers", "--device", "cpu", "--archs", "based,attention", "--seq-len", "33", "--batch", "2",
+                "--d-model", "16", "--repeats", "1")
+    assert out.returncode == 0, out.stderr
+    assert all(re.search(rf"^{a} +[\d.]+ ms fwd\+bwd +[\d.]+ M tok/s$", out.stdout, re.M) for a in ("based", "attention"))
 
 
 def test_train_writes_the_json_record(tmp_path):
