@@ -16,6 +16,7 @@ import os
 import random
 import socket
 import time
+import warnings
 
 import optuna
 import sqlalchemy.exc
@@ -47,9 +48,11 @@ def open_storage(url: str, *, heartbeat: int = 60, create: bool = True) -> optun
                          "path) on one machine or postgresql://... across machines")
     for attempt in range(_SCHEMA_RACE_RETRIES + 1):
         try:
-            return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
-                              engine_kwargs={"pool_pre_ping": True})
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5; probe relies on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
+                                  engine_kwargs={"pool_pre_ping": True})
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
             # Workers that start together on an empty database all create Optuna's tables and its version row;
             # the losers' transactions fail with a unique violation once the winner's commits. Trying again

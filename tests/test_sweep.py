@@ -204,11 +204,21 @@ def empty_postgres():
 @needs_postgres
 def test_workers_starting_together_on_an_empty_database_all_open_it(tmp_path, empty_postgres):
     # each process creates Optuna's tables and version row at the same moment, as workers started by one
-    # script on several machines do
-    start = time.time() + 3
-    code = ("import sys, time; from probe.storage import open_storage; time.sleep(max(0, float(sys.argv[2]) - "
-            "time.time())); open_storage(sys.argv[1]); print('opened')")
-    procs = [subprocess.Popen([sys.executable, "-c", code, empty_postgres, str(start)], stdout=subprocess.PIPE,
+    # script on several machines do: a barrier after the imports, however slow they are here
+    script = tmp_path / "open.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys, time
+        from probe.storage import open_storage
+        url, ready, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        open(os.path.join(ready, str(os.getpid())), "w").close()
+        while len(os.listdir(ready)) < n:
+            time.sleep(0.002)
+        open_storage(url)
+        print("opened")
+    """))
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    procs = [subprocess.Popen([sys.executable, str(script), empty_postgres, str(ready), "6"], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(6)]
     logs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 and "opened" in log for p, log in zip(procs, logs)), logs
