@@ -7,7 +7,7 @@ whose size does not grow with the sequence length, which is what the synthetic t
 
 Design choices: the core ops (`selective_scan_ref`, `ssd_chunked`, `ssd_recurrent`, `fft_conv`,
 `s4d_kernel`) are module-level functions in plain PyTorch with shapes in their docstrings, so a Triton kernel
-can replace them on CUDA; scans and FFTs accumulate in float32, or float64 when the input is float64; complex
+can replace them on CUDA (Mamba's selective scan already runs on `probe.kernels.selective_scan` there); scans and FFTs accumulate in float32, or float64 when the input is float64; complex
 parameters and states are stored as real tensors so that state sizes count complex numbers as two reals.
 """
 from __future__ import annotations
@@ -102,6 +102,18 @@ def selective_scan_ref(u, delta, A, B, C, D=None):
     return y.to(u.dtype)
 
 
+def selective_scan(u, delta, A, B, C, D=None):
+    """The selective scan in the model's token-major layout: u, delta [B, L, D], B, C [B, L, N] -> y [B, L, D].
+
+    probe's Triton kernel on CUDA (`probe.kernels.selective_scan`), the sequential reference elsewhere.
+    """
+    if u.is_cuda:
+        from ..kernels.selective_scan import selective_scan as kernel
+        return kernel(u, delta, A, B, C, D)
+    return selective_scan_ref(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
+                              D).transpose(1, 2)
+
+
 class Mamba(Mixer):
     """Mamba block: Gu & Dao (2023), "Mamba: Linear-Time Sequence Modeling with Selective State Spaces".
 
@@ -164,9 +176,7 @@ class Mamba(Mixer):
         x = x.transpose(1, 2)  # [B, L, d_inner]
         delta, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.to(_compute_dtype(x.dtype)))  # [d_inner, N]
-        y = selective_scan_ref(
-            x.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), self.D
-        ).transpose(1, 2)  # [B, L, d_inner]
+        y = selective_scan(x, delta, A, B, C, self.D)  # [B, L, d_inner]
         return self.out_proj(y * F.silu(z))
 
     def state_size(self, seq_len: int) -> int:

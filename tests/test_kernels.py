@@ -1,0 +1,108 @@
+"""probe's Triton kernels against their plain PyTorch references, forward and backward, on odd shapes, with every
+output buffer poisoned by NaN first. On a CPU they run through Triton's interpreter (conftest.py), in float32 and
+bf16 inputs; on a GPU the same tests run the compiled kernels."""
+import pytest
+import torch
+
+from probe.mixers.ssm import selective_scan_ref
+
+kernels = pytest.importorskip("probe.kernels.selective_scan")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every uninitialised float tensor starts as NaN, so an element a kernel never writes shows up."""
+    empty, empty_like, new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
+
+    def fill(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: fill(new_empty(self, *a, **k)))
+
+
+def scan_inputs(rows, length, d, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(rows, length, d, generator=g, dtype=torch.float64)
+    delta = torch.rand(rows, length, d, generator=g, dtype=torch.float64) * 0.5 + 1e-3  # softplus range
+    A = -torch.rand(d, n, generator=g, dtype=torch.float64) * 4 - 0.1
+    B, C = (torch.randn(rows, length, n, generator=g, dtype=torch.float64) for _ in range(2))
+    D = torch.randn(d, generator=g, dtype=torch.float64)
+    dy = torch.randn(rows, length, d, generator=g, dtype=torch.float64)
+    return (u, delta, A, B, C, D), dy
+
+
+def reference(u, delta, A, B, C, D):
+    t = lambda x: x.transpose(1, 2)  # noqa: E731  the reference is channel-major
+    return t(selective_scan_ref(t(u), t(delta), A, t(B), t(C), D))
+
+
+def rel(a, b):
+    """‖a − b‖ / ‖b‖, and 0 where both are exactly zero (dA at L = 1: no earlier state to decay)."""
+    return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+# channel counts that leave a partial last block of channels (block_d picks 4 at these sizes)
+@pytest.mark.parametrize("rows, length, d, n", [(2, 1, 10, 5), (2, 63, 10, 5), (1, 1000, 6, 16), (3, 17, 20, 4)],
+                         ids=lambda v: str(v))
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("skip", [True, False], ids=["D", "noD"])
+def test_selective_scan_matches_the_reference(rows, length, d, n, dtype, tol, skip, poisoned):
+    if length == 1000 and (dtype == torch.bfloat16 or not skip) and DEVICE == "cpu":
+        pytest.skip("the interpreter takes seconds per program at L=1000; one variant there is enough")
+    check_scan(rows, length, d, n, dtype, tol, skip)
+
+
+def check_scan(rows, length, d, n, dtype, tol, skip):
+    (u, delta, A, B, C, D), dy = scan_inputs(rows, length, d, n, seed=length + d)
+    D = D if skip else None
+    exact = [x.requires_grad_() for x in (u, delta, A, B, C) + ((D,) if skip else ())]
+    y_ref = reference(u, delta, A, B, C, D)
+    grads_ref = torch.autograd.grad(y_ref, exact, dy)
+
+    # the model feeds activations in its compute dtype and keeps A and D as float32 parameters
+    cast = [x.detach().to(DEVICE, dtype if i in (0, 1, 3, 4) else torch.float32).requires_grad_()
+            for i, x in enumerate((u, delta, A, B, C) + ((D,) if skip else ()))]
+    y = kernels.selective_scan(*cast[:5], cast[5] if skip else None)
+    assert y.dtype == dtype and y.shape == (rows, length, d)
+    assert torch.isfinite(y).all(), "an output element was never written"
+    # the reference on the same rounded inputs isolates the kernel's own error from the inputs' rounding
+    y_same_inputs = reference(*[x.detach().double().cpu() for x in cast[:5]],
+                              cast[5].detach().double().cpu() if skip else None)
+    assert rel(y.float().cpu(), y_same_inputs) < tol
+    grads = torch.autograd.grad(y, cast, dy.to(DEVICE, dtype))
+    for name, g, g_ref, x in zip("u delta A B C D".split(), grads, grads_ref, cast):
+        assert g.dtype == x.dtype and g.shape == x.shape, name
+        assert torch.isfinite(g).all(), f"d{name}: an element was never written"
+        # gradients against the float64 reference: bf16 inputs move them by their own rounding too
+        assert rel(g.float().cpu(), g_ref) < (tol if dtype == torch.float32 else 5e-2), name
+
+
+def test_selective_scan_with_wide_channel_blocks(monkeypatch, poisoned):
+    # big batches take 16 channels per program; force that at a size the interpreter can afford
+    monkeypatch.setattr(kernels, "block_d", lambda rows, d: 16)
+    check_scan(2, 40, 20, 5, torch.float32, 1e-5, skip=True)
+
+
+def test_selective_scan_is_what_mamba_runs_on_cuda_and_equals_its_reference():
+    from probe.mixers.ssm import selective_scan
+    (u, delta, A, B, C, D), _ = scan_inputs(2, 33, 24, 8, seed=3)
+    via_mixer = selective_scan(*(x.float().to(DEVICE) for x in (u, delta, A, B, C, D)))
+    torch.testing.assert_close(via_mixer.cpu().double(), reference(u, delta, A, B, C, D), rtol=1e-4, atol=1e-5)
+
+
+def test_selective_scan_without_gradients_stores_no_states():
+    (u, delta, A, B, C, D), _ = scan_inputs(1, 9, 8, 4, seed=4)
+    with torch.no_grad():
+        y = kernels.selective_scan(*(x.float().to(DEVICE) for x in (u, delta, A, B, C, D)))
+    torch.testing.assert_close(y.cpu().double(), reference(u, delta, A, B, C, D), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, name", [("u", "u and delta"), ("A", "A must"), ("B", "B must"), ("D", "D must")])
+def test_selective_scan_names_a_misshapen_input(bad, name):
+    (u, delta, A, B, C, D), _ = scan_inputs(1, 5, 8, 4, seed=5)
+    args = dict(u=u, delta=delta, A=A, B=B, C=C, D=D)
+    args[bad] = args[bad][:-1] if bad == "A" else args[bad][..., :-1]  # A: one channel short
+    with pytest.raises(ValueError, match=name):
+        kernels.selective_scan(*(args[k].float() for k in "u delta A B C D".split()))
