@@ -44,8 +44,9 @@ def rel(a, b):
 
 
 # channel counts that leave a partial last block of channels (block_d picks 4 at these sizes)
-@pytest.mark.parametrize("rows, length, d, n", [(2, 1, 10, 5), (2, 63, 10, 5), (1, 1000, 6, 16), (3, 17, 20, 4)],
-                         ids=lambda v: str(v))
+# lengths inside one checkpoint chunk (32 steps), across a partial last chunk, and a whole number of chunks
+@pytest.mark.parametrize("rows, length, d, n", [(2, 1, 10, 5), (2, 63, 10, 5), (1, 1000, 6, 16), (3, 17, 20, 4),
+                                                (2, 64, 6, 4)], ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("skip", [True, False], ids=["D", "noD"])
 def test_selective_scan_matches_the_reference(rows, length, d, n, dtype, tol, skip, poisoned):

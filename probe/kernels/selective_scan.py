@@ -17,9 +17,13 @@ Backward walks the sequence in reverse with the state gradient dh in registers:
     dΔ_t   = Σ_n dh_t (A exp(Δ_t A) h_{t-1} + u_t B_t)
     dA    += dh_t Δ_t exp(Δ_t A) h_{t-1}          dD += g_t u_t
     dB_t   = Σ_d dh_t Δ_t u_t                      dC_t = Σ_d h_t g_t
-It reads h_{t-1} from the states the forward pass stored ([B, L, D, N] float32, only when a gradient is
-needed). The sums over channels (dB, dC) and over rows and steps (dA, dD) cross programs: each program writes
-its partial sums and the host adds them, so nothing needs atomics and results do not depend on timing.
+It needs h_{t-1} at every step, in reverse. The forward pass, when a gradient is needed, stores only the state
+at the end of every CHUNK steps ([B, L/CHUNK, D, N] float32); the backward recomputes one chunk's states from
+its checkpoint into a per-program scratch slab (CHUNK x BLOCK_D x N float32, small enough to stay in L2), then
+walks that chunk in reverse. Memory is L/CHUNK states instead of L, and the states never make a round trip
+through device memory at full length. The sums over channels (dB, dC) and over rows and steps (dA, dD) cross
+programs: each program writes its partial sums and the host adds them, so nothing needs atomics and results
+do not depend on timing.
 No tl.dot anywhere: the work is elementwise and row sums.
 """
 from __future__ import annotations
@@ -29,6 +33,7 @@ import triton
 import triton.language as tl
 
 NUM_WARPS = 1  # a program's state is BLOCK_D x N: a few registers per thread of one warp
+CHUNK = 32  # steps between the forward's checkpoints; the backward recomputes one chunk of states at a time
 
 
 def block_d(rows: int, d: int) -> int:
@@ -40,79 +45,112 @@ def block_d(rows: int, d: int) -> int:
 
 
 @triton.jit
-def _scan_fwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, y_ptr, states_ptr, L, D,
-              N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-              HAS_D: tl.constexpr, STORE_STATES: tl.constexpr):
-    row = tl.program_id(0)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+def _channel_block(pid_d, D, N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's channels and state slots, and their bounds masks."""
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d, mask_n = offs_d < D, offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    return offs_d, offs_n, mask_d, mask_n, mask_d[:, None] & mask_n[None, :]
+
+
+@triton.jit
+def _step_inputs(u_ptr, delta_ptr, b_ptr, tok, offs_d, offs_n, mask_d, mask_n, D, N: tl.constexpr):
+    """u_t, Δ_t [BLOCK_D] and B_t [BLOCK_N] of token `tok` in float32 (0 where masked: a no-op step)."""
+    u = tl.load(u_ptr + tok * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr + tok * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + tok * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    return u, dt, b
+
+
+@triton.jit
+def _scan_fwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, y_ptr, ckpt_ptr, L, D, n_chunks,
+              N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+              HAS_D: tl.constexpr, STORE_CHECKPOINTS: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs_d, offs_n, mask_d, mask_n, mask_dn = _channel_block(tl.program_id(1), D, N, BLOCK_N, BLOCK_D)
     a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
     if HAS_D:
         skip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     for t in range(L):
-        tok = row.to(tl.int64) * L + t  # index of (row, t) in [B, L]
-        u = tl.load(u_ptr + tok * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + tok * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + tok * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        tok = row * L + t  # index of (row, t) in [B, L]
+        u, dt, b = _step_inputs(u_ptr, delta_ptr, b_ptr, tok, offs_d, offs_n, mask_d, mask_n, D, N)
         c = tl.load(c_ptr + tok * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         h = tl.exp(dt[:, None] * a) * h + (dt * u)[:, None] * b[None, :]
         y = tl.sum(h * c[None, :], axis=1)
         if HAS_D:
             y += skip * u
         tl.store(y_ptr + tok * D + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
-        if STORE_STATES:
-            tl.store(states_ptr + (tok * D + offs_d[:, None]) * N + offs_n[None, :], h, mask=mask_dn)
+        if STORE_CHECKPOINTS:  # the state at the end of each chunk: where the backward restarts from
+            chunk_end = tl.full([BLOCK_D, BLOCK_N], t % CHUNK, tl.int32) == CHUNK - 1
+            tl.store(ckpt_ptr + ((row * n_chunks + t // CHUNK) * D + offs_d[:, None]) * N + offs_n[None, :], h,
+                     mask=mask_dn & chunk_end)
 
 
 @triton.jit
-def _scan_bwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, states_ptr, dy_ptr,
-              du_ptr, ddelta_ptr, db_part_ptr, dc_part_ptr, da_part_ptr, dskip_part_ptr, B_rows, L, D,
-              N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HAS_D: tl.constexpr):
-    row = tl.program_id(0)
+def _scan_bwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, ckpt_ptr, scratch_ptr, dy_ptr,
+              du_ptr, ddelta_ptr, db_part_ptr, dc_part_ptr, da_part_ptr, dskip_part_ptr, B_rows, L, D, n_chunks,
+              N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+              HAS_D: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
     dblock = tl.program_id(1)
-    offs_d = dblock * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_d, mask_n = offs_d < D, offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    offs_d, offs_n, mask_d, mask_n, mask_dn = _channel_block(dblock, D, N, BLOCK_N, BLOCK_D)
     a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
     if HAS_D:
         skip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     dh = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     da = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     dskip = tl.zeros([BLOCK_D], dtype=tl.float32)
-    # partial sums over this program's channels: [n_dblocks, B, L, N]
-    part = (dblock.to(tl.int64) * B_rows + row) * L
-    for i in range(L):
-        t = L - 1 - i
-        tok = row.to(tl.int64) * L + t
-        u = tl.load(u_ptr + tok * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + tok * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + tok * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        c = tl.load(c_ptr + tok * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        g = tl.load(dy_ptr + tok * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        h = tl.load(states_ptr + (tok * D + offs_d[:, None]) * N + offs_n[None, :], mask=mask_dn, other=0.0)
-        has_prev = tl.full([BLOCK_D, BLOCK_N], t, tl.int32) > 0  # h_{-1} = 0 (a tensor mask: the interpreter
-        h_prev = tl.load(states_ptr + ((tok - 1) * D + offs_d[:, None]) * N + offs_n[None, :],  # takes no bool)
-                         mask=mask_dn & has_prev, other=0.0)
-        dh += g[:, None] * c[None, :]  # now the whole gradient of h_t
-        tl.store(dc_part_ptr + (part + t) * N + offs_n, tl.sum(h * g[:, None], axis=0), mask=mask_n)
-        decay = tl.exp(dt[:, None] * a)
-        ddt = tl.sum(dh * (a * decay * h_prev + u[:, None] * b[None, :]), axis=1)
-        da += dh * dt[:, None] * decay * h_prev
-        tl.store(db_part_ptr + (part + t) * N + offs_n, tl.sum(dh * (dt * u)[:, None], axis=0), mask=mask_n)
-        du = tl.sum(dh * dt[:, None] * b[None, :], axis=1)
-        if HAS_D:
-            du += skip * g
-            dskip += g * u
-        tl.store(du_ptr + tok * D + offs_d, du.to(du_ptr.dtype.element_ty), mask=mask_d)
-        tl.store(ddelta_ptr + tok * D + offs_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_d)
-        dh = dh * decay  # carried to step t - 1
-    tl.store(da_part_ptr + (row.to(tl.int64) * D + offs_d[:, None]) * N + offs_n[None, :], da, mask=mask_dn)
+    part = (dblock.to(tl.int64) * B_rows + row) * L  # partial sums over this program's channels: [blocks, B, L, N]
+    # this program's scratch: the states of one chunk, [CHUNK, BLOCK_D, BLOCK_N]
+    slab = (row * tl.num_programs(1) + dblock) * (CHUNK * BLOCK_D * BLOCK_N)
+    local = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    for i in range(n_chunks):
+        chunk = n_chunks - 1 - i
+        start = chunk * CHUNK
+        has_start = tl.full([BLOCK_D, BLOCK_N], chunk, tl.int32) > 0
+        h0 = tl.load(ckpt_ptr + ((row * n_chunks + chunk - 1) * D + offs_d[:, None]) * N + offs_n[None, :],
+                     mask=mask_dn & has_start, other=0.0)  # the state before the chunk (0 before the first)
+        # recompute the chunk's states from its checkpoint; steps past L are no-ops (Δ = 0 keeps h)
+        h = h0
+        for j in range(CHUNK):
+            t = start + j
+            in_d = mask_d & (tl.full([BLOCK_D], t, tl.int32) < L)
+            in_n = mask_n & (tl.full([BLOCK_N], t, tl.int32) < L)
+            u, dt, b = _step_inputs(u_ptr, delta_ptr, b_ptr, row * L + t, offs_d, offs_n, in_d, in_n, D, N)
+            h = tl.exp(dt[:, None] * a) * h + (dt * u)[:, None] * b[None, :]
+            tl.store(scratch_ptr + slab + j * (BLOCK_D * BLOCK_N) + local, h)
+        tl.debug_barrier()  # the whole program sees the chunk's states before reading them back
+        for jj in range(CHUNK):
+            j = CHUNK - 1 - jj
+            t = start + j
+            tok = row * L + t
+            in_d = mask_d & (tl.full([BLOCK_D], t, tl.int32) < L)
+            in_n = mask_n & (tl.full([BLOCK_N], t, tl.int32) < L)
+            u, dt, b = _step_inputs(u_ptr, delta_ptr, b_ptr, tok, offs_d, offs_n, in_d, in_n, D, N)
+            c = tl.load(c_ptr + tok * N + offs_n, mask=in_n, other=0.0).to(tl.float32)
+            g = tl.load(dy_ptr + tok * D + offs_d, mask=in_d, other=0.0).to(tl.float32)
+            h = tl.load(scratch_ptr + slab + j * (BLOCK_D * BLOCK_N) + local)
+            has_prev = tl.full([BLOCK_D, BLOCK_N], j, tl.int32) > 0
+            h_prev = tl.load(scratch_ptr + slab + (j - 1) * (BLOCK_D * BLOCK_N) + local, mask=has_prev, other=0.0)
+            h_prev = tl.where(has_prev, h_prev, h0)
+            dh += g[:, None] * c[None, :]  # now the whole gradient of h_t
+            tl.store(dc_part_ptr + (part + t) * N + offs_n, tl.sum(h * g[:, None], axis=0), mask=in_n)
+            decay = tl.exp(dt[:, None] * a)
+            ddt = tl.sum(dh * (a * decay * h_prev + u[:, None] * b[None, :]), axis=1)
+            da += dh * dt[:, None] * decay * h_prev
+            tl.store(db_part_ptr + (part + t) * N + offs_n, tl.sum(dh * (dt * u)[:, None], axis=0), mask=in_n)
+            du = tl.sum(dh * dt[:, None] * b[None, :], axis=1)
+            if HAS_D:
+                du += skip * g
+                dskip += g * u
+            tl.store(du_ptr + tok * D + offs_d, du.to(du_ptr.dtype.element_ty), mask=in_d)
+            tl.store(ddelta_ptr + tok * D + offs_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=in_d)
+            dh = dh * decay  # carried to step t - 1 (unchanged past L, where Δ = 0)
+        tl.debug_barrier()  # every read of this chunk's states is done before the next chunk overwrites them
+    tl.store(da_part_ptr + (row * D + offs_d[:, None]) * N + offs_n[None, :], da, mask=mask_dn)
     if HAS_D:
-        tl.store(dskip_part_ptr + row.to(tl.int64) * D + offs_d, dskip, mask=mask_d)
+        tl.store(dskip_part_ptr + row * D + offs_d, dskip, mask=mask_d)
 
 
 def _check(u, delta, A, B, C, D):
@@ -138,32 +176,35 @@ class _SelectiveScan(torch.autograd.Function):
         n = A.shape[1]
         needs_grad = any(ctx.needs_input_grad)
         y = torch.empty_like(u)
-        states = u.new_empty((rows, L, d, n) if needs_grad else (1,), dtype=torch.float32)
+        n_chunks = triton.cdiv(L, CHUNK)
+        ckpt = u.new_empty((rows, n_chunks, d, n) if needs_grad else (1,), dtype=torch.float32)
         bd = block_d(rows, d)
         _scan_fwd[(rows, triton.cdiv(d, bd))](
-            u, delta, A, B, C, D if D is not None else A, y, states, L, d, N=n, BLOCK_N=triton.next_power_of_2(n),
-            BLOCK_D=bd, HAS_D=D is not None, STORE_STATES=needs_grad, num_warps=NUM_WARPS)
+            u, delta, A, B, C, D if D is not None else A, y, ckpt, L, d, n_chunks, N=n,
+            BLOCK_N=triton.next_power_of_2(n), BLOCK_D=bd, CHUNK=CHUNK, HAS_D=D is not None,
+            STORE_CHECKPOINTS=needs_grad, num_warps=NUM_WARPS)
         if needs_grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, states)
+            ctx.save_for_backward(u, delta, A, B, C, D, ckpt)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, A, B, C, D, states = ctx.saved_tensors
+        u, delta, A, B, C, D, ckpt = ctx.saved_tensors
         rows, L, d = u.shape
         n = A.shape[1]
         dy = dy.contiguous()
-        bd = block_d(rows, d)
-        n_blocks = triton.cdiv(d, bd)
+        bd, block_n = block_d(rows, d), triton.next_power_of_2(n)
+        n_blocks, n_chunks = triton.cdiv(d, bd), triton.cdiv(L, CHUNK)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         f32 = dict(device=u.device, dtype=torch.float32)
+        scratch = torch.empty(rows * n_blocks * CHUNK * bd * block_n, **f32)
         db_part = torch.empty(n_blocks, rows, L, n, **f32)
         dc_part = torch.empty(n_blocks, rows, L, n, **f32)
         da_part = torch.empty(rows, d, n, **f32)
         dskip_part = torch.empty(rows, d, **f32) if D is not None else da_part
-        _scan_bwd[(rows, n_blocks)](u, delta, A, B, C, D if D is not None else A, states, dy, du, ddelta,
-                                    db_part, dc_part, da_part, dskip_part, rows, L, d, N=n,
-                                    BLOCK_N=triton.next_power_of_2(n), BLOCK_D=bd, HAS_D=D is not None,
+        _scan_bwd[(rows, n_blocks)](u, delta, A, B, C, D if D is not None else A, ckpt, scratch, dy, du, ddelta,
+                                    db_part, dc_part, da_part, dskip_part, rows, L, d, n_chunks, N=n,
+                                    BLOCK_N=block_n, BLOCK_D=bd, CHUNK=CHUNK, HAS_D=D is not None,
                                     num_warps=NUM_WARPS)
         dD = dskip_part.sum(0).to(D.dtype) if D is not None else None
         return (du, ddelta, da_part.sum(0).to(A.dtype), db_part.sum(0).to(B.dtype), dc_part.sum(0).to(C.dtype), dD)
