@@ -31,6 +31,9 @@ def default_url(sweep_name: str) -> str:
     return os.path.join("runs", sweep_name, "journal.log")
 
 
+_SCHEMA_RACE_RETRIES = 5  # how often opening an RDB storage tries again after losing a schema-creation race
+
+
 def open_storage(url: str, *, heartbeat: int = 60, create: bool = True) -> optuna.storages.BaseStorage:
     """A journal path (no scheme) or an RDB URL -> an Optuna storage."""
     if "://" not in url:
@@ -62,9 +65,6 @@ def open_storage(url: str, *, heartbeat: int = 60, create: bool = True) -> optun
             time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
         except Exception as e:  # a wrong URL, a server that is down: one line, not a SQLAlchemy traceback
             raise ProbeError(f"storage {url}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-
-
-_SCHEMA_RACE_RETRIES = 5
 
 
 def _is_duplicate(e: Exception) -> bool:

@@ -91,7 +91,7 @@ class ProbeModule(L.LightningModule):
         self.register_buffer("nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
 
     def scored_logits(self, inputs, positions):
-        """Logits [B, M, V] at the M scored positions [B, M] of each example; the vocabulary head runs only there."""
+        """Logits [B, M, V] at the M scored positions [B, M] of each example (the vocabulary head runs only there)."""
         hidden = self.model.hidden(inputs)  # [B, L, D]
         return self.model.logits(hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])))
 
