@@ -54,12 +54,18 @@ def _channel_block(pid_d, D, N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl
 
 
 @triton.jit
-def _step_inputs(u_ptr, delta_ptr, b_ptr, tok, offs_d, offs_n, mask_d, mask_n, D, N: tl.constexpr):
-    """u_t, Δ_t [BLOCK_D] and B_t [BLOCK_N] of token `tok` in float32 (0 where masked: a no-op step)."""
-    u = tl.load(u_ptr + tok * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(delta_ptr + tok * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + tok * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    return u, dt, b
+def _step_loads(u_ptr, delta_ptr, b_ptr, c_ptr, row, t, lo, L, offs_d, offs_n, mask_d, mask_n, D,
+                N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """u_t, Δ_t [BLOCK_D] and B_t, C_t [BLOCK_N] in float32; zeros unless lo <= t < L (a zero Δ is a no-op step).
+    The kernels call it one step ahead of the step they compute, so its loads overlap that step's arithmetic."""
+    tok = row * L + t
+    in_d = mask_d & (tl.full([BLOCK_D], t, tl.int32) >= lo) & (tl.full([BLOCK_D], t, tl.int32) < L)
+    in_n = mask_n & (tl.full([BLOCK_N], t, tl.int32) >= lo) & (tl.full([BLOCK_N], t, tl.int32) < L)
+    u = tl.load(u_ptr + tok * D + offs_d, mask=in_d, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr + tok * D + offs_d, mask=in_d, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + tok * N + offs_n, mask=in_n, other=0.0).to(tl.float32)
+    c = tl.load(c_ptr + tok * N + offs_n, mask=in_n, other=0.0).to(tl.float32)
+    return u, dt, b, c
 
 
 @triton.jit
@@ -72,19 +78,21 @@ def _scan_fwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, y_ptr, ckpt_ptr,
     if HAS_D:
         skip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    u, dt, b, c = _step_loads(u_ptr, delta_ptr, b_ptr, c_ptr, row, 0, 0, L, offs_d, offs_n, mask_d, mask_n, D,
+                              N, BLOCK_D, BLOCK_N)
     for t in range(L):
-        tok = row * L + t  # index of (row, t) in [B, L]
-        u, dt, b = _step_inputs(u_ptr, delta_ptr, b_ptr, tok, offs_d, offs_n, mask_d, mask_n, D, N)
-        c = tl.load(c_ptr + tok * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        u_next, dt_next, b_next, c_next = _step_loads(u_ptr, delta_ptr, b_ptr, c_ptr, row, t + 1, 0, L, offs_d,
+                                                      offs_n, mask_d, mask_n, D, N, BLOCK_D, BLOCK_N)
         h = tl.exp(dt[:, None] * a) * h + (dt * u)[:, None] * b[None, :]
         y = tl.sum(h * c[None, :], axis=1)
         if HAS_D:
             y += skip * u
-        tl.store(y_ptr + tok * D + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+        tl.store(y_ptr + (row * L + t) * D + offs_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
         if STORE_CHECKPOINTS:  # the state at the end of each chunk: where the backward restarts from
             chunk_end = tl.full([BLOCK_D, BLOCK_N], t % CHUNK, tl.int32) == CHUNK - 1
             tl.store(ckpt_ptr + ((row * n_chunks + t // CHUNK) * D + offs_d[:, None]) * N + offs_n[None, :], h,
                      mask=mask_dn & chunk_end)
+        u, dt, b, c = u_next, dt_next, b_next, c_next
 
 
 @triton.jit
@@ -113,24 +121,33 @@ def _scan_bwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, ckpt_ptr, scratc
                      mask=mask_dn & has_start, other=0.0)  # the state before the chunk (0 before the first)
         # recompute the chunk's states from its checkpoint; steps past L are no-ops (Δ = 0 keeps h)
         h = h0
+        u, dt, b, c = _step_loads(u_ptr, delta_ptr, b_ptr, c_ptr, row, start, start, L, offs_d, offs_n, mask_d,
+                                  mask_n, D, N, BLOCK_D, BLOCK_N)
         for j in range(CHUNK):
-            t = start + j
-            in_d = mask_d & (tl.full([BLOCK_D], t, tl.int32) < L)
-            in_n = mask_n & (tl.full([BLOCK_N], t, tl.int32) < L)
-            u, dt, b = _step_inputs(u_ptr, delta_ptr, b_ptr, row * L + t, offs_d, offs_n, in_d, in_n, D, N)
+            u_next, dt_next, b_next, c_next = _step_loads(u_ptr, delta_ptr, b_ptr, c_ptr, row, start + j + 1, start,
+                                                          L, offs_d, offs_n, mask_d, mask_n, D, N, BLOCK_D, BLOCK_N)
             h = tl.exp(dt[:, None] * a) * h + (dt * u)[:, None] * b[None, :]
             tl.store(scratch_ptr + slab + j * (BLOCK_D * BLOCK_N) + local, h)
+            u, dt, b, c = u_next, dt_next, b_next, c_next
         tl.debug_barrier()  # the whole program sees the chunk's states before reading them back
+        # walk the chunk in reverse; each step's inputs and dy are loaded one step ahead, and h_{t-1} read for
+        # step t is h_t of the next
+        t = start + CHUNK - 1
+        u, dt, b, c = _step_loads(u_ptr, delta_ptr, b_ptr, c_ptr, row, t, start, L, offs_d, offs_n, mask_d, mask_n,
+                                  D, N, BLOCK_D, BLOCK_N)
+        g = tl.load(dy_ptr + (row * L + t) * D + offs_d, mask=mask_d & (tl.full([BLOCK_D], t, tl.int32) < L),
+                    other=0.0).to(tl.float32)
+        h = tl.load(scratch_ptr + slab + (CHUNK - 1) * (BLOCK_D * BLOCK_N) + local)
         for jj in range(CHUNK):
             j = CHUNK - 1 - jj
             t = start + j
             tok = row * L + t
             in_d = mask_d & (tl.full([BLOCK_D], t, tl.int32) < L)
             in_n = mask_n & (tl.full([BLOCK_N], t, tl.int32) < L)
-            u, dt, b = _step_inputs(u_ptr, delta_ptr, b_ptr, tok, offs_d, offs_n, in_d, in_n, D, N)
-            c = tl.load(c_ptr + tok * N + offs_n, mask=in_n, other=0.0).to(tl.float32)
-            g = tl.load(dy_ptr + tok * D + offs_d, mask=in_d, other=0.0).to(tl.float32)
-            h = tl.load(scratch_ptr + slab + j * (BLOCK_D * BLOCK_N) + local)
+            u_next, dt_next, b_next, c_next = _step_loads(u_ptr, delta_ptr, b_ptr, c_ptr, row, t - 1, start, L,
+                                                          offs_d, offs_n, mask_d, mask_n, D, N, BLOCK_D, BLOCK_N)
+            prev_in = (tl.full([BLOCK_D], j, tl.int32) > 0) & (tl.full([BLOCK_D], t - 1, tl.int32) < L)
+            g_next = tl.load(dy_ptr + (tok - 1) * D + offs_d, mask=mask_d & prev_in, other=0.0).to(tl.float32)
             has_prev = tl.full([BLOCK_D, BLOCK_N], j, tl.int32) > 0
             h_prev = tl.load(scratch_ptr + slab + (j - 1) * (BLOCK_D * BLOCK_N) + local, mask=has_prev, other=0.0)
             h_prev = tl.where(has_prev, h_prev, h0)
@@ -147,6 +164,7 @@ def _scan_bwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, ckpt_ptr, scratc
             tl.store(du_ptr + tok * D + offs_d, du.to(du_ptr.dtype.element_ty), mask=in_d)
             tl.store(ddelta_ptr + tok * D + offs_d, ddt.to(ddelta_ptr.dtype.element_ty), mask=in_d)
             dh = dh * decay  # carried to step t - 1 (unchanged past L, where Δ = 0)
+            u, dt, b, c, g, h = u_next, dt_next, b_next, c_next, g_next, h_prev
         tl.debug_barrier()  # every read of this chunk's states is done before the next chunk overwrites them
     tl.store(da_part_ptr + (row * D + offs_d[:, None]) * N + offs_n[None, :], da, mask=mask_dn)
     if HAS_D:
