@@ -38,7 +38,8 @@ CHUNK = 32  # steps between the forward's checkpoints; the backward recomputes o
 
 def block_d(rows: int, d: int) -> int:
     """Channels per program. 16 where that still gives ≥ 512 programs; otherwise 4, so short batches still
-    spread over the H100's 132 SMs. Measured fwd+bwd on the H100 (bf16, N = 16, BLOCK_D x warps in
+    spread over the H100's 132 SMs. Chosen with the kernel's first version (states stored, no checkpoints),
+    fwd+bwd on the H100 (bf16, N = 16, BLOCK_D x warps in
     {4, 8, 16, 32} x {1, 2, 4}): [16, 1024, 256] best at 4 x 1 (1.38 ms; 16 x 1: 1.63 ms), [256, 256, 256] and
     [256, 512, 1024] best at 16 x 1 (1.73 and 13.4 ms)."""
     return 16 if rows * triton.cdiv(d, 16) >= 512 else 4
