@@ -7,8 +7,9 @@ whose size does not grow with the sequence length, which is what the synthetic t
 
 Design choices: the core ops (`selective_scan_ref`, `ssd_chunked`, `ssd_recurrent`, `fft_conv`,
 `s4d_kernel`) are module-level functions in plain PyTorch with shapes in their docstrings, so a Triton kernel
-can replace them on CUDA (Mamba's selective scan already runs on `probe.kernels.selective_scan` there); scans and FFTs accumulate in float32, or float64 when the input is float64; complex
-parameters and states are stored as real tensors so that state sizes count complex numbers as two reals.
+can replace them on CUDA (Mamba's selective scan already runs on `probe.kernels.selective_scan` there); scans
+and FFTs accumulate in float32, or float64 when the input is float64; complex parameters and states are stored
+as real tensors so that state sizes count complex numbers as two reals.
 """
 from __future__ import annotations
 
@@ -105,9 +106,10 @@ def selective_scan_ref(u, delta, A, B, C, D=None):
 def selective_scan(u, delta, A, B, C, D=None):
     """The selective scan in the model's token-major layout: u, delta [B, L, D], B, C [B, L, N] -> y [B, L, D].
 
-    probe's Triton kernel on CUDA (`probe.kernels.selective_scan`), the sequential reference elsewhere.
+    probe's Triton kernel on CUDA (`probe.kernels.selective_scan`), the sequential reference elsewhere and for
+    float64 (the kernel computes in float32).
     """
-    if u.is_cuda:
+    if u.is_cuda and u.dtype != torch.float64:
         from ..kernels.selective_scan import selective_scan as kernel
         return kernel(u, delta, A, B, C, D)
     return selective_scan_ref(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
