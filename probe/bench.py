@@ -6,7 +6,8 @@
           fp32 on CPU), median of repeats (CUDA: timed with events by triton.testing.do_bench).
 - train:  train tokens/s of the whole training loop at Zoology's Figure-2 MQAR cell (L 256, 16 pairs, vocab
           8192, batch 256, d_model 128, 2 layers, no MLP), the figure to compare with its 2.2-2.8 M tokens/s;
-          each arch first trains 20 steps at the same shapes, untimed.
+          `--pack 1,8,32` trains packs of K members and prints tokens/s per member and summed, the ratio to K = 1
+          in the same run, model FLOP utilisation and peak memory; each pack first trains 20 steps, untimed.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import time
 import torch
 
 from tasks import TASKS
+
+from .errors import ProbeError
 
 REFERENCE_TASKS = {
     "mqar": dict(seq_len=256, vocab_size=8192, num_kv_pairs=16),
@@ -80,20 +83,67 @@ def bench_mixers(device: torch.device, d_model: int, seq_len: int, batch: int, r
     return rows
 
 
-def bench_train(device: torch.device, archs: list[str], steps: int) -> list[dict]:
-    from .train import ModelConfig, TrainConfig, train
+PEAK_BF16_FLOPS = 790e12  # an H200's measured bf16 matrix-product rate (8192³ products, this workplace)
+
+
+def flops_per_token(arch: str, task, model_cfg, device: torch.device) -> float:
+    """Training FLOPs per token of one model (forward + backward), as torch's FlopCounterMode counts them: matrix
+    products and attention; scans, FFTs and elementwise work are not counted, so this is a lower bound."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .data import Scored
+    from .model import build_model
+    from .pack import ScoredLogits
+    model = ScoredLogits(build_model(arch, vocab_size=task.vocab_size, max_seq_len=task.max_seq_len,
+                                     d_model=model_cfg.d_model, n_layers=model_cfg.n_layers,
+                                     channel_mixer=model_cfg.channel_mixer)).to(device)
+    ex = task.generate(8, seed=1, device=device)
+    scored = Scored(ex.targets)
+    with FlopCounterMode(display=False) as counter:
+        logits = model(ex.inputs, scored.positions)
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), scored.targets.flatten(),
+                                          ignore_index=-100).backward()
+    return counter.get_total_flops() / ex.inputs.numel()
+
+
+def bench_train(device: torch.device, archs: list[str], steps: int, packs: list[int]) -> list[dict]:
+    """Each arch at Zoology's Figure-2 cell, trained as packs of K members (learning rates spread over 1e-4..1e-2,
+    as a sweep cell's trials are): tokens/s per member and summed, the ratio to K = 1 measured in the same run,
+    model FLOP utilisation against the bf16 peak, and the pack's peak memory."""
+    from .train import ModelConfig, RunSpec, TrainConfig, fit
     task = TASKS["mqar"](seq_len=256, vocab_size=8192, num_kv_pairs=16)
+    model_cfg = ModelConfig(d_model=128, n_layers=2)
     rows = []
     for arch in archs:
-        def run(max_steps: int, num_train: int) -> dict:
-            return train(task, arch, ModelConfig(d_model=128, n_layers=2),
-                         TrainConfig(lr=1e-3, batch_size=256, max_steps=max_steps, num_train=num_train,
-                                     num_test=3_000, val_every=max_steps, stop_at=None, device=device.type))
-        run(20, 256 * 20)  # warm-up at the same shapes: kernel loads, library handles and plans stay out
-        r = run(steps, 100_000)
-        rows.append({"arch": arch, "tokens_per_s": r["train_tokens_per_s"], "accuracy": r["accuracy"]})
-        print(f"{arch:24s} {r['train_tokens_per_s'] / 1e6:7.3f} M train tok/s over {steps} steps "
-              f"(accuracy {r['accuracy']:.3f})", flush=True)
+        def run(k: int, max_steps: int, num_train: int):
+            lrs = [10 ** (-4 + 2 * i / max(1, k - 1)) for i in range(k)] if k > 1 else [1e-3]
+            return fit([RunSpec(task, arch, model_cfg, TrainConfig(
+                lr=lr, batch_size=256, max_steps=max_steps, num_train=num_train, num_test=3_000,
+                val_every=max_steps, stop_at=None, device=device.type)) for lr in lrs])
+        flops = flops_per_token(arch, task, model_cfg, device)
+        single = None
+        for k in sorted(set([1, *packs])):
+            try:
+                run(k, 20, 256 * 20)  # warm-up at the same shapes: kernel loads, library handles and plans stay out
+                records = run(k, steps, 100_000)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                print(f"{arch:24s} K={k:<3d} does not fit in GPU memory", flush=True)
+                break
+            total = sum(r.train_tokens_per_s for r in records)
+            single = total if k == 1 else single
+            peak = records[0].peak_memory_bytes
+            row = {"arch": arch, "pack": k, "tokens_per_s_per_member": total / k, "tokens_per_s": total,
+                   "ratio_to_single": total / single, "flops_per_token": flops,
+                   "mfu": total * flops / PEAK_BF16_FLOPS if device.type == "cuda" else None,
+                   "peak_memory_gib": peak / 2**30 if peak is not None else None}
+            rows.append(row)
+            print(f"{arch:24s} K={k:<3d} {total / k / 1e6:7.3f} M tok/s per member, {total / 1e6:8.3f} M summed "
+                  f"({row['ratio_to_single']:5.2f}x K=1)"
+                  + (f", MFU {100 * row['mfu']:5.2f}% of {PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s"
+                     if row["mfu"] is not None else "")
+                  + (f", peak {row['peak_memory_gib']:.2f} GiB" if peak is not None else "")
+                  + f" [{flops / 1e6:.2f} MFLOP/token counted]", flush=True)
     return rows
 
 
@@ -107,11 +157,18 @@ def main(argv: list[str]) -> None:
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=300, help="train: steps per arch")
+    p.add_argument("--pack", default="1", help="train: comma-separated pack sizes K (K=1 is always measured too)")
     p.add_argument("--archs", default=None, help="comma-separated (default: all for mixers; four for train)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     archs = args.archs.split(",") if args.archs else None
+    try:
+        packs = [int(k) for k in args.pack.split(",")]
+    except ValueError:
+        raise ProbeError(f"--pack {args.pack!r} must be comma-separated integers") from None
+    if any(k < 1 for k in packs):
+        raise ProbeError(f"--pack {args.pack}: every pack size must be >= 1")
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch "
           f"{torch.__version__}", flush=True)
     if args.what == "tasks":
@@ -119,4 +176,4 @@ def main(argv: list[str]) -> None:
     elif args.what == "mixers":
         bench_mixers(device, args.d_model, args.seq_len, args.batch, args.repeats, archs)
     else:
-        bench_train(device, archs or ["attention", "baseconv", "based", "hyena"], args.steps)
+        bench_train(device, archs or ["attention", "baseconv", "based", "hyena"], args.steps, packs)

@@ -38,20 +38,31 @@ def _device(value: str) -> str:
     return value
 
 
+PACK_HELP = "trials trained together in one pack (default: the sweep's pack_size, else all of a cell's trials)"
+
+
+def _check_pack(pack: int | None) -> None:
+    if pack is not None and pack < 1:
+        raise ProbeError(f"--pack {pack} must be >= 1")
+
+
 def cmd_worker(argv: list[str]) -> None:
     p = _parser("probe worker", "Work on a sweep's cells until none needs a trial (one process).")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--worker-id", type=int, default=None, help="spreads workers over cells (default: the pid)")
     p.add_argument("--heartbeat", type=int, default=60, help="RDB storages: seconds between heartbeats")
     p.add_argument("--progress", action="store_true", help="a progress bar per trial")
+    p.add_argument("--pack", type=int, default=None, help=PACK_HELP)
     args = p.parse_args(argv)
+    _check_pack(args.pack)
     sweep = load_sweep(args.file)
     storage = open_storage(args.storage or default_url(sweep.name), heartbeat=args.heartbeat)
     from .train import quiet_lightning
     from .tuning import run_worker
     quiet_lightning()
     wid = args.worker_id if args.worker_id is not None else os.getpid()
-    did = run_worker(sweep, storage, device=_device(args.device), worker_seed=wid, progress=args.progress,
+    did = run_worker(sweep, storage, device=_device(args.device), worker_seed=wid, pack=args.pack,
+                     progress=args.progress,
                      log=lambda m: print(m, flush=True))
     print(f"[worker {wid}] done: {did['trials']} trials ({did['failed']} failed), "
           f"{did['reaped']} dead workers' trials failed for retry", flush=True)
@@ -98,7 +109,9 @@ def cmd_sweep(argv: list[str]) -> None:
     p.add_argument("--workers-per-gpu", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="CPU: number of worker processes")
     p.add_argument("--heartbeat", type=int, default=60)
+    p.add_argument("--pack", type=int, default=None, help=PACK_HELP)
     args = p.parse_args(argv)
+    _check_pack(args.pack)
     sweep = load_sweep(args.file)
     url = args.storage or default_url(sweep.name)
     open_storage(url, heartbeat=args.heartbeat)  # fails here, once, if the storage is unusable
@@ -120,6 +133,8 @@ def cmd_sweep(argv: list[str]) -> None:
         log = open(os.path.join(log_dir, f"worker{i}.log"), "a")
         cmd = [sys.executable, "-m", "probe", "worker", args.file, "--storage", url, "--device", device,
                "--worker-id", str(i), "--heartbeat", str(args.heartbeat)]
+        if args.pack is not None:
+            cmd += ["--pack", str(args.pack)]
         procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     start = time.time()
     try:

@@ -115,6 +115,7 @@ def reap_dead_workers(study: optuna.Study, untagged_after_s: float = 60.0) -> in
         else:
             reason = f"worker pid {worker['pid']} on {host} died"
         study._storage.set_trial_user_attr(t._trial_id, "reason", reason)
+        study._storage.set_trial_user_attr(t._trial_id, "lost", True)  # retried; not a failure of the cell
         if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
             reaped += 1
     return reaped

@@ -82,6 +82,9 @@ class Sweep:
     #: one space for all archs, or a dict arch -> space (archs not named use "default" or SearchSpace())
     search: SearchSpace | dict[str, SearchSpace] = field(default_factory=SearchSpace)
     trials_per_cell: int = 4
+    #: trials trained together as one pack (probe.pack); None packs all of a cell's trials. `probe sweep --pack`
+    #: overrides it; a pack that does not fit in GPU memory is halved
+    pack_size: int | None = None
     seeds: tuple[int, ...] = (0,)
     pruner: Literal["median", "none"] = "median"
     #: a trial that raised is retried; after this many failures the cell is given up (shown as failed)
@@ -134,6 +137,8 @@ class Sweep:
         for fname in ("trials_per_cell", "max_failures_per_cell", "n_layers"):
             if getattr(self, fname) < 1:
                 raise ProbeError(f"{where}: {fname}={getattr(self, fname)} must be >= 1")
+        if self.pack_size is not None and self.pack_size < 1:
+            raise ProbeError(f"{where}: pack_size={self.pack_size} must be >= 1 (or None: a cell's trials at once)")
         if self.epochs is not None and not self.epochs > 0:
             raise ProbeError(f"{where}: epochs={self.epochs} must be > 0")
         try:

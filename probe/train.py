@@ -1,6 +1,11 @@
-"""Lightning training of one model on one task, returning a flat record of what happened.
+"""Lightning training of packs of runs: a list of run specs in, one typed record per run out.
 
-    record = train(task, "attention", ModelConfig(d_model=64), TrainConfig(lr=1e-3))
+    records = fit([RunSpec(task, "attention", ModelConfig(d_model=64), TrainConfig(lr=lr)) for lr in lrs])
+    record = train(task, "attention", ModelConfig(d_model=64), TrainConfig(lr=1e-3))   # one run, as a dict
+
+Runs that differ only in learning rate, weight decay and stop-at train together as one pack (probe.pack): one
+step trains every member, each with its own optimiser state, learning curve, stop-at and divergence; a member
+that is done leaves the pack without disturbing the others. A single run is a pack of one.
 
 Design choices: AdamW (decay on matrices only) with linear warmup and a cosine schedule over `max_steps`;
 evaluation every `val_every` steps on every evaluation length; training stops once the accuracy at the training
@@ -18,7 +23,8 @@ import platform
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import lightning as L
@@ -31,7 +37,8 @@ from tasks import IGNORE, TaskConfig
 from .data import TaskData
 from .errors import ProbeError
 from .metrics import ExampleCounts, summarise
-from .model import ChannelMixer, LanguageModel, build_model
+from .model import ChannelMixer, build_model
+from .pack import PackedAdamW, PackedModel
 
 
 @dataclass(frozen=True)
@@ -75,65 +82,171 @@ class TrainConfig:
         return torch.device(self.device)
 
 
-class ProbeModule(L.LightningModule):
-    """Trains a LanguageModel; evaluates token, per-example and per-slice accuracy at every length."""
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: a task, an arch (or hybrid pattern), the model and training configs, mixer options.
 
-    def __init__(self, model: LanguageModel, cfg: TrainConfig, *, vocab_size: int, eval_lengths: list[int],
-                 eval_slices: list[dict[str, torch.Tensor]], num_test: int):
+    Runs that differ only in `train.lr`, `train.weight_decay` and `train.stop_at` can share a pack (`fit`).
+    """
+
+    task: TaskConfig
+    arch: str
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    mixer_options: dict = field(default_factory=dict)
+
+    def pack_key(self) -> tuple:
+        shared = dataclasses.replace(self.train, lr=1.0, weight_decay=0.0, stop_at=None)
+        return (self.task, self.arch, self.model, tuple(sorted(self.mixer_options.items())), shared)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What one run produced: metrics at every evaluation length and slice, sizes, speed, provenance.
+
+    `as_dict()` is its JSON form (what `probe train --json` writes and a sweep stores on its Optuna trial).
+    """
+
+    task: str
+    arch: str
+    task_config: dict
+    model_config: dict
+    mixer_options: dict
+    train_config: dict
+    accuracy: float  # token accuracy at the training length, final weights
+    per_example_accuracy: float
+    exact_match: float
+    best_accuracy: float
+    by_length: dict  # eval length -> accuracy, per-example accuracy, exact match, slices
+    state_size: int
+    state_size_by_length: dict
+    params: int
+    steps: int
+    train_tokens: int
+    train_tokens_per_s: float  # this member's tokens over the pack's training time while it was in the pack
+    train_time_s: float
+    wall_time_s: float
+    stopped_at_target: bool
+    diverged: str | None
+    pruned: str | None  # why a judge (the sweep's pruner) stopped it, or None
+    history: list  # one entry per evaluation: step, accuracy, training loss, accuracy by length
+    seed: int
+    device: str
+    pack_size: int  # members trained together in this run's pack
+    peak_memory_bytes: int | None  # CUDA: the pack's peak allocated memory; None on the CPU
+    versions: dict
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: a judge looks at a member after each evaluation (step, accuracy) and returns a reason to stop it, or None
+Judge = Callable[[int, float], "str | None"]
+
+
+@dataclass
+class _Member:
+    spec: RunSpec
+    history: list = field(default_factory=list)
+    diverged: str | None = None
+    pruned: str | None = None
+    steps: int | None = None  # set when it leaves the pack
+    train_time: float | None = None
+
+
+class PackModule(L.LightningModule):
+    """Trains a pack of K members (K = 1: one run); evaluates token, per-example and per-slice accuracy of each
+    member at every length, with torchmetrics per member. A member that reaches its stop-at accuracy, diverges,
+    or is stopped by its judge leaves the pack at that evaluation; the trainer stops when none is left."""
+
+    def __init__(self, pack: PackedModel, members: list[_Member], *, vocab_size: int, eval_lengths: list[int],
+                 eval_slices: list[dict[str, torch.Tensor]], num_test: int, judges: list[Judge] | None,
+                 clock: "Throughput"):
         super().__init__()
-        self.model, self.cfg = model, cfg
+        self.pack, self.members, self.judges, self.clock = pack, members, judges, clock
         self.eval_lengths, self.eval_slices = eval_lengths, eval_slices
-        self.accuracy = torch.nn.ModuleList(
+        self.rows = list(range(len(members)))  # rows[i]: the member that row i of the stacked weights holds
+        self.accuracy = torch.nn.ModuleList(torch.nn.ModuleList(
             MulticlassAccuracy(num_classes=vocab_size, ignore_index=IGNORE, average="micro") for _ in eval_lengths)
-        self.counts = torch.nn.ModuleList(ExampleCounts(num_test) for _ in eval_lengths)
-        self.history: list[dict] = []  # one entry per evaluation: the learning curve
-        self.diverged: str | None = None
-        self.register_buffer("nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
-
-    def scored_logits(self, inputs, positions):
-        """Logits [B, M, V] at the M scored positions [B, M] of each example (the vocabulary head runs only there)."""
-        hidden = self.model.hidden(inputs)  # [B, L, D]
-        return self.model.logits(hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])))
+            for _ in members)
+        self.counts = torch.nn.ModuleList(torch.nn.ModuleList(ExampleCounts(num_test) for _ in eval_lengths)
+                                          for _ in members)
+        self.register_buffer("nonfinite", torch.zeros(len(members), dtype=torch.bool), persistent=False)
+        self.register_buffer("last_loss", torch.full((len(members),), float("nan")), persistent=False)
 
     def training_step(self, batch, batch_idx):
         inputs, positions, targets, _ = batch
-        logits = self.scored_logits(inputs, positions)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+        logits = self.pack.scored_logits(inputs, positions)  # [K, B, M, V]
+        k = logits.shape[0]
+        ce = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten().repeat(k), ignore_index=IGNORE,
+                             reduction="none").view(k, -1)  # [K, B·M]
+        loss = ce.sum(1) / (targets != IGNORE).sum().clamp(min=1)  # [K]: each member's mean over scored tokens
         self.nonfinite |= ~torch.isfinite(loss.detach())
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss
+        self.last_loss = loss.detach().float()
+        self.log("loss", loss.detach().mean(), prog_bar=True, on_step=True, on_epoch=False)
+        return loss.sum()  # members share no weights: each gets exactly its own loss's gradient
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         inputs, positions, targets, idx = batch
-        preds = self.scored_logits(inputs, positions).argmax(-1)  # [B, M]
-        self.accuracy[dataloader_idx].update(preds.flatten(), targets.flatten())
+        preds = self.pack.scored_logits(inputs, positions).argmax(-1)  # [K, B, M]
         scored = targets != IGNORE
-        self.counts[dataloader_idx].update(idx, ((preds == targets) & scored).sum(1), scored.sum(1))
+        for row, m in enumerate(self.rows):
+            self.accuracy[m][dataloader_idx].update(preds[row].flatten(), targets.flatten())
+            self.counts[m][dataloader_idx].update(idx, ((preds[row] == targets) & scored).sum(1), scored.sum(1))
 
-    def on_validation_epoch_end(self):
+    def _evaluation(self, m: int) -> dict:
         entry = {"step": int(self.global_step), "by_length": {}}
         for i, length in enumerate(self.eval_lengths):
-            correct, scored = self.counts[i].compute()
-            result = {"accuracy": self.accuracy[i].compute().item(),
-                      **summarise(correct, scored, {k: v.to(correct.device) for k, v in self.eval_slices[i].items()})}
-            entry["by_length"][length] = result
-            self.accuracy[i].reset()
-            self.counts[i].reset()
+            correct, scored = self.counts[m][i].compute()
+            slices = {k: v.to(correct.device) for k, v in self.eval_slices[i].items()}
+            entry["by_length"][length] = {"accuracy": self.accuracy[m][i].compute().item(),
+                                          **summarise(correct, scored, slices)}
+            self.accuracy[m][i].reset()
+            self.counts[m][i].reset()
         entry["accuracy"] = entry["by_length"][self.eval_lengths[0]]["accuracy"]
-        self.history.append(entry)
-        self.log("acc", entry["accuracy"], prog_bar=True)
-        if bool(self.nonfinite) and self.diverged is None:
-            self.diverged = f"loss became non-finite before step {self.global_step}"
-            self.trainer.should_stop = True
-        if self.cfg.stop_at is not None and entry["accuracy"] >= self.cfg.stop_at:
+        return entry
+
+    def on_validation_epoch_end(self):
+        fitting = self.trainer.state.fn == "fit"
+        nonfinite, losses = self.nonfinite.tolist(), self.last_loss.tolist()  # the host syncs of an evaluation
+        keep = []
+        for row, m in enumerate(self.rows):
+            member, entry = self.members[m], self._evaluation(m)
+            entry["loss"] = losses[row]  # the training loss of the last step before this evaluation
+            member.history.append(entry)
+            stop_at = member.spec.train.stop_at
+            if not fitting:
+                continue
+            verdict = self.judges[m](entry["step"], entry["accuracy"]) if self.judges else None
+            if nonfinite[row]:
+                member.diverged = f"loss became non-finite before step {entry['step']}"
+            elif stop_at is None or entry["accuracy"] < stop_at:
+                if verdict is None:
+                    keep.append(row)
+                    continue
+                member.pruned = verdict
+            member.steps, member.train_time = entry["step"], self.clock.train_time
+        if self.rows:
+            self.log("acc", max(self.members[m].history[-1]["accuracy"] for m in self.rows), prog_bar=True)
+        if fitting and len(keep) < len(self.rows):
+            self._drop(keep)
+
+    def _drop(self, keep: list[int]) -> None:
+        """Leave only the pack rows `keep`: weights, optimiser state and divergence flags are sliced in place."""
+        if keep:
+            self.pack.keep(keep)
+            for opt in self.trainer.optimizers:
+                opt.keep(keep)
+            self.nonfinite, self.last_loss = self.nonfinite[keep], self.last_loss[keep]
+        self.rows = [self.rows[r] for r in keep]
+        if not keep:
             self.trainer.should_stop = True
 
     def configure_optimizers(self):
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.cfg.lr)
-        warmup, total = self.cfg.warmup_steps, self.cfg.max_steps
+        cfgs = [self.members[m].spec.train for m in self.rows]
+        opt = PackedAdamW(self.pack, lr=[c.lr for c in cfgs], weight_decay=[c.weight_decay for c in cfgs])
+        cfg = cfgs[0]
+        warmup, total = cfg.warmup_steps, cfg.max_steps
 
         def schedule(step: int) -> float:
             if step < warmup:
@@ -146,7 +259,8 @@ class ProbeModule(L.LightningModule):
 
 
 class Throughput(L.Callback):
-    """Wall time of training alone (evaluation excluded), measured with the device synchronised."""
+    """Wall time of training alone (evaluation excluded), measured with the device synchronised; `train_time`
+    is the time so far at each evaluation during training, and the total once training ends."""
 
     def __init__(self):
         self.start = self.eval_start = None
@@ -164,6 +278,8 @@ class Throughput(L.Callback):
 
     def on_validation_start(self, trainer, pl_module):
         self.eval_start = self._now(pl_module)
+        if trainer.state.fn == "fit":  # training time so far: what a member leaving the pack here used
+            self.train_time = self.eval_start - self.start - self.eval_time
 
     def on_validation_end(self, trainer, pl_module):
         if self.eval_start is not None:
@@ -202,58 +318,88 @@ def quiet_lightning() -> None:
     """Lightning's start-up banners and tips are noise in a harness that runs thousands of models."""
     warnings.filterwarnings("ignore", module=r"lightning\..*")
     warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|isinstance\(treespec).*")
+    # a pack on the CPU runs torch's CPU attention member by member (it has no vmap rule); correct, and the CPU
+    # is not where packs are fast
+    warnings.filterwarnings("ignore", message=r".*batching rule for aten::_scaled_dot_product_flash_attention_for_cpu.*")
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def train(task: TaskConfig, arch: str, model_cfg: ModelConfig = ModelConfig(), cfg: TrainConfig = TrainConfig(),
-          mixer_options: dict | None = None, *, progress: bool = False, callbacks: list | None = None) -> dict:
-    """Train one model; returns the record (metrics at every evaluation length, sizes, speed, provenance)."""
-    cfg.check()
+def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None = None,
+        judges: list[Judge] | None = None) -> list[RunRecord]:
+    """Train the runs as one pack (they must differ only in lr, weight_decay and stop_at); one record per run,
+    in order. `judges[k]`, if given, is asked about run k after every evaluation (a sweep's pruner)."""
+    if not specs:
+        raise ProbeError("fit needs at least one run")
+    for spec in specs:
+        spec.train.check()
+    if any(s.pack_key() != specs[0].pack_key() for s in specs):
+        raise ProbeError("the runs of one pack must differ only in lr, weight_decay and stop_at")
+    if judges is not None and len(judges) != len(specs):
+        raise ProbeError(f"{len(judges)} judges for {len(specs)} runs")
+    first = specs[0]
+    task, cfg = first.task, first.train
     device = cfg.resolve_device()
-    L.seed_everything(cfg.seed, workers=False, verbose=False)
-    model = build_model(arch, vocab_size=task.vocab_size, max_seq_len=task.max_seq_len,
-                        **dataclasses.asdict(model_cfg), **(mixer_options or {}))
+    models = []
+    for spec in specs:  # each member starts from its seed's weights, exactly as a run of its own would
+        L.seed_everything(spec.train.seed, workers=False, verbose=False)
+        models.append(build_model(first.arch, vocab_size=task.vocab_size, max_seq_len=task.max_seq_len,
+                                  **dataclasses.asdict(first.model), **first.mixer_options))
     data = TaskData(task, num_train=cfg.num_train, num_test=cfg.num_test, batch_size=cfg.batch_size,
                     seed=cfg.seed, device=device)
     data.setup()
-    module = ProbeModule(model, cfg, vocab_size=task.vocab_size, eval_lengths=data.eval_lengths,
-                         eval_slices=[t.slices for t in data.tests], num_test=cfg.num_test)
-    throughput = Throughput()
+    members = [_Member(spec) for spec in specs]
+    clock = Throughput()
+    module = PackModule(PackedModel(models), members, vocab_size=task.vocab_size, eval_lengths=data.eval_lengths,
+                        eval_slices=[t.slices for t in data.tests], num_test=cfg.num_test, judges=judges,
+                        clock=clock)
     quiet_lightning()
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
         precision="bf16-mixed" if device.type == "cuda" else "32-true",
         max_steps=cfg.max_steps, val_check_interval=cfg.val_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=progress, callbacks=[throughput, *(callbacks or [])])
+        enable_progress_bar=progress, callbacks=[clock, *(callbacks or [])])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     wall_start = time.perf_counter()
     trainer.fit(module, datamodule=data)
-    if not module.history or module.history[-1]["step"] != trainer.global_step:
+    last = [members[m].history[-1]["step"] if members[m].history else None for m in module.rows]
+    if module.rows and last[0] != trainer.global_step:  # the members still in the pack share their steps
         trainer.validate(module, datamodule=data, verbose=False)  # the final weights are always evaluated
     wall = time.perf_counter() - wall_start
+    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    for m in module.rows:  # trained to the end
+        members[m].steps, members[m].train_time = int(trainer.global_step), clock.train_time
+    common = dict(state_size=models[0].state_size(task.seq_len),
+                  state_size_by_length={L_: models[0].state_size(L_) for L_ in data.eval_lengths},
+                  params=models[0].num_params(), wall_time_s=wall, pack_size=len(specs), peak_memory_bytes=peak,
+                  device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  versions=versions())
+    return [_record(member, task, common) for member in members]
 
-    final = module.history[-1]
-    steps = int(trainer.global_step)
-    return {
-        "task": task.name, "arch": arch,
-        "task_config": dataclasses.asdict(task), "model_config": dataclasses.asdict(model_cfg),
-        "mixer_options": dict(mixer_options or {}), "train_config": dataclasses.asdict(cfg),
-        "accuracy": final["accuracy"],
-        "per_example_accuracy": final["by_length"][task.seq_len]["per_example_accuracy"],
-        "exact_match": final["by_length"][task.seq_len]["exact_match"],
-        "best_accuracy": max(h["accuracy"] for h in module.history),
-        "by_length": final["by_length"],
-        "state_size": model.state_size(task.seq_len),
-        "state_size_by_length": {L_: model.state_size(L_) for L_ in data.eval_lengths},
-        "params": model.num_params(),
-        "steps": steps, "train_tokens": steps * cfg.batch_size * task.seq_len,
-        "train_tokens_per_s": steps * cfg.batch_size * task.seq_len / max(throughput.train_time, 1e-9),
-        "train_time_s": throughput.train_time, "wall_time_s": wall,
-        "stopped_at_target": cfg.stop_at is not None and final["accuracy"] >= cfg.stop_at,
-        "diverged": module.diverged,
-        "history": [{"step": h["step"], "accuracy": h["accuracy"],
-                     "by_length": {k: v["accuracy"] for k, v in h["by_length"].items()}} for h in module.history],
-        "seed": cfg.seed, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "versions": versions(),
-    }
+
+def _record(member: _Member, task: TaskConfig, common: dict) -> RunRecord:
+    spec, final = member.spec, member.history[-1]
+    tokens = member.steps * spec.train.batch_size * task.seq_len
+    at_train_len = final["by_length"][task.seq_len]
+    return RunRecord(
+        task=task.name, arch=spec.arch, task_config=dataclasses.asdict(task),
+        model_config=dataclasses.asdict(spec.model), mixer_options=dict(spec.mixer_options),
+        train_config=dataclasses.asdict(spec.train), accuracy=final["accuracy"],
+        per_example_accuracy=at_train_len["per_example_accuracy"], exact_match=at_train_len["exact_match"],
+        best_accuracy=max(h["accuracy"] for h in member.history), by_length=final["by_length"],
+        steps=member.steps, train_tokens=tokens, train_tokens_per_s=tokens / max(member.train_time, 1e-9),
+        train_time_s=member.train_time,
+        stopped_at_target=spec.train.stop_at is not None and final["accuracy"] >= spec.train.stop_at,
+        diverged=member.diverged, pruned=member.pruned,
+        history=[{"step": h["step"], "accuracy": h["accuracy"], "loss": h.get("loss"),
+                  "by_length": {k: v["accuracy"] for k, v in h["by_length"].items()}} for h in member.history],
+        seed=spec.train.seed, **common)
+
+
+def train(task: TaskConfig, arch: str, model_cfg: ModelConfig = ModelConfig(), cfg: TrainConfig = TrainConfig(),
+          mixer_options: dict | None = None, *, progress: bool = False, callbacks: list | None = None) -> dict:
+    """Train one model (a pack of one); returns its record's JSON form (`RunRecord.as_dict()`)."""
+    spec = RunSpec(task, arch, model_cfg, cfg, dict(mixer_options or {}))
+    return fit([spec], progress=progress, callbacks=callbacks)[0].as_dict()

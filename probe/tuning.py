@@ -1,26 +1,34 @@
-"""One worker's loop over a sweep: for each cell, run Optuna trials until the cell has its budget.
+"""One worker's loop over a sweep: for each cell, ask Optuna for a pack of trials, train them together, tell each.
 
 Design choices:
-- The sampler tunes the cell's search space: GPSampler for up to 3 continuous parameters, TPE otherwise;
-  few random start-up trials, since a cell gets only a handful of trials.
-- probe's own Lightning callback reports accuracy to the trial at every evaluation, by global step, and stops
-  the trainer cleanly when the pruner says so (the trial ends PRUNED with its record kept).
-- A loss that turns NaN/inf ends the trial as PRUNED with the reason recorded; any other exception ends it
-  FAILED with the error recorded; neither stops the worker.
+- Ask-and-tell: a worker asks a cell for as many trials as it still needs (up to the pack size), trains them as
+  one pack (probe.pack: one step trains every member) and tells each trial its own result.
+- The sampler tunes the cell's search space. A cell's first trials come from a scrambled Sobol sequence seeded by
+  the study alone, so the trials of one pack spread over the whole range (one per stratum, like a grid), and
+  workers racing for one study draw distinct points of the same sequence. Later trials: GPSampler (Optuna 5
+  accounts for running trials, so the members of one pack differ), TPE with the constant liar beyond 3 parameters.
+- Each member reports accuracy to its trial at every evaluation, by global step; a member the pruner stops
+  leaves the pack (its trial ends PRUNED with its record kept) and the others train on.
+- A member whose loss turns NaN/inf ends PRUNED with the reason recorded; if training raises, every trial of the
+  pack ends FAILED with the error recorded; neither stops the worker. A pack that does not fit in GPU memory is
+  halved and each half trained in turn.
 - Budget: a cell is done when it has `trials_per_cell` trials that are COMPLETE, PRUNED, RUNNING or WAITING.
   Workers race: each new trial counts the live trials numbered before it, and a trial beyond the budget ends
   at once, FAILED and marked `surplus`, before any training. So two workers never train the same trial, and no
   cell trains more trials than its budget.
+- Lost is not failed: a trial whose worker died or was interrupted is FAILED and marked `lost`; the cell asks
+  for a new one, and lost trials never count toward `max_failures_per_cell`.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import time
 import traceback
 import zlib
 
-import lightning as L
 import optuna
 from optuna.trial import TrialState
 
@@ -30,37 +38,17 @@ from .sweep import Cell, Sweep
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
-class Surplus(Exception):
-    """The cell already has its budget of trials; this one ends before training."""
-
-
-class TrialFailed(Exception):
-    """Training raised; the trial ends FAILED with the error recorded and the worker goes on."""
-
-
-class OptunaPruning(L.Callback):
-    """Report accuracy at the training length after every evaluation; stop the trainer when pruned."""
-
-    def __init__(self, trial: optuna.Trial):
-        self.trial = trial
-        self.pruned_at: int | None = None
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not pl_module.history or trainer.state.fn != "fit":
-            return
-        entry = pl_module.history[-1]
-        self.trial.report(entry["accuracy"], entry["step"])
-        if self.trial.should_prune():
-            self.pruned_at = entry["step"]
-            trainer.should_stop = True
-
-
 def make_sampler(cell: Cell, sweep: Sweep, worker_seed: int) -> optuna.samplers.BaseSampler:
     startup = max(2, min(10, sweep.trials_per_cell // 2))
-    seed = zlib.crc32(f"{cell.study_name}/{worker_seed}".encode())
+    # the start-up sequence is the study's own (every worker draws from it); the model-based sampler's seed is
+    # this process's, so concurrent workers never propose in lockstep
+    sobol = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=zlib.crc32(cell.study_name.encode()),
+                                       warn_independent_sampling=False)
+    seed = zlib.crc32(f"{cell.study_name}/{worker_seed}/{socket.gethostname()}/{os.getpid()}".encode())
     if cell.search.n_params <= 3:
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, independent_sampler=sobol,
+                                         warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constant_liar=True)
 
 
 def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
@@ -75,38 +63,93 @@ def live_trials(study: optuna.Study, before: int | None = None) -> list:
 
 
 def failures(study: optuna.Study) -> int:
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-               if not t.user_attrs.get("surplus"))
+    """Trials that failed in training: not surplus ones, not ones lost to a dead or interrupted worker (nor ones
+    an RDB heartbeat re-queued as a retry)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    return sum(1 for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")
+               and not t.user_attrs.get("lost") and t.number not in retried)
 
 
-def objective(cell: Cell, sweep: Sweep, trial: optuna.Trial, *, device: str, progress: bool) -> float:
-    from .train import train
-    trial.set_user_attr("worker", worker_identity())
-    if len(live_trials(trial.study, before=trial.number)) >= sweep.trials_per_cell:
-        trial.set_user_attr("surplus", True)
-        raise Surplus(cell.key)
-    lr = trial.suggest_float("lr", *cell.search.lr, log=True)
-    overrides = {"lr": lr, "device": device}
-    if cell.search.weight_decay is not None:
-        overrides["weight_decay"] = trial.suggest_float("weight_decay", *cell.search.weight_decay, log=True)
-    trial.set_user_attr("cell", cell.key)
-    pruning = OptunaPruning(trial)
+def ask_pack(cell: Cell, sweep: Sweep, study: optuna.Study, size: int) -> tuple[list[tuple[optuna.Trial, dict]], int]:
+    """Ask Optuna for up to `size` trials of the cell (ask-and-tell), each claimed by this worker; a trial beyond
+    the cell's budget ends at once, FAILED and marked surplus. Returns the trials with their parameters, and how
+    many were surplus."""
+    asked = []
+    for _ in range(size):
+        trial = study.ask()
+        trial.set_user_attr("worker", worker_identity())
+        if len(live_trials(study, before=trial.number)) >= sweep.trials_per_cell:
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=TrialState.FAIL)
+            return asked, 1
+        params = {"lr": trial.suggest_float("lr", *cell.search.lr, log=True)}
+        if cell.search.weight_decay is not None:
+            params["weight_decay"] = trial.suggest_float("weight_decay", *cell.search.weight_decay, log=True)
+        trial.set_user_attr("cell", cell.key)
+        asked.append((trial, params))
+    return asked, 0
+
+
+def pruning_judge(trial: optuna.Trial):
+    """Report each evaluation's accuracy at the training length to the trial; stop the member when pruned."""
+    def judge(step: int, accuracy: float) -> str | None:
+        trial.report(accuracy, step)
+        return f"pruned by the median rule at step {step}" if trial.should_prune() else None
+    return judge
+
+
+def fit_fitting(specs: list, judges: list, progress: bool) -> list:
+    """fit(), halving the pack (and retrying each half) when it does not fit in GPU memory."""
+    import torch
+
+    from .train import fit
     try:
-        record = train(cell.task, cell.arch, cell.model, dataclasses.replace(cell.train, **overrides),
-                       cell.mixer_options, progress=progress, callbacks=[pruning])
+        return fit(specs, judges=judges, progress=progress)
+    except torch.OutOfMemoryError:
+        if len(specs) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(specs) // 2
+        return (fit_fitting(specs[:half], judges[:half], progress)
+                + fit_fitting(specs[half:], judges[half:], progress))
+
+
+def train_pack(cell: Cell, study: optuna.Study, asked: list[tuple[optuna.Trial, dict]], *, device: str,
+               progress: bool) -> list[tuple[int, TrialState, str]]:
+    """Train the asked trials as one pack and tell each its result: COMPLETE with its accuracy, PRUNED (by the
+    pruner, or diverged) with the reason, or FAILED with the error if training raised. An interrupt fails the
+    pack's trials as lost, which are retried and never count as failures of the cell."""
+    from .train import RunSpec
+    specs = [RunSpec(cell.task, cell.arch, cell.model, dataclasses.replace(cell.train, device=device, **params),
+                     cell.mixer_options) for _, params in asked]
+    try:
+        records = fit_fitting(specs, [pruning_judge(trial) for trial, _ in asked], progress)
+    except KeyboardInterrupt:
+        for trial, _ in asked:
+            trial.set_user_attr("reason", "interrupted")
+            trial.set_user_attr("lost", True)
+            study.tell(trial, state=TrialState.FAIL)
+        raise
     except Exception as e:
-        trial.set_user_attr("reason", f"{type(e).__name__}: {e}")
-        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-        raise TrialFailed(str(e)) from e
-    record["worker"] = worker_identity()
-    trial.set_user_attr("record", record)
-    if record["diverged"]:
-        trial.set_user_attr("reason", record["diverged"])
-        raise optuna.TrialPruned(record["diverged"])
-    if pruning.pruned_at is not None:
-        trial.set_user_attr("reason", f"pruned by the median rule at step {pruning.pruned_at}")
-        raise optuna.TrialPruned()
-    return record["accuracy"]
+        reason = f"{type(e).__name__}: {e}"
+        for trial, _ in asked:
+            trial.set_user_attr("reason", reason)
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            study.tell(trial, state=TrialState.FAIL)
+        return [(trial.number, TrialState.FAIL, reason) for trial, _ in asked]
+    told = []
+    for (trial, _), record in zip(asked, records):
+        trial.set_user_attr("record", {**record.as_dict(), "worker": worker_identity()})
+        reason = record.diverged or record.pruned
+        if reason:
+            trial.set_user_attr("reason", reason)
+            study.tell(trial, state=TrialState.PRUNED)
+            told.append((trial.number, TrialState.PRUNED, reason))
+        else:
+            study.tell(trial, record.accuracy)
+            told.append((trial.number, TrialState.COMPLETE, f"{record.accuracy:.4f}"))
+    return told
 
 
 def open_study(cell: Cell, sweep: Sweep, storage, worker_seed: int) -> optuna.Study:
@@ -144,13 +187,18 @@ def cell_status(study: optuna.Study | None, sweep: Sweep) -> str:
     return "pending"
 
 
-def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, progress: bool = False,
-               log=print) -> dict[str, int]:
-    """Work on the sweep's cells until none needs a trial. Returns counts of what this worker did."""
+def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack: int | None = None,
+               progress: bool = False, log=print) -> dict[str, int]:
+    """Work on the sweep's cells until none needs a trial. Returns counts of what this worker did.
+
+    Each round asks a cell for as many trials as it still needs, up to the pack size (`pack`, else the sweep's
+    `pack_size`, else all of the cell's trials), and trains them as one pack.
+    """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").setLevel(logging.ERROR)
     did = {"trials": 0, "surplus": 0, "failed": 0, "reaped": 0}
     cells = sweep.cells()
+    most = pack or sweep.pack_size or sweep.trials_per_cell
     # start at a different cell per worker so that workers rarely race for the same study
     start = worker_seed % len(cells)
     while True:
@@ -159,24 +207,23 @@ def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, prog
             study = open_study(cell, sweep, storage, worker_seed)
             did["reaped"] += reap_dead_workers(study)
             while True:
-                live = live_trials(study)
-                if len(live) >= sweep.trials_per_cell or failures(study) >= sweep.max_failures_per_cell:
+                need = sweep.trials_per_cell - len(live_trials(study))
+                if need <= 0 or failures(study) >= sweep.max_failures_per_cell:
                     break
                 before = time.time()
-                ran: list[optuna.trial.FrozenTrial] = []
-                study.optimize(lambda t: objective(cell, sweep, t, device=device, progress=progress),
-                               n_trials=1, catch=(Surplus, TrialFailed), gc_after_trial=True,
-                               callbacks=[lambda _study, frozen: ran.append(frozen)])
-                last = ran[0]
-                if last.user_attrs.get("surplus"):
-                    did["surplus"] += 1
+                asked, surplus = ask_pack(cell, sweep, study, min(need, most))
+                did["surplus"] += surplus
+                if not asked:
                     break
                 worked = True
-                did["trials"] += 1
-                did["failed"] += last.state == TrialState.FAIL
-                value = f"{last.value:.4f}" if last.value is not None else last.user_attrs.get("reason", "")
-                log(f"[worker {worker_seed}] {cell.key} trial {last.number}: {last.state.name} {value} "
-                    f"({time.time() - before:.1f} s)")
+                told = train_pack(cell, study, asked, device=device, progress=progress)
+                for number, state, text in told:
+                    did["trials"] += 1
+                    did["failed"] += state == TrialState.FAIL
+                    log(f"[worker {worker_seed}] {cell.key} trial {number}: {state.name} {text} "
+                        f"({time.time() - before:.1f} s, pack of {len(asked)})")
+                if surplus:
+                    break
         if not worked:
             # nothing to start: done unless trials of other workers are still running (they may fail and
             # need a retry), in which case wait for them

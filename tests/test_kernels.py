@@ -100,6 +100,29 @@ def test_selective_scan_without_gradients_stores_no_states():
     torch.testing.assert_close(y.cpu().double(), reference(u, delta, A, B, C, D), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("k, rows, length", [(3, 2, 37), (2, 1, 1)], ids=["K3-B2-L37", "K2-B1-L1"])
+def test_selective_scan_under_vmap_is_each_members_own_scan_in_one_launch(k, rows, length, poisoned, monkeypatch):
+    # a pack of K models: each member has its own A and D; vmap folds K into the rows and A's groups
+    launches = []
+    original = kernels._SelectiveScan.forward
+    monkeypatch.setattr(kernels._SelectiveScan, "forward",
+                        staticmethod(lambda *a: launches.append(a[0].shape) or original(*a)))
+    members = [scan_inputs(rows, length, 10, 5, seed=20 + i) for i in range(k)]
+    stacked = [torch.stack([m[0][j] for m in members]).float().to(DEVICE).requires_grad_() for j in range(6)]
+    dy = torch.stack([m[1] for m in members]).float().to(DEVICE)
+    y = torch.func.vmap(kernels.selective_scan)(*stacked)
+    assert launches == [(k * rows, length, 10)], "one launch for the whole pack"
+    grads = torch.autograd.grad(y, stacked, dy)
+    for i, ((inputs, _), dy_i) in enumerate(zip(members, dy)):
+        exact = [x.requires_grad_() for x in inputs]
+        y_ref = reference(*exact)
+        assert rel(y[i].cpu(), y_ref) < 1e-5
+        for name, g, g_ref in zip("u delta A B C D".split(), grads,
+                                  torch.autograd.grad(y_ref, exact, dy_i.double().cpu())):
+            assert rel(g[i].cpu(), g_ref) < 1e-5, name
+
+
+
 @pytest.mark.parametrize("bad, name", [("u", "u and delta"), ("A", "A must"), ("B", "B must"), ("D", "D must")])
 def test_selective_scan_names_a_misshapen_input(bad, name):
     (u, delta, A, B, C, D), _ = scan_inputs(1, 5, 8, 4, seed=5)

@@ -121,38 +121,54 @@ def test_sweep_completes_every_cell_and_two_workers_never_share_a_trial(tmp_path
         assert column in trials.columns
 
 
-def test_sigkilled_worker_is_resumed_with_every_cell_present_once(tmp_path):
+def test_a_worker_sigkilled_mid_pack_has_every_trial_of_its_pack_retried_and_no_cell_over_budget(tmp_path):
     path = write_sweep(tmp_path, name="killme", steps=400)
     journal = str(tmp_path / "runs" / "killme" / "journal.log")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     worker = subprocess.Popen([sys.executable, "-m", "probe", "worker", path, "--device", "cpu"], cwd=tmp_path,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    victim = None
-    while victim is None and time.time() < deadline:
+    victims = set()
+    while len(victims) < 2 and time.time() < deadline:  # the cell's two trials, asked as one pack
         time.sleep(0.3)
         if not os.path.exists(journal):
             continue
         storage = open_storage(journal, create=False)
-        for summary in storage.get_all_studies():
-            for t in storage.get_all_trials(summary._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-                if "worker" in t.user_attrs:
-                    victim = (summary.study_name, t.number)
-    assert victim is not None, "the worker never started a trial"
+        victims = {(summary.study_name, t.number) for summary in storage.get_all_studies()
+                   for t in storage.get_all_trials(summary._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                   if "lr" in t.params}
+    assert len(victims) == 2, f"the worker never started a pack of two: {victims}"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
 
     out = probe("sweep", path, "--device", "cpu", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 cells complete" in out.stdout
     cells = studies(journal, path)
-    assert all(len(live(s)) == 2 for s in cells.values())
-    killed = next(t for s in cells.values() if s.study_name == victim[0] for t in s.get_trials()
-                  if t.number == victim[1])
-    assert killed.state == TrialState.FAIL and "died" in killed.user_attrs["reason"]
+    assert all(len(live(s)) == 2 for s in cells.values()), "every cell ends with exactly its budget"
+    by_name = {s.study_name: s for s in cells.values()}
+    for study_name, number in victims:
+        killed = next(t for t in by_name[study_name].get_trials() if t.number == number)
+        assert killed.state == TrialState.FAIL and "died" in killed.user_attrs["reason"]
+        assert killed.user_attrs["lost"], "a lost trial is not a failure of its cell"
     from probe.results import best_per_cell, load_results
     res = load_results([path], journal)
     best = best_per_cell(res.trials)
     assert sorted(best["cell"]) == sorted(cells), "every cell exactly once"
+
+
+def test_trials_lost_to_dead_workers_never_make_a_cell_failed(tmp_path):
+    from probe.tuning import cell_status, failures
+    sweep = load_sweep(write_sweep(tmp_path))
+    study = optuna.create_study(study_name="s", storage=open_storage(str(tmp_path / "journal.log")))
+    for _ in range(sweep.max_failures_per_cell + 1):
+        trial = study.ask()
+        trial.set_user_attr("lost", True)  # what reaping a dead worker's trial (or an interrupt) leaves
+        study.tell(trial, state=TrialState.FAIL)
+    assert failures(study) == 0 and cell_status(study, sweep) == "pending"
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)  # a real training failure counts
+    assert failures(study) == 1
 
 
 def test_a_trial_no_worker_ever_claimed_is_failed_not_waited_for(tmp_path):

@@ -70,14 +70,15 @@ def _step_loads(u_ptr, delta_ptr, b_ptr, c_ptr, row, t, lo, L, offs_d, offs_n, m
 
 
 @triton.jit
-def _scan_fwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, y_ptr, ckpt_ptr, L, D, n_chunks,
+def _scan_fwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, y_ptr, ckpt_ptr, L, D, n_chunks, rows_per_group,
               N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
               HAS_D: tl.constexpr, STORE_CHECKPOINTS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs_d, offs_n, mask_d, mask_n, mask_dn = _channel_block(tl.program_id(1), D, N, BLOCK_N, BLOCK_D)
-    a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    group = row // rows_per_group  # the rows of one group (one packed model) share A and D
+    a = tl.load(a_ptr + (group * D + offs_d[:, None]) * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
     if HAS_D:
-        skip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        skip = tl.load(dskip_ptr + group * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     u, dt, b, c = _step_loads(u_ptr, delta_ptr, b_ptr, c_ptr, row, 0, 0, L, offs_d, offs_n, mask_d, mask_n, D,
                               N, BLOCK_D, BLOCK_N)
@@ -99,14 +100,15 @@ def _scan_fwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, y_ptr, ckpt_ptr,
 @triton.jit
 def _scan_bwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, ckpt_ptr, scratch_ptr, dy_ptr,
               du_ptr, ddelta_ptr, db_part_ptr, dc_part_ptr, da_part_ptr, dskip_part_ptr, B_rows, L, D, n_chunks,
-              N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+              rows_per_group, N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
               HAS_D: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     dblock = tl.program_id(1)
     offs_d, offs_n, mask_d, mask_n, mask_dn = _channel_block(dblock, D, N, BLOCK_N, BLOCK_D)
-    a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    group = row // rows_per_group  # the rows of one group (one packed model) share A and D
+    a = tl.load(a_ptr + (group * D + offs_d[:, None]) * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
     if HAS_D:
-        skip = tl.load(dskip_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        skip = tl.load(dskip_ptr + group * D + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     dh = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     da = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     dskip = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -176,41 +178,59 @@ def _check(u, delta, A, B, C, D):
     if u.dim() != 3 or delta.shape != u.shape:
         raise ValueError(f"u and delta must both be [B, L, D]; got {tuple(u.shape)} and {tuple(delta.shape)}")
     rows, L, d = u.shape
-    if A.dim() != 2 or A.shape[0] != d:
-        raise ValueError(f"A must be [D={d}, N]; got {tuple(A.shape)}")
-    n = A.shape[1]
+    if A.dim() not in (2, 3) or A.shape[-2] != d:
+        raise ValueError(f"A must be [D={d}, N] or [G, D={d}, N]; got {tuple(A.shape)}")
+    groups, n = (A.shape[0] if A.dim() == 3 else 1), A.shape[-1]
+    if rows % groups:
+        raise ValueError(f"{rows} rows do not split into A's {groups} groups")
     for name, t in (("B", B), ("C", C)):
         if t.shape != (rows, L, n):
             raise ValueError(f"{name} must be [B, L, N] = {(rows, L, n)}; got {tuple(t.shape)}")
-    if D is not None and D.shape != (d,):
-        raise ValueError(f"D must be [{d}]; got {tuple(D.shape)}")
+    if D is not None and D.shape != A.shape[:-1]:
+        raise ValueError(f"D must be {list(A.shape[:-1])} (A's leading dimensions); got {tuple(D.shape)}")
+
+
+def _fold(x: torch.Tensor, bdim: int | None, k: int) -> torch.Tensor:
+    """A vmapped argument with its vmap dimension first (broadcast where it has none), folded into dim 0."""
+    x = x.movedim(bdim, 0) if bdim is not None else x.expand(k, *x.shape)
+    return x.reshape(k * x.shape[1], *x.shape[2:])
 
 
 class _SelectiveScan(torch.autograd.Function):
+    """y and the backward's checkpoints from the grouped scan: A [G, D, N] and D [G, D], rows in G equal groups.
+
+    torch.func.vmap over it (a pack of K models) folds the vmap dimension into the rows and A's groups, so the
+    K models' scans are one launch."""
+
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D):
+    def forward(u, delta, A, B, C, D):
         u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
         D = D.contiguous() if D is not None else None
         rows, L, d = u.shape
-        n = A.shape[1]
-        needs_grad = any(ctx.needs_input_grad)
+        n = A.shape[-1]
+        needs_grad = any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D))
         y = torch.empty_like(u)
         n_chunks = triton.cdiv(L, CHUNK)
-        ckpt = u.new_empty((rows, n_chunks, d, n) if needs_grad else (1,), dtype=torch.float32)
+        ckpt = u.new_empty((rows, n_chunks if needs_grad else 0, d, n), dtype=torch.float32)
         bd = block_d(rows, d)
         _scan_fwd[(rows, triton.cdiv(d, bd))](
-            u, delta, A, B, C, D if D is not None else A, y, ckpt, L, d, n_chunks, N=n,
+            u, delta, A, B, C, D if D is not None else A, y, ckpt, L, d, n_chunks, rows // A.shape[0], N=n,
             BLOCK_N=triton.next_power_of_2(n), BLOCK_D=bd, CHUNK=CHUNK, HAS_D=D is not None,
             STORE_CHECKPOINTS=needs_grad, num_warps=NUM_WARPS)
-        if needs_grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, ckpt)
-        return y
+        return y, ckpt
 
     @staticmethod
-    def backward(ctx, dy):
+    def setup_context(ctx, inputs, output):
+        u, delta, A, B, C, D = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(u, delta, A, B, C, D, output[1])
+
+    @staticmethod
+    def backward(ctx, dy, _dckpt):
         u, delta, A, B, C, D, ckpt = ctx.saved_tensors
+        u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
         rows, L, d = u.shape
-        n = A.shape[1]
+        groups, n = A.shape[0], A.shape[-1]
         dy = dy.contiguous()
         bd, block_n = block_d(rows, d), triton.next_power_of_2(n)
         n_blocks, n_chunks = triton.cdiv(d, bd), triton.cdiv(L, CHUNK)
@@ -221,18 +241,33 @@ class _SelectiveScan(torch.autograd.Function):
         dc_part = torch.empty(n_blocks, rows, L, n, **f32)
         da_part = torch.empty(rows, d, n, **f32)
         dskip_part = torch.empty(rows, d, **f32) if D is not None else da_part
-        _scan_bwd[(rows, n_blocks)](u, delta, A, B, C, D if D is not None else A, ckpt, scratch, dy, du, ddelta,
-                                    db_part, dc_part, da_part, dskip_part, rows, L, d, n_chunks, N=n,
-                                    BLOCK_N=block_n, BLOCK_D=bd, CHUNK=CHUNK, HAS_D=D is not None,
-                                    num_warps=NUM_WARPS)
-        dD = dskip_part.sum(0).to(D.dtype) if D is not None else None
-        return (du, ddelta, da_part.sum(0).to(A.dtype), db_part.sum(0).to(B.dtype), dc_part.sum(0).to(C.dtype), dD)
+        _scan_bwd[(rows, n_blocks)](u, delta, A, B, C, D.contiguous() if D is not None else A, ckpt, scratch, dy,
+                                    du, ddelta, db_part, dc_part, da_part, dskip_part, rows, L, d, n_chunks,
+                                    rows // groups, N=n, BLOCK_N=block_n, BLOCK_D=bd, CHUNK=CHUNK,
+                                    HAS_D=D is not None, num_warps=NUM_WARPS)
+        # per-row partial sums of dA and dD, added within each group (one packed model's rows)
+        dA = da_part.view(groups, rows // groups, d, n).sum(1).to(A.dtype)
+        dD = dskip_part.view(groups, rows // groups, d).sum(1).to(D.dtype) if D is not None else None
+        return du, ddelta, dA, db_part.sum(0).to(B.dtype), dc_part.sum(0).to(C.dtype), dD
+
+    @staticmethod
+    def vmap(info, in_dims, u, delta, A, B, C, D):
+        k = info.batch_size
+        rows = u.shape[0] if in_dims[0] is None else u.shape[1 if in_dims[0] == 0 else 0]
+        folded = [_fold(x, bdim, k) if x is not None else None for x, bdim in zip((u, delta, A, B, C, D), in_dims)]
+        y, ckpt = _SelectiveScan.apply(*folded)
+        return (y.view(k, rows, *y.shape[1:]), ckpt.view(k, rows, *ckpt.shape[1:])), (0, 0)
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    D: torch.Tensor | None = None) -> torch.Tensor:
-    """y [B, L, D] (u's dtype) from u, delta [B, L, D], A [D, N], B, C [B, L, N], D [D] or None."""
+    """y [B, L, D] (u's dtype) from u, delta [B, L, D], A [D, N], B, C [B, L, N], D [D] or None.
+
+    A may also be [G, D, N] (and D [G, D]): the rows come in G equal groups, group g scanning with A[g], D[g]
+    (K packed models folded into the rows). Runs under torch.func.vmap (one launch for all K members)."""
     _check(u, delta, A, B, C, D)
     if u.shape[1] == 0:
         return torch.empty_like(u)
-    return _SelectiveScan.apply(u, delta, A, B, C, D)
+    if A.dim() == 2:
+        A, D = A[None], (D[None] if D is not None else None)
+    return _SelectiveScan.apply(u, delta, A, B, C, D)[0]

@@ -1,0 +1,124 @@
+"""Packed training: K runs that differ only in learning rate, weight decay and stop-at train as one model, and
+each member's trajectory is the one it would have had alone. Generated from the registry: registering a mixer
+tests it in a pack."""
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from probe.errors import ProbeError
+from probe.mixers import MIXERS
+from probe.model import build_model
+from probe.pack import PackedAdamW, PackedModel
+from probe.train import ModelConfig, RunSpec, TrainConfig, fit, train
+from tasks.mqar import MQAR
+
+TASK = MQAR(seq_len=16, vocab_size=16, num_kv_pairs=2, eval_seq_lens=(32,))
+BASE = TrainConfig(batch_size=16, max_steps=24, warmup_steps=4, num_train=128, num_test=32, val_every=8,
+                   stop_at=None, device="cpu")
+LRS = (1e-3, 3e-3, 1e-2, 2e-2)
+
+
+def models(arch, k, dtype=torch.float64):
+    out = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        out.append(build_model(arch, vocab_size=16, d_model=16, n_layers=2, max_seq_len=64).to(dtype))
+    return out
+
+
+@pytest.mark.parametrize("arch", sorted(MIXERS))
+def test_every_arch_in_a_pack_computes_each_members_own_outputs_and_gradients(arch):
+    members = models(arch, 3)
+    pack = PackedModel(members)
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randint(0, 16, (2, 33), generator=g)
+    positions = torch.tensor([[0, 5, 32], [3, 4, 31]])
+    for _ in range(2):  # twice: a tensor a mixer cached during the first call would break the second
+        out = pack.scored_logits(inputs, positions)  # [K, B, M, V]
+    out.square().sum().backward()
+    for k, model in enumerate(members):
+        hidden = model.hidden(inputs)
+        own = model.logits(hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])))
+        torch.testing.assert_close(out[k], own, rtol=1e-9, atol=1e-9)
+        own.square().sum().backward()
+        for name, p, stacked in zip(pack.param_names, model.parameters(), pack.stacked):
+            torch.testing.assert_close(stacked.grad[k], p.grad, rtol=1e-7, atol=1e-9, msg=name)
+
+
+def test_packed_adamw_steps_each_member_as_torch_adamw_would():
+    torch.manual_seed(0)
+    lrs, wds = [1e-3, 1e-2, 3e-2], [0.0, 0.1, 0.5]
+    members = models("baseconv", 3, torch.float32)
+    singles = models("baseconv", 3, torch.float32)  # the same seeds: the same initial weights
+    pack = PackedModel(members)
+    opt = PackedAdamW(pack, lr=lrs, weight_decay=wds)
+    own = [torch.optim.AdamW([{"params": [p for p in m.parameters() if p.dim() >= 2], "weight_decay": wd},
+                              {"params": [p for p in m.parameters() if p.dim() < 2], "weight_decay": 0.0}], lr=lr)
+           for m, lr, wd in zip(singles, lrs, wds)]
+    positions = torch.tensor([[1, 7, 15]] * 4)
+    for step in range(5):
+        inputs = torch.randint(0, 16, (4, 16), generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        pack.scored_logits(inputs, positions).square().mean(dim=(1, 2, 3)).sum().backward()
+        opt.step()
+        for m, o in zip(singles, own):
+            o.zero_grad()
+            hidden = m.hidden(inputs)
+            m.logits(hidden.gather(1, positions[..., None].expand(-1, -1, 16))).square().mean().backward()
+            o.step()
+    for k, m in enumerate(singles):
+        for p, stacked in zip(m.parameters(), pack.stacked):
+            torch.testing.assert_close(stacked[k], p, rtol=1e-5, atol=1e-6)
+
+
+def curve(record):
+    return [(h["step"], h["loss"], h["accuracy"]) for h in (record["history"] if isinstance(record, dict)
+                                                           else record.history)]
+
+
+def assert_same_trajectory(a, b):
+    assert [s for s, _, _ in a] == [s for s, _, _ in b]
+    for (_, loss_a, acc_a), (_, loss_b, acc_b) in zip(a, b):
+        assert math.isclose(loss_a, loss_b, rel_tol=2e-3, abs_tol=1e-4), (a, b)
+        assert abs(acc_a - acc_b) <= 0.05, (a, b)  # a near-tie may flip an argmax: a token or two of 64
+
+
+@pytest.mark.parametrize("arch", sorted(MIXERS))
+def test_a_pack_of_four_trains_like_four_single_runs(arch):
+    specs = [RunSpec(TASK, arch, ModelConfig(d_model=16), dataclasses.replace(BASE, lr=lr)) for lr in LRS]
+    packed = fit(specs)
+    for spec, record in zip(specs, packed):
+        single = train(TASK, arch, spec.model, spec.train)
+        assert record.pack_size == 4 and single["pack_size"] == 1
+        assert_same_trajectory(curve(record), curve(single))
+        assert record.accuracy == pytest.approx(single["accuracy"], abs=0.05)
+
+
+def test_members_that_stop_diverge_or_are_pruned_leave_the_others_unchanged():
+    arch = "attention"
+    cfgs = [dataclasses.replace(BASE, lr=1e30),  # diverges
+            dataclasses.replace(BASE, lr=1e-2, stop_at=0.01),  # reaches its target at the first evaluation
+            dataclasses.replace(BASE, lr=3e-3),  # pruned by its judge at step 16
+            dataclasses.replace(BASE, lr=1e-2)]  # trains to the end
+    judges = [lambda step, acc: None, lambda step, acc: None,
+              lambda step, acc: "pruned at 16" if step == 16 else None, lambda step, acc: None]
+    records = fit([RunSpec(TASK, arch, ModelConfig(d_model=16), c) for c in cfgs], judges=judges)
+    diverged, stopped, pruned, full = records
+    assert diverged.diverged and "non-finite" in diverged.diverged and diverged.steps == 8
+    assert stopped.stopped_at_target and stopped.steps == 8 and len(stopped.history) == 1
+    assert pruned.pruned == "pruned at 16" and pruned.steps == 16 and not pruned.diverged
+    assert full.steps == 24 and full.diverged is None and full.pruned is None
+    # the survivors' trajectories are those they have alone
+    assert_same_trajectory(curve(full), curve(train(TASK, arch, ModelConfig(d_model=16), cfgs[3])))
+    alone = train(TASK, arch, ModelConfig(d_model=16), cfgs[2])
+    assert_same_trajectory(curve(pruned), curve(alone)[:2])
+
+
+def test_runs_that_differ_in_more_than_lr_weight_decay_and_stop_at_do_not_share_a_pack():
+    a = RunSpec(TASK, "attention", ModelConfig(d_model=16), BASE)
+    with pytest.raises(ProbeError, match="differ only in lr, weight_decay and stop_at"):
+        fit([a, dataclasses.replace(a, train=dataclasses.replace(BASE, seed=1))])
+    with pytest.raises(ProbeError, match="differ only"):
+        fit([a, dataclasses.replace(a, model=ModelConfig(d_model=32))])
