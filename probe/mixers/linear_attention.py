@@ -17,7 +17,12 @@ Registered variants differ only in φ, the decay and the read-out:
   performer  FAVOR+ positive orthogonal random features, normalised          (Choromanski et al. 2021)
   based      2nd-order Taylor features of exp(q·k/√d'), normalised           (Arora et al. 2024)
   retnet     rotated q, k with fixed per-head decays, GroupNorm, swish gate   (Sun et al. 2023)
-  gla        data-dependent per-head scalar decay (Mamba-2 / SSD form)        (Dao & Gu 2024)
+  gla        data-dependent gates per key dimension, GroupNorm, swish gate    (Yang et al. 2024)
+  gla_scalar data-dependent per-head scalar decay (Mamba-2 / SSD form)        (Dao & Gu 2024)
+
+GLA's gate per key dimension, S_t = diag(α_t) S_{t-1} + k_t v_tᵀ, does not factor out of q·k the way a scalar
+decay does, so it has its own chunked form (`gated_linear_attention_chunked`); its oracle and step are the
+shared ones, which take a [.., Dk] gate as well as a scalar.
 """
 from __future__ import annotations
 
@@ -59,7 +64,8 @@ def _divide_by_normaliser(o: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _log_decay_per_step(log_decay: torch.Tensor | None, B: int, H: int, L: int, like: torch.Tensor) -> torch.Tensor:
-    """None (no decay), [H] (fixed per head) or [B, H, L] (per step) -> [B, H, L] in like's dtype and device."""
+    """None (no decay), [H] (fixed per head), [B, H, L] (per step) -> [B, H, L] in like's dtype and device;
+    [B, H, L, Dk] (a gate per step and key dimension) is kept as it is."""
     if log_decay is None:
         return like.new_zeros(B, H, L)
     if log_decay.dim() == 1:
@@ -144,7 +150,9 @@ def linear_attention_step(
     """One step of the recurrence S_t = a_t S_{t-1} + k_t v_tᵀ, o_t = S_tᵀ q_t.
 
     q_t, k_t: [B, H, Dk], v_t: [B, H, Dv], state: [B, H, Dk, Dv] ([B, H, Dk, Dv+1] with normalize),
-    log_decay_t: None, [H] or [B, H]. Returns o_t: [B, H, Dv] in v_t's dtype and the new state (accumulation dtype).
+    log_decay_t: None, [H] or [B, H] (a scalar per head), or [B, H, Dk] (GLA: a gate per key dimension, which
+    scales the state's rows, S_t = diag(a_t) S_{t-1} + k_t v_tᵀ).
+    Returns o_t: [B, H, Dv] in v_t's dtype and the new state (accumulation dtype).
     """
     out_dtype = v_t.dtype
     acc = _accumulation_dtype(q_t, k_t, v_t, state)
@@ -153,7 +161,8 @@ def linear_attention_step(
         if normalize:
             v_t = _append_ones(v_t)
         if log_decay_t is not None:
-            state = log_decay_t.to(acc).exp()[..., None, None] * state
+            a = log_decay_t.to(acc).exp()
+            state = (a[..., None] if a.dim() == 3 else a[..., None, None]) * state
         state = state + k_t[..., :, None] * v_t[..., None, :]  # [B, H, Dk, Dv]
         o_t = torch.einsum("bhk,bhkv->bhv", q_t, state)
         if normalize:
@@ -172,16 +181,80 @@ def linear_attention_recurrent(
     output_final_state: bool = False,
     eps: float = 1e-6,
 ):
-    """The same map as `linear_attention_chunked`, one step at a time (the oracle; same arguments and returns)."""
+    """The same map as `linear_attention_chunked`, one step at a time (the oracle; same arguments and returns).
+
+    log_decay may also be [B, H, L, Dk], a gate per key dimension: then it is the oracle of
+    `gated_linear_attention_chunked`.
+    """
     B, H, L, Dk = q.shape
     Dv = v.shape[-1] + (1 if normalize else 0)
     S = q.new_zeros(B, H, Dk, Dv, dtype=_accumulation_dtype(q, k, v)) if initial_state is None else initial_state
-    g = _log_decay_per_step(log_decay, B, H, L, S)  # [B, H, L]
+    g = _log_decay_per_step(log_decay, B, H, L, S)  # [B, H, L] or [B, H, L, Dk]
     outs = []
     for t in range(L):
         o_t, S = linear_attention_step(q[:, :, t], k[:, :, t], v[:, :, t], S, g[:, :, t], normalize=normalize, eps=eps)
         outs.append(o_t)
     o = torch.stack(outs, dim=2)
+    return (o, S) if output_final_state else o
+
+
+def gated_linear_attention_chunked(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_gate: torch.Tensor,
+    chunk: int = 16,
+    *,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+):
+    """GLA's recurrence S_t = diag(α_t) S_{t-1} + k_t v_tᵀ, o_t = S_tᵀ q_t, chunked: exact, quadratic within a
+    chunk, recurrent across chunks (Yang et al. 2024, the chunkwise form).
+
+    q, k: [B, H, L, Dk], v: [B, H, L, Dv], log_gate: [B, H, L, Dk] = log α_t ≤ 0, initial_state: [B, H, Dk, Dv].
+    Returns o: [B, H, L, Dv] in v's dtype, and the final state (accumulation dtype) if output_final_state.
+
+    With b_i = Σ_{s≤i} log α_s per key dimension, cumulative from the chunk start, position i of a chunk reads
+        o_i = (q_i ⊙ e^{b_i})ᵀ S_0 + Σ_{j≤i} Σ_d q_id k_jd e^{b_id - b_jd} v_j,
+        S_C = diag(e^{b_C}) S_0 + Σ_j (k_j ⊙ e^{b_C - b_j}) v_jᵀ,
+    and every exponent is ≤ 0. The gate does not factor out of q·k as a scalar decay does, so the intra-chunk
+    weights are built pairwise, [C, C, Dk] per chunk: O(L·C·Dk) memory per head, hence the small default chunk.
+    Splitting it as (q ⊙ e^{b})·(k ⊙ e^{-b}) would save that but overflows once a chunk's log-gates sum below
+    about -88 in float32 (fla's kernel uses sub-chunks of 16 for the same reason).
+    """
+    B, H, L, Dk = q.shape
+    Dv = v.shape[-1]
+    out_dtype = v.dtype
+    acc = _accumulation_dtype(q, k, v, log_gate)
+    with _full_precision(q.device):
+        q, k, v, g = q.to(acc), k.to(acc), v.to(acc), log_gate.to(acc)
+
+        chunk = max(1, min(chunk, L))
+        # Pad to whole chunks at the end: padded steps have k = 0 (add nothing) and log α = 0 (keep the state).
+        n = -(-L // chunk)
+        pad = n * chunk - L
+        q = F.pad(q, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dk)
+        k = F.pad(k, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dk)
+        v = F.pad(v, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dv)
+        b = F.pad(g, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dk).cumsum(-2)  # [B, H, n, C, Dk]
+
+        causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()[..., None]  # [C, C, 1]
+        # Mask before exp: above the diagonal b_i - b_j > 0 could overflow.
+        decay = torch.exp((b[..., :, None, :] - b[..., None, :, :]).masked_fill(~causal, float("-inf")))
+        scores = torch.einsum("bhnid,bhnjd,bhnijd->bhnij", q, k, decay)  # [B, H, n, C, C]
+        o_intra = scores @ v  # [B, H, n, C, Dv]
+
+        q_from_start = q * b.exp()  # [B, H, n, C, Dk]  reads S_0 gated to position i
+        k_to_end = k * (b[..., -1:, :] - b).exp()  # [B, H, n, C, Dk]  written gated to chunk end
+        chunk_gate = b[..., -1, :].exp()[..., None]  # [B, H, n, Dk, 1]  scales S_0's rows over the chunk
+
+        S = q.new_zeros(B, H, Dk, Dv) if initial_state is None else initial_state.to(acc)
+        outs = []
+        for c in range(n):
+            outs.append(o_intra[:, :, c] + q_from_start[:, :, c] @ S)  # [B, H, C, Dv]
+            S = chunk_gate[:, :, c] * S + k_to_end[:, :, c].transpose(-1, -2) @ v[:, :, c]
+        o = torch.stack(outs, dim=2).reshape(B, H, n * chunk, Dv)[:, :, :L]
+    o = o.to(out_dtype)
     return (o, S) if output_final_state else o
 
 
@@ -191,8 +264,8 @@ def taylor_attention_quadratic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     q, k: [B, H, L, d'] *before* the feature map, v: [B, H, L, Dv] -> o: [B, H, L, Dv] in v's dtype.
         A_ts = 1 + s + s²/2  (s = q_t·k_s/√d', s ≤ t),   o_t = Σ_s A_ts v_s / Σ_s A_ts
     The same map as `linear_attention_chunked(taylor_feature_map(q), taylor_feature_map(k), v, normalize=True)`,
-    since φ(q)·φ(k) = 1 + s + s²/2, but it never builds the 1+d'+d'² features: O(L²·(d'+Dv)) work and O(L²)
-    memory per head instead of O(L·(1+d'+d'²)·(chunk+Dv)). Cheaper at short lengths, which is where the
+    since φ(q)·φ(k) = 1 + s + s²/2, but it never builds the 1+d'+d'(d'+1)/2 features: O(L²·(d'+Dv)) work and
+    O(L²) memory per head instead of O(L·(1+d'+d'(d'+1)/2)·(chunk+Dv)). Cheaper at short lengths, which is where the
     recall tasks train.
     """
     out_dtype, L = v.dtype, q.shape[2]
@@ -210,18 +283,20 @@ def taylor_attention_quadratic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 # Feature maps
 # ----------------------------------------------------------------------------------------------------------------
 
-def orthogonal_gaussian_features(n_features: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def orthogonal_gaussian_features(n_features: int, dim: int, generator: torch.Generator | None = None,
+                                 device=None, dtype=None) -> torch.Tensor:
     """[n_features, dim] random directions, orthogonal within each block of `dim` rows (FAVOR+ "ORF").
 
     Each row has the length of an independent Gaussian vector (χ_dim), so every row is marginally N(0, I) and
     the estimator stays unbiased; orthogonality within a block lowers its variance (Choromanski et al. 2021, §4).
     """
     n_blocks = -(-n_features // dim)
-    Q, R = torch.linalg.qr(torch.randn(n_blocks, dim, dim, generator=generator))  # [n_blocks, dim, dim]
+    gaussian = torch.randn(n_blocks, dim, dim, generator=generator, device=device, dtype=dtype)
+    Q, R = torch.linalg.qr(gaussian)  # [n_blocks, dim, dim]
     # Sign fix so that Q is Haar-distributed (QR alone leaves the column signs to the algorithm).
     Q = Q * torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))[:, None, :]
     directions = Q.transpose(-1, -2).reshape(n_blocks * dim, dim)[:n_features]  # Q's columns, as rows
-    lengths = torch.randn(n_features, dim, generator=generator).norm(dim=1, keepdim=True)
+    lengths = torch.randn(n_features, dim, generator=generator, device=device, dtype=dtype).norm(dim=1, keepdim=True)
     return directions * lengths
 
 
@@ -243,17 +318,30 @@ def favor_plus_features(x: torch.Tensor, omega: torch.Tensor, is_query: bool) ->
 
 
 def taylor_feature_map(x: torch.Tensor) -> torch.Tensor:
-    """Based's 2nd-order Taylor feature map, [..., d'] -> [..., 1 + d' + d'²]:
+    """Based's 2nd-order Taylor feature map, [..., d'] -> [..., 1 + d' + d'(d'+1)/2]:
 
-        φ(x) = [1, x / d'^{1/4}, vec(x ⊗ x) / (√2·√d')],  so φ(q)·φ(k) = 1 + s + s²/2,  s = q·k / √d',
+        φ(x) = [1,  x / d'^{1/4},  c_ij x_i x_j / √(2d') for i ≤ j],   c_ii = 1, c_ij = √2 (i < j),
+        so φ(q)·φ(k) = 1 + s + s²/2,   s = q·k / √d',
 
     the Taylor expansion of exp(s) to second order; 1 + s + s²/2 ≥ 1/2, so the normaliser is never zero.
+    x ⊗ x is symmetric, so only its upper triangle is kept: each off-diagonal pair stands for both x_i x_j and
+    x_j x_i, hence its √2, and Σ_{i≤j} c_ij² q_i q_j k_i k_j = (q·k)². This is the count of the Based paper and
+    Zoology (153 features at d' = 16, not the 273 of the full outer product).
     """
     d = x.shape[-1]
+    i, j = torch.triu_indices(d, d, device=x.device)  # row-major upper triangle, diagonal included
     with _full_precision(x.device):
         x = x.to(_accumulation_dtype(x))
-        outer = (x[..., :, None] * x[..., None, :]).flatten(-2)  # [..., d'²]
-        return torch.cat([torch.ones_like(x[..., :1]), x * d**-0.25, outer / (math.sqrt(2) * math.sqrt(d))], dim=-1)
+        # built in x's dtype: a float32 √2 would cap float64 features at float32 precision
+        pair_weight = torch.full(i.shape, math.sqrt(2), dtype=x.dtype, device=x.device).masked_fill(i == j, 1.0)
+        pair_scale = pair_weight / math.sqrt(2 * d)  # [d'(d'+1)/2]
+        pairs = x[..., i] * x[..., j] * pair_scale  # [..., d'(d'+1)/2]
+        return torch.cat([torch.ones_like(x[..., :1]), x * d**-0.25, pairs], dim=-1)
+
+
+def taylor_feature_count(feature_dim: int) -> int:
+    """Width of `taylor_feature_map`'s output for d' = feature_dim: 1 + d' + d'(d'+1)/2."""
+    return 1 + feature_dim + feature_dim * (feature_dim + 1) // 2
 
 
 def rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
@@ -313,6 +401,15 @@ def _check_heads(d_model: int, n_heads: int) -> None:
         raise ValueError(f"n_heads={n_heads} must be a positive divisor of d_model={d_model}")
 
 
+def _expanded_width(d_model: int, expand: float, n_heads: int, name: str) -> int:
+    """expand·d_model, which must be a whole number that n_heads divides."""
+    width = d_model * expand
+    if width != int(width) or int(width) < n_heads or int(width) % n_heads:
+        raise ValueError(f"{name}={expand} gives width {width} (d_model={d_model}), not a positive multiple of "
+                         f"n_heads={n_heads}")
+    return int(width)
+
+
 class _LinearAttentionMixer(Mixer):
     """What every variant shares: project -> core -> read out, and the step form of the same three.
 
@@ -327,7 +424,7 @@ class _LinearAttentionMixer(Mixer):
     d_value: int
 
     def _qkv(self, x: torch.Tensor):
-        """x: [B, L, D] -> q, k: [B, H, L, Dk], v: [B, H, L, Dv], log_decay: None, [H] or [B, H, L]."""
+        """x: [B, L, D] -> q, k: [B, H, L, Dk], v: [B, H, L, Dv], log_decay: None, [H], [B, H, L] or [B, H, L, Dk]."""
         raise NotImplementedError
 
     def _readout(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -351,8 +448,8 @@ class _LinearAttentionMixer(Mixer):
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # [B, D] -> [B, D]
         q, k, v, log_decay = self._qkv(x_t[:, None])
-        if log_decay is not None and log_decay.dim() == 3:
-            log_decay = log_decay[:, :, 0]  # [B, H]
+        if log_decay is not None and log_decay.dim() >= 3:
+            log_decay = log_decay[:, :, 0]  # [B, H] (scalar decay) or [B, H, Dk] (gate per key dimension)
         S = torch.cat([state["S"], state["z"][..., None]], -1) if self.normalize else state["S"]
         o_t, S = linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], S, log_decay, normalize=self.normalize)
         new_state = {"S": S[..., :-1], "z": S[..., -1]} if self.normalize else {"S": S}
@@ -364,8 +461,13 @@ class Performer(_LinearAttentionMixer):
 
     softmax attention's exp(q·k/√d) estimated by positive orthogonal random features φ (`favor_plus_features`):
         o_t = Σ_{s≤t} φ(q_t)·φ(k_s) v_s / Σ_{s≤t} φ(q_t)·φ(k_s)
-    The m = n_features directions ω are drawn once at init and kept as a buffer (no redrawing), so a model is a
-    deterministic function saved with its checkpoint.
+    The m = n_features directions ω are drawn once at init and kept as a buffer, so a model is a deterministic
+    function saved with its checkpoint. With redraw_features, every forward pass in training mode draws a fresh
+    ω from torch's RNG instead (the paper's feature redrawing; performer-pytorch's feature_redraw_interval
+    of 1), so that the weights learn not to lean on one draw. Departure: the reference implementations keep the
+    last draw for evaluation; here a forward pass caches nothing on the module (packed training vmaps it), so
+    eval mode and `step` use the ω drawn at init. Under a pack's vmap (randomness="different") every member
+    draws its own.
 
     State per layer: S [n_features, head_dim] and z [n_features] per head: n_heads·n_features·(head_dim+1).
     """
@@ -374,13 +476,14 @@ class Performer(_LinearAttentionMixer):
     normalize = True
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048,
-                 n_heads: int = 4, n_features: int = 64):
+                 n_heads: int = 4, n_features: int = 64, redraw_features: bool = False):
         super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
         _check_heads(d_model, n_heads)
         if n_features < 1:
             raise ValueError(f"n_features={n_features} must be ≥ 1")
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.d_key, self.d_value = n_features, self.head_dim
+        self.redraw_features = redraw_features
         self.q_proj = nn.Linear(d_model, d_model, bias=False)
         self.k_proj = nn.Linear(d_model, d_model, bias=False)
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
@@ -388,9 +491,20 @@ class Performer(_LinearAttentionMixer):
         # Drawn from the global RNG once: seeding the model seeds its features.
         self.register_buffer("omega", orthogonal_gaussian_features(n_features, self.head_dim))  # [m, head_dim]
 
-    def _qkv(self, x):
-        q = favor_plus_features(_split_heads(self.q_proj(x), self.n_heads), self.omega, is_query=True)
-        k = favor_plus_features(_split_heads(self.k_proj(x), self.n_heads), self.omega, is_query=False)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
+        if not (self.redraw_features and self.training):
+            return super().forward(x)
+        omega = orthogonal_gaussian_features(self.d_key, self.head_dim, device=self.omega.device,
+                                             dtype=self.omega.dtype)  # [m, head_dim], this pass only
+        q, k, v, _ = self._qkv(x, omega)
+        o = linear_attention_chunked(q, k, v, None, self.chunk_size, normalize=True)
+        return self._readout(o.transpose(1, 2).to(x.dtype), x)
+
+    def _qkv(self, x, omega: torch.Tensor | None = None):
+        # `step` always reads with the buffer: a state summed under changing ω would mix different kernels
+        omega = self.omega if omega is None else omega  # one ω for q and k: the estimate needs both on it
+        q = favor_plus_features(_split_heads(self.q_proj(x), self.n_heads), omega, is_query=True)
+        k = favor_plus_features(_split_heads(self.k_proj(x), self.n_heads), omega, is_query=False)
         return q, k, _split_heads(self.v_proj(x), self.n_heads), None
 
     def _readout(self, o, x):
@@ -408,11 +522,12 @@ class Based(_LinearAttentionMixer):
     are other registered layers combined in a hybrid pattern (e.g. "baseconv_short,based,sliding_window"), so
     this is the Taylor linear-attention layer alone. d' dials the state size (the paper's recall/memory knob).
 
-    State per layer: S [1+d'+d'², head_dim] and z [1+d'+d'²] per head: n_heads·(1+d'+d'²)·(head_dim+1),
-    with head_dim = d_model / n_heads.
+    State per layer, with F = 1 + d' + d'(d'+1)/2 (153 at d' = 16) and head_dim = d_model / n_heads: S [F, head_dim]
+    and the normaliser z [F] per head, n_heads·F·(head_dim+1). The paper counts the keys-values state alone,
+    F·head_dim per head; z is the extra head_dim+1-th column that the normalised read-out needs.
     """
 
-    formula = "n_heads·(1+feature_dim+feature_dim²)·(head_dim+1)"
+    formula = "n_heads·(1+feature_dim+feature_dim(feature_dim+1)/2)·(head_dim+1)"
     normalize = True
     # up to this length the forward pass takes the quadratic form (`taylor_attention_quadratic`), beyond it the
     # chunked one: the same function, whichever is cheaper; not a model choice, so not a flag
@@ -425,7 +540,7 @@ class Based(_LinearAttentionMixer):
         if feature_dim < 1:
             raise ValueError(f"feature_dim={feature_dim} must be ≥ 1")
         self.n_heads, self.feature_dim, self.head_dim = n_heads, feature_dim, d_model // n_heads
-        self.d_key, self.d_value = 1 + feature_dim + feature_dim**2, self.head_dim
+        self.d_key, self.d_value = taylor_feature_count(feature_dim), self.head_dim
         self.q_proj = nn.Linear(d_model, n_heads * feature_dim, bias=False)
         self.k_proj = nn.Linear(d_model, n_heads * feature_dim, bias=False)
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
@@ -437,7 +552,7 @@ class Based(_LinearAttentionMixer):
 
     def _qkv(self, x):
         q, k, v = self._project(x)
-        return taylor_feature_map(q), taylor_feature_map(k), v, None  # q, k: [B, H, L, 1+d'+d'²]
+        return taylor_feature_map(q), taylor_feature_map(k), v, None  # q, k: [B, H, L, 1+d'+d'(d'+1)/2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] > self.quadratic_max_len:
@@ -518,14 +633,17 @@ class RetNet(_LinearAttentionMixer):
         return self._readout(o_t[:, None].to(x_t.dtype), x_t[:, None])[:, 0], {"U_re": U_re, "U_im": U_im}
 
 
-class GatedLinearAttention(_LinearAttentionMixer):
+class ScalarGatedLinearAttention(_LinearAttentionMixer):
     """Gated linear attention with a per-head scalar, data-dependent decay, in the Mamba-2 / SSD form
-    (Dao & Gu 2024, "Transformers are SSMs"; the gated reading of Yang et al. 2024, "Gated Linear Attention").
+    (Dao & Gu 2024, "Transformers are SSMs": the SSD recurrence and its gated output norm, without Mamba-2's
+    short convolution; equivalently GLA of Yang et al. 2024 with its gate tied across key dimensions).
+    `GatedLinearAttention` (registered as gla) is the GLA paper's own layer, with a gate per key dimension.
 
         a_t = exp(-softplus(W_dt x_t + dt_bias)_h · exp(A_log_h)),   S_t = a_t S_{t-1} + k_t v_tᵀ,   o_t = S_tᵀ q_t
         y_t = W_O (RMSNorm_h(o_t) ⊙ swish(W_G x_t))     (the gate only with output_gate)
     No denominator: the per-head RMSNorm keeps the output scale independent of how much the state has summed,
-    as in both papers. q, k are d_state wide per head (q scaled by 1/√d_state), v is head_dim = d_model/n_heads.
+    as in Mamba-2 (GLA normalises per head too). q, k are d_state wide per head (q scaled by 1/√d_state),
+    v is head_dim = d_model/n_heads.
 
     State per layer: S [d_state, head_dim] per head: n_heads·d_state·head_dim.
     """
@@ -576,9 +694,80 @@ class GatedLinearAttention(_LinearAttentionMixer):
         return self.out_proj(y)
 
 
+class GatedLinearAttention(_LinearAttentionMixer):
+    """Gated linear attention (Yang, Wang, Shen, Panda & Kim 2024, "Gated Linear Attention Transformers with
+    Hardware-Efficient Training", the GLA Transformer's token mixer); reference implementation fla's
+    `fla.layers.gla.GatedLinearAttention`.
+
+        α_t = σ(x_t W_α1 W_α2 + b_α)^{1/τ} ∈ (0, 1)^{d_k}       W_α1: [d, 16], W_α2: [16, H·d_k], τ = 16
+        S_t = diag(α_t) S_{t-1} + k_tᵀ v_t,   o_t = q_t S_t       per head, S_t: [d_k, d_v]
+        y_t = (swish(x_t W_r + b_r) ⊙ LN_h(o_t)) W_O              (the swish gate only with output_gate)
+    The gate is low-rank (gate_low_rank_dim = 16) and per key dimension: each row of S forgets at its own,
+    input-dependent rate. log α_t = logsigmoid(·)/τ is computed as such, never as σ(·) raised to a power; τ = 16
+    keeps α near 1 at init (σ(0)^{1/16} ≈ 0.958) so that memories last. Widths as in the paper: d/2 key and
+    d value channels in all (expand_k = 0.5, expand_v = 1), split over H = 4 heads, so d_k = expand_k·d/H and
+    d_v = expand_v·d/H per head. q is scaled by 1/√d_k, as fla does. LN_h is LayerNorm over each head's d_v
+    channels (GroupNorm with one group per head), as in the paper; fla uses an RMSNorm per head.
+    Departures: torch's default init, not fla's; no short convolution (fla's use_short_conv, off by default
+    there too); no clamp on the log-gate (fla's clamp_min, unset by default). `forward` is the chunked form
+    (`gated_linear_attention_chunked`), `step` the shared recurrence with a [B, H, d_k] gate.
+
+    State per layer: S [d_k, d_v] per head: n_heads·head_k_dim·head_v_dim (= d_model²/(2·n_heads) by default).
+    """
+
+    formula = "n_heads·head_k_dim·head_v_dim"
+    chunk_size = 16  # [C, C, d_k] intra-chunk weights: memory grows with C (see gated_linear_attention_chunked)
+
+    def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048,
+                 n_heads: int = 4, expand_k: float = 0.5, expand_v: float = 1.0, gate_low_rank_dim: int = 16,
+                 gate_logit_normalizer: float = 16.0, output_gate: bool = True):
+        super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
+        _check_heads(d_model, n_heads)
+        key_dim = _expanded_width(d_model, expand_k, n_heads, "expand_k")
+        value_dim = _expanded_width(d_model, expand_v, n_heads, "expand_v")
+        if gate_low_rank_dim < 1:
+            raise ValueError(f"gate_low_rank_dim={gate_low_rank_dim} must be ≥ 1")
+        if gate_logit_normalizer <= 0:
+            raise ValueError(f"gate_logit_normalizer={gate_logit_normalizer} must be > 0 (the paper's τ = 16)")
+        self.n_heads, self.output_gate, self.gate_logit_normalizer = n_heads, output_gate, gate_logit_normalizer
+        self.d_key, self.d_value = key_dim // n_heads, value_dim // n_heads
+        self.q_proj = nn.Linear(d_model, key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, value_dim, bias=False)
+        # α's logits through a rank-16 bottleneck, x W_α1 W_α2 + b_α: the gate costs O(16·d), not O(d·d_k)
+        self.gate_down = nn.Linear(d_model, gate_low_rank_dim, bias=False)
+        self.gate_up = nn.Linear(gate_low_rank_dim, key_dim, bias=True)
+        self.g_proj = nn.Linear(d_model, value_dim, bias=True) if output_gate else None
+        self.group_norm = nn.GroupNorm(n_heads, value_dim)
+        self.out_proj = nn.Linear(value_dim, d_model, bias=False)
+
+    def _qkv(self, x):
+        q = _split_heads(self.q_proj(x), self.n_heads) * self.d_key**-0.5
+        k = _split_heads(self.k_proj(x), self.n_heads)
+        acc = _accumulation_dtype(x)  # the gates compound over many steps: compute them in float32 or higher
+        logits = self.gate_up(self.gate_down(x)).to(acc)  # [B, L, H·d_k]
+        log_gate = _split_heads(F.logsigmoid(logits) / self.gate_logit_normalizer, self.n_heads)  # [B, H, L, d_k]
+        return q, k, _split_heads(self.v_proj(x), self.n_heads), log_gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
+        q, k, v, log_gate = self._qkv(x)
+        o = gated_linear_attention_chunked(q, k, v, log_gate, self.chunk_size)
+        return self._readout(o.transpose(1, 2).to(x.dtype), x)
+
+    def _readout(self, o, x):
+        B, L, H, Dv = o.shape
+        acc = torch.promote_types(o.dtype, self.group_norm.weight.dtype)
+        y = self.group_norm(o.reshape(B * L, H * Dv).to(acc)).reshape(B, L, H * Dv).to(x.dtype)
+        if self.output_gate:
+            y = F.silu(self.g_proj(x)) * y
+        return self.out_proj(y)
+
+
 ARCHS: dict[str, MixerSpec] = {
     "performer": MixerSpec(Performer, "Performer FAVOR+: positive orthogonal random features, normalised"),
     "based": MixerSpec(Based, "Based: 2nd-order Taylor linear attention (the layer; pair with windows/convs)"),
     "retnet": MixerSpec(RetNet, "RetNet multi-scale retention: rotated q,k, fixed per-head decays, gated"),
-    "gla": MixerSpec(GatedLinearAttention, "gated linear attention: per-head data-dependent decay (SSD form)"),
+    "gla": MixerSpec(GatedLinearAttention, "GLA: data-dependent low-rank gates per key dimension, LN, swish gate"),
+    "gla_scalar": MixerSpec(ScalarGatedLinearAttention,
+                            "gated linear attention with one data-dependent decay per head (the SSD form of gla)"),
 }

@@ -34,7 +34,7 @@ ARCH_COLOURS = {
     "attention_rerope": "#7b4173", "attention_xpos": "#ce6dbd",
     "gqa": "#636363", "mqa": "#969696", "mla": "#252525", "sliding_window": "#8c564b",
     "simplicial": "#c49c94", "simplicial_det": "#843c39",
-    "based": "#2ca02c", "gla": "#98df8a", "performer": "#006d2c", "retnet": "#74c476",
+    "based": "#2ca02c", "gla": "#98df8a", "gla_scalar": "#c7e9c0", "performer": "#006d2c", "retnet": "#74c476",
     "mamba": "#d62728", "mamba2": "#ff7f0e", "s4d": "#ff9896", "h3": "#e6550d",
     "hyena": "#bcbd22", "baseconv": "#e377c2", "baseconv_short": "#f7b6d2", "m2": "#8c6d31",
 }
