@@ -1,10 +1,14 @@
 """Gated convolutions (probe/mixers/conv.py): the convolution ops against a direct sum, BaseConv's equation,
 Hyena's implicit filter, and recurrent forms beyond what tests/test_mixers.py covers."""
+import math
+
 import pytest
 import torch
 
 from probe.mixers.base import state_numel
-from probe.mixers.conv import BaseConv, Hyena, ImplicitFilter, causal_conv_step, fft_conv, short_conv
+from probe.mixers.conv import (BaseConv, Hyena, HyenaFilter, ImplicitFilter, causal_conv_step, fft_conv,
+                               positional_table, short_conv)
+from probe.model import build_model
 from mixer_helpers import randn, run_steps
 
 D = 6
@@ -84,6 +88,58 @@ def test_baseconv_recurrent_form_and_state(kwargs, max_seq_len, expected_kept):
     assert state_numel(state, 2) == mixer.state_size(20) == D * expected_kept
 
 
+ZOOLOGY_CASES = [dict(filter="short", kernel_size=3), dict(filter="long"), dict(filter="long", implicit=True)]
+ZOOLOGY_IDS = ["short3", "long", "long-implicit"]
+
+
+@pytest.mark.parametrize("kwargs", ZOOLOGY_CASES, ids=ZOOLOGY_IDS)
+def test_zoology_baseconv_adds_feed_through_to_long_conv_and_a_residual(kwargs):
+    torch.manual_seed(0)
+    mixer = BaseConv(D, max_seq_len=32, form="zoology", **kwargs).double()
+    x = randn(2, 20, D, seed=1)
+    conv = direct_causal_conv(x.transpose(1, 2), mixer.filter_taps(20)).transpose(1, 2)
+    # Zoology's long convolution adds its input (no b'); its short Conv1d adds a bias
+    conv = conv + (mixer.conv_bias if kwargs["filter"] == "short" else x)
+    expected = (x @ mixer.projection.weight.T + mixer.projection.bias) * conv + x
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_zoology_baseconv_with_a_zero_long_filter_is_feed_through_plus_residual():
+    mixer = BaseConv(D, max_seq_len=32, form="zoology").double()
+    with torch.no_grad():
+        mixer.h.zero_()
+    x = randn(2, 20, D, seed=1)
+    torch.testing.assert_close(mixer(x), mixer.projection(x) * x + x, rtol=1e-12, atol=1e-12)
+
+
+def test_zoology_baseconv_initialises_as_zoologys_code():
+    torch.manual_seed(0)
+    long, paper = BaseConv(64, max_seq_len=256, form="zoology"), BaseConv(64, max_seq_len=256)
+    assert 0.95 < long.h.std() < 1.05 and 0.019 < paper.h.std() < 0.021, "N(0, 1) vs 0.02·N(0, 1)"
+    assert not hasattr(long, "conv_bias"), "the long convolution's feed-through replaces b'"
+    short = BaseConv(64, filter="short", kernel_size=3, form="zoology")
+    assert short.conv_bias.abs().max() <= 3 ** -0.5 and short.conv_bias.std() > 0.1, "Conv1d bias, U(±1/√3)"
+
+
+@pytest.mark.parametrize("kwargs", ZOOLOGY_CASES, ids=ZOOLOGY_IDS)
+def test_zoology_baseconv_recurrent_form_and_state(kwargs):
+    torch.manual_seed(0)
+    mixer = BaseConv(D, max_seq_len=32, form="zoology", **kwargs).double()
+    x = randn(2, 20, D, seed=1)
+    ys, state = run_steps(mixer, x)
+    torch.testing.assert_close(ys, mixer(x), rtol=1e-8, atol=1e-10)
+    assert state_numel(state, 2) == mixer.state_size(20)
+
+
+def test_zoology_figure2_pattern_alternates_short_and_long_kernels():
+    model = build_model("baseconv_short,baseconv", vocab_size=16, d_model=8, n_layers=4, max_seq_len=32,
+                        form="zoology")
+    mixers = [block.mixer for block in model.blocks]
+    assert [(m.filter, m.kernel_size if m.filter == "short" else None) for m in mixers] == \
+        [("short", 3), ("long", None), ("short", 3), ("long", None)]
+    assert all(m.form == "zoology" for m in mixers)
+
+
 def test_implicit_filter_decays_under_its_window():
     torch.manual_seed(0)
     filt = ImplicitFilter(16, max_seq_len=200).double()
@@ -99,31 +155,58 @@ def test_implicit_filter_decays_under_its_window():
 def test_implicit_filter_does_not_depend_on_sequence_length():
     torch.manual_seed(0)
     filt = ImplicitFilter(8, max_seq_len=64).double()
-    torch.testing.assert_close(filt(10), filt(40)[:, :10], rtol=0, atol=0)
+    # the same positions give the same taps at any length; BLAS may round differently by shape, so compare
+    # within float64 rounding, never bitwise
+    torch.testing.assert_close(filt(10), filt(40)[:, :10], rtol=1e-12, atol=1e-12)
 
 
-def test_hyena_follows_its_recurrence():
+def hyena_short_conv(mixer, x):
+    """Hyena's projections after their short convolution, by the direct sum: [B, (N+1)·D, L]."""
+    u = (x @ mixer.in_proj.weight.T + mixer.in_proj.bias).transpose(1, 2)
+    return direct_causal_conv(u, mixer.short_filter) + mixer.short_bias[:, None]
+
+
+def test_hyena_is_one_long_convolution_between_two_gates():
     torch.manual_seed(0)
     mixer = Hyena(D, max_seq_len=32).double()
     x = randn(2, 20, D, seed=1)
-    u = direct_causal_conv((x @ mixer.in_proj.weight.T + mixer.in_proj.bias).transpose(1, 2),
-                           mixer.short_filter) + mixer.short_bias[:, None]
-    x1, x2, v = u.split(D, dim=1)
+    x0, x1, v = hyena_short_conv(mixer, x).split(D, dim=1)
     h = mixer.long_filters(20)
-    z = x1 * (direct_causal_conv(v, h[0]) + mixer.filter_bias[0, :, None] * v)
-    z = x2 * (direct_causal_conv(z, h[1]) + mixer.filter_bias[1, :, None] * z)
-    torch.testing.assert_close(mixer(x), mixer.out_proj(z.transpose(1, 2)), rtol=1e-10, atol=1e-10)
+    assert h.shape == (1, D, 20), "order 2 has one long filter"
+    w = x1 * v
+    y = x0 * (direct_causal_conv(w, h[0]) + mixer.filter_bias[0, :, None] * w)
+    torch.testing.assert_close(mixer(x), mixer.out_proj(y.transpose(1, 2)), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("order,short_filter_order", [(1, 3), (3, 3), (2, 1)], ids=["N1", "N3", "N2-short1"])
-def test_hyena_recurrent_form_and_state_at_other_orders(order, short_filter_order):
+def test_hyena_order_3_nests_two_gated_convolutions_inside_out():
+    torch.manual_seed(0)
+    mixer = Hyena(D, max_seq_len=32, order=3).double()
+    x = randn(2, 20, D, seed=1)
+    x0, x1, x2, v = hyena_short_conv(mixer, x).split(D, dim=1)
+    h, bias = mixer.long_filters(20), mixer.filter_bias[:, :, None]
+    w = x2 * v
+    z = direct_causal_conv(w, h[0]) + bias[0] * w
+    w = x1 * z
+    z = direct_causal_conv(w, h[1]) + bias[1] * w
+    torch.testing.assert_close(mixer(x), mixer.out_proj((x0 * z).transpose(1, 2)), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("order,short_filter_order", [(2, 3), (3, 3), (2, 1), (4, 2)],
+                         ids=["N2", "N3", "N2-short1", "N4-short2"])
+def test_hyena_recurrent_form_and_state(order, short_filter_order):
     torch.manual_seed(0)
     mixer = Hyena(D, max_seq_len=32, order=order, short_filter_order=short_filter_order).double()
     x = randn(2, 11, D, seed=1)
     ys, state = run_steps(mixer, x)
     torch.testing.assert_close(ys, mixer(x), rtol=1e-8, atol=1e-10)
-    expected = order * D * 11 + (order + 1) * D * (short_filter_order - 1)
+    # one D·L buffer per long convolution (order − 1 of them), the short convolution's last taps − 1 inputs
+    expected = (order - 1) * D * 11 + (order + 1) * D * (short_filter_order - 1)
     assert state_numel(state, 2) == mixer.state_size(11) == expected
+
+
+def test_hyena_order_2_state_is_one_sequence_of_d_model():
+    mixer = Hyena(D, max_seq_len=64)
+    assert mixer.state_size(50) == D * 50 + 3 * D * 2
 
 
 @pytest.mark.parametrize("seq_len", [63, 100])
@@ -136,11 +219,59 @@ def test_hyena_is_causal_at_awkward_lengths(seq_len):
     torch.testing.assert_close(mixer(x)[:, :t], mixer(x2)[:, :t], rtol=1e-10, atol=1e-10)
 
 
+def test_positional_table_is_time_and_complex_exponential():
+    table = positional_table(50, emb_dim=5).double()          # K = 2 bands, frequencies 1e-4 and 1
+    pos = torch.arange(50, dtype=torch.float64)
+    omega = 2 * math.pi * pos / 50
+    expected = torch.stack([pos / 49, torch.cos(1e-4 * omega), torch.cos(omega),
+                            -torch.sin(1e-4 * omega), -torch.sin(omega)], dim=-1)
+    torch.testing.assert_close(table, expected, rtol=1e-6, atol=1e-6)   # stored in float32
+
+
+def test_hyena_filter_is_a_shared_frequency_sine_network_under_a_decay_window():
+    torch.manual_seed(0)
+    filt = HyenaFilter(4, max_seq_len=40, filter_order=8).double()
+    assert len(filt.layers) == 3, "input layer and two inner layers"
+    with torch.no_grad():
+        filt.freq.uniform_(0.5, 2.0)                            # a learnt ω, the same in every sine
+    z = filt.positions[:20]
+    for layer in filt.layers:
+        z = torch.sin(filt.freq * (z @ layer.weight.T + layer.bias))
+    t = torch.arange(20, dtype=torch.float64) / 39
+    window = torch.exp(-filt.decay_rates[:, None] * t)
+    torch.testing.assert_close(filt(20), (z @ filt.out.weight.T).T * window, rtol=1e-12, atol=1e-12)
+
+
+def test_hyena_filter_window_decays_slowest_channel_first():
+    filt = HyenaFilter(16, max_seq_len=201).double()
+    window = filt.window(201, torch.float64, None)                          # [C, L], t = l / 200
+    assert (window[:, 1:] < window[:, :-1]).all(), "every channel's window decays monotonically"
+    # the last (fastest) channel reaches the target 1e-2 at t = fast_decay_pct = 0.3, the first at 1.5
+    torch.testing.assert_close(window[-1, 60], torch.tensor(1e-2, dtype=torch.float64))
+    torch.testing.assert_close(window[0, 200], torch.tensor(1e-2 ** (1 / 1.5), dtype=torch.float64))
+
+
+def test_hyena_filter_does_not_depend_on_sequence_length():
+    torch.manual_seed(0)
+    filt = HyenaFilter(8, max_seq_len=64).double()
+    # BLAS may round differently by shape, so compare within float64 rounding, never bitwise
+    torch.testing.assert_close(filt(10), filt(40)[:, :10], rtol=1e-12, atol=1e-12)
+
+
+def test_hyena_filter_learns_its_positions_unless_told_not_to():
+    assert isinstance(HyenaFilter(4, max_seq_len=16).positions, torch.nn.Parameter)
+    fixed = HyenaFilter(4, max_seq_len=16, learn_positions=False)
+    assert "positions" not in dict(fixed.named_parameters())
+    with pytest.raises(ValueError, match="^seq_len=17 exceeds max_seq_len=16"):
+        fixed(17)
+
+
 @pytest.mark.parametrize("cls,kwargs,argument", [
     (BaseConv, dict(filter="medium"), "filter"),
     (BaseConv, dict(filter="short", kernel_size=0), "kernel_size"),
     (BaseConv, dict(filter="short", implicit=True), "implicit"),
-    (Hyena, dict(order=0), "order"),
+    (BaseConv, dict(form="safari"), "form"),
+    (Hyena, dict(order=1), "order"),
     (Hyena, dict(filter_order=0), "filter_order"),
     (Hyena, dict(emb_dim=4), "emb_dim"),
     (Hyena, dict(short_filter_order=0), "short_filter_order"),

@@ -10,6 +10,11 @@ in a buffer and takes one dot product per channel with the reversed filter (`cau
 a convolution must hold to produce the next token, so it is what `state_size` counts.
 
 Filters are stored in "filter order": k[:, s] multiplies u_{t-s}, for short and long filters alike.
+
+Implicit filters: `ImplicitFilter` is probe's reading of Hyena §3.3 (kept for Monarch Mixer and for the paper
+form of BaseConv(implicit=True)); `HyenaFilter` is the filter as Hyena's reference code computes it (safari,
+copied into Zoology), which the `hyena` mixer uses; `ZoologyImplicitFilter` is Zoology's implicit filter for
+BaseConv.
 """
 from __future__ import annotations
 
@@ -65,6 +70,11 @@ def causal_conv_step(u_t: torch.Tensor, past: torch.Tensor, k: torch.Tensor) -> 
     return y_t, window
 
 
+def keep_last(window: torch.Tensor, n: int) -> torch.Tensor:
+    """The last min(n, T) inputs of window: [B, D, T] (n = 0 keeps none)."""
+    return window[..., window.shape[-1] - min(n, window.shape[-1]):]
+
+
 class Sin(nn.Module):
     """sin(ω ⊙ x) with a learnable frequency per feature (the implicit filter's activation in Hyena)."""
 
@@ -85,16 +95,15 @@ class ImplicitFilter(nn.Module):
     falls to `target` between t̂ = fast_decay_pct and t̂ = slow_decay_pct: some channels see far, some near.
     Positions are normalised by max_seq_len, not by the input length, so h does not depend on L (a causal
     filter that changed with L would let the future leak in through the sequence length).
+    Used by Monarch Mixer and by BaseConv(implicit=True, form="paper"); the `hyena` mixer uses `HyenaFilter`,
+    the reference code's form (other features, two inner layers, one shared frequency).
     """
 
     def __init__(self, channels: int, max_seq_len: int, emb_dim: int = 3, filter_order: int = 64,
                  w: float = 1.0, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,
                  target: float = 1e-2, shift: float = 0.0):
         super().__init__()
-        if filter_order < 1:
-            raise ValueError(f"filter_order={filter_order} must be >= 1")
-        if emb_dim < 3 or emb_dim % 2 == 0:
-            raise ValueError(f"emb_dim={emb_dim} must be odd and >= 3 (time + sine/cosine pairs)")
+        check_filter_shape(emb_dim, filter_order)
         self.channels, self.max_seq_len, self.shift = channels, max_seq_len, shift
         self.register_buffer("bands", torch.arange(1, (emb_dim - 1) // 2 + 1, dtype=torch.float32),
                              persistent=False)
@@ -122,14 +131,120 @@ class ImplicitFilter(nn.Module):
         return h * self.window(seq_len, h.dtype, h.device)
 
 
+def check_filter_shape(emb_dim: int, filter_order: int) -> None:
+    if filter_order < 1:
+        raise ValueError(f"filter_order={filter_order} must be >= 1")
+    if emb_dim < 3 or emb_dim % 2 == 0:
+        raise ValueError(f"emb_dim={emb_dim} must be odd and >= 3 (time + sine/cosine pairs)")
+
+
+def positional_table(max_seq_len: int, emb_dim: int) -> torch.Tensor:  # -> [max_seq_len, emb_dim]
+    """The implicit filters' input in Hyena's reference code (safari; Zoology copies it), one row per position l:
+
+        [t_l, cos(f_k·ω_l), −sin(f_k·ω_l)]_{k=1..K},   t_l = l / (max_seq_len − 1)   (a linspace from 0 to 1),
+        ω_l = 2π·l / max_seq_len,   f = linspace(1e-4, K − 1, K),   emb_dim = 1 + 2K
+
+    (the real and imaginary parts of exp(−i·f_k·ω_l)). The lowest frequency is 1e-4 rather than 0, so at
+    emb_dim = 3 (K = 1) the features are nearly [t, 1, 0] and the filter is a smooth function of t alone.
+    Built in float64 and stored in the default dtype.
+    """
+    bands = (emb_dim - 1) // 2
+    pos = torch.arange(max_seq_len, dtype=torch.float64)[:, None]                     # [L, 1]
+    t = torch.linspace(0, 1, max_seq_len, dtype=torch.float64)[:, None]
+    angle = torch.linspace(1e-4, bands - 1, bands, dtype=torch.float64) * (2 * math.pi * pos / max_seq_len)
+    return torch.cat([t, torch.cos(angle), -torch.sin(angle)], dim=-1).to(torch.get_default_dtype())
+
+
+class HyenaFilter(nn.Module):
+    """Hyena's implicit filter as its reference code computes it (safari's HyenaFilter; Zoology's Filter):
+
+        h[c, l] = FFN(z_l)[c] · (exp(−|δ_c| · t_l) + shift),   z_l = `positional_table` row l
+        FFN = Linear(emb_dim, F) → sin(ω⊙·) → [Linear(F, F) → sin(ω⊙·)] × inner_layers → Linear(F, C, no bias)
+
+    with one learnt frequency vector ω (init w) shared by every sine, since the reference appends one Sin
+    module after each layer. |δ_c| runs linearly from −ln(target)/slow_decay_pct (channel 0, the slowest) to
+    −ln(target)/fast_decay_pct (the last channel): channel c's window reaches `target` at t = −ln(target)/|δ_c|.
+    Differs from `ImplicitFilter` in the features (t over max_seq_len − 1; frequencies 1e-4..K−1, not 1..K),
+    the two inner layers, the shared ω, the channel order of the decays, and `learn_positions`.
+
+    learn_positions: the reference registers the table z as a parameter (safari meant it for a learning rate of
+    1e-5; Zoology's trainer gives every parameter the same one, so there it learns like any weight). True
+    learns it, which ties the filter to positions < max_seq_len; False keeps it fixed. The window's t is fixed.
+    """
+
+    def __init__(self, channels: int, max_seq_len: int, emb_dim: int = 3, filter_order: int = 64,
+                 inner_layers: int = 2, w: float = 1.0, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,
+                 target: float = 1e-2, shift: float = 0.0, learn_positions: bool = True):
+        super().__init__()
+        check_filter_shape(emb_dim, filter_order)
+        self.max_seq_len, self.shift = max_seq_len, shift
+        table = positional_table(max_seq_len, emb_dim)
+        if learn_positions:
+            self.positions = nn.Parameter(table)
+        else:
+            self.register_buffer("positions", table, persistent=False)
+        widths = [emb_dim] + [filter_order] * (inner_layers + 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.freq = nn.Parameter(torch.full((filter_order,), float(w)))
+        self.out = nn.Linear(filter_order, channels, bias=False)
+        # exp(−|δ| · pct) = target  =>  |δ| = −ln(target) / pct; slowest channel first
+        rates = torch.linspace(-math.log(target) / slow_decay_pct, -math.log(target) / fast_decay_pct, channels)
+        self.register_buffer("decay_rates", rates, persistent=False)
+
+    def window(self, seq_len: int, dtype, device) -> torch.Tensor:  # -> [channels, L]
+        t = torch.arange(seq_len, dtype=dtype, device=device) / max(self.max_seq_len - 1, 1)
+        return torch.exp(-self.decay_rates.to(dtype)[:, None] * t) + self.shift
+
+    def forward(self, seq_len: int) -> torch.Tensor:  # -> [channels, L]
+        if seq_len > self.max_seq_len:
+            raise ValueError(f"seq_len={seq_len} exceeds max_seq_len={self.max_seq_len} of the filter's table")
+        z = self.positions[:seq_len]                                          # [L, emb_dim]
+        for layer in self.layers:
+            z = torch.sin(self.freq * layer(z))
+        h = self.out(z).transpose(0, 1)                                       # [C, L]
+        return h * self.window(seq_len, h.dtype, h.device)
+
+
+class ZoologyImplicitFilter(nn.Module):
+    """Zoology's implicit long convolution filter for BaseConv (its `ImplicitLongConvolution`):
+
+        h[:, l] = Linear(16, C)(ReLU(Linear(emb_dim, 16)(z_l))),   z_l = `positional_table` row l (fixed)
+
+    no window and no sine: a small ReLU network of the position.
+    """
+
+    def __init__(self, channels: int, max_seq_len: int, emb_dim: int = 3, hidden: int = 16):
+        super().__init__()
+        self.max_seq_len = max_seq_len
+        self.register_buffer("positions", positional_table(max_seq_len, emb_dim), persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(emb_dim, hidden), nn.ReLU(), nn.Linear(hidden, channels))
+
+    def forward(self, seq_len: int) -> torch.Tensor:  # -> [channels, L]
+        if seq_len > self.max_seq_len:
+            raise ValueError(f"seq_len={seq_len} exceeds max_seq_len={self.max_seq_len} of the filter's table")
+        return self.mlp(self.positions[:seq_len]).transpose(0, 1)
+
+
 class BaseConv(Mixer):
     """BaseConv (Arora et al. 2023, "Zoology: Measuring and Improving Recall in Efficient Language Models").
 
-        y = (x W + b) ⊙ (h ∗ x + b')
+        form="paper"   (the paper's equation):        y = (x W + b) ⊙ (h ∗ x + b')
+        form="zoology" (Zoology's code, its figures):  y = (x W + b) ⊙ (h ∗ x + x) + x      long filter
+                                                       y = (x W + b) ⊙ (h ∗ x + b') + x     short filter
 
     a linear projection gated by a causal convolution, per channel. `filter="long"`: h spans the sequence,
-    either an explicit [d_model, max_seq_len] parameter or (`implicit=True`) Hyena's implicit filter;
+    either an explicit [d_model, max_seq_len] parameter or (`implicit=True`) an implicit filter;
     `filter="short"`: h has `kernel_size` taps (the short-conv layer of the Based architecture).
+
+    What form="zoology" changes, all from Zoology's `BaseConv`, `LongConvolution`, `ShortConvolution`:
+      - a residual: the mixer adds its input x to its output (on top of the block's own residual);
+      - the long convolution's feed-through: its FFT convolution adds x itself (a fixed unit skip), and there
+        is no b';
+      - the explicit long filter is drawn standard normal, not 0.02 · N(0, 1);
+      - the short convolution is a Conv1d with a bias: b' drawn like the taps, U(±1/√kernel_size), not zero;
+      - implicit=True is Zoology's `ZoologyImplicitFilter` (ReLU network, no window), not `ImplicitFilter`.
+    Zoology's Figure 2 alternates kernel sizes over the layers (3, long, 3, long): the pattern
+    `baseconv_short,baseconv` with form="zoology".
 
     State after L tokens (the past inputs the convolution still reaches):
         long, explicit: d_model·min(L, max_seq_len − 1);  long, implicit: d_model·L;
@@ -139,7 +254,8 @@ class BaseConv(Mixer):
     formula = "d_model·L (long; explicit filter: L ≤ max_seq_len−1), d_model·(kernel_size−1) (short)"
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048,
-                 filter: Literal["long", "short"] = "long", kernel_size: int = 3, implicit: bool = False):
+                 filter: Literal["long", "short"] = "long", kernel_size: int = 3, implicit: bool = False,
+                 form: Literal["paper", "zoology"] = "paper"):
         super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
         if filter not in ("long", "short"):
             raise ValueError(f"filter={filter!r} must be 'long' or 'short'")
@@ -147,18 +263,28 @@ class BaseConv(Mixer):
             raise ValueError(f"kernel_size={kernel_size} must be >= 1")
         if implicit and filter != "long":
             raise ValueError(f"implicit={implicit} applies only to filter='long', not filter={filter!r}")
-        self.filter, self.kernel_size, self.implicit = filter, kernel_size, implicit
+        if form not in ("paper", "zoology"):
+            raise ValueError(f"form={form!r} must be 'paper' or 'zoology'")
+        self.filter, self.kernel_size, self.implicit, self.form = filter, kernel_size, implicit, form
+        zoology = form == "zoology"
+        # Zoology's long convolution adds x itself where the paper adds a learnt b'
+        self.feed_through = zoology and filter == "long"
         self.projection = nn.Linear(d_model, d_model)     # x W + b
-        self.conv_bias = nn.Parameter(torch.zeros(d_model))  # b', zero at init: the gate starts as h ∗ x alone
+        if not self.feed_through:
+            self.conv_bias = nn.Parameter(torch.zeros(d_model))  # b', zero at init: the gate starts as h ∗ x
         if filter == "short":
             # default conv1d initialization: uniform in ±1/sqrt(fan_in)
             bound = 1 / math.sqrt(kernel_size)
             self.h = nn.Parameter(torch.empty(d_model, kernel_size).uniform_(-bound, bound))
+            if zoology:
+                # Zoology's short convolution is a Conv1d with its own bias, drawn like the taps
+                with torch.no_grad():
+                    self.conv_bias.uniform_(-bound, bound)
         elif implicit:
-            self.implicit_filter = ImplicitFilter(d_model, max_seq_len)
+            self.implicit_filter = (ZoologyImplicitFilter if zoology else ImplicitFilter)(d_model, max_seq_len)
         else:
-            # small random explicit filter, as in long-convolution models; the model learns its shape
-            self.h = nn.Parameter(0.02 * torch.randn(d_model, max_seq_len))
+            # the paper's models learn a small random filter's shape; Zoology's code draws it standard normal
+            self.h = nn.Parameter((1.0 if zoology else 0.02) * torch.randn(d_model, max_seq_len))
 
     @property
     def reach(self) -> int | None:
@@ -172,12 +298,15 @@ class BaseConv(Mixer):
             return self.implicit_filter(seq_len)
         return self.h
 
+    def gate(self, x: torch.Tensor, conv: torch.Tensor) -> torch.Tensor:  # x, conv: [..., D] -> [..., D]
+        y = self.projection(x) * (conv + (x if self.feed_through else self.conv_bias))
+        return y + x if self.form == "zoology" else y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
         u = x.transpose(1, 2)                                           # [B, D, L]
         k = self.filter_taps(x.shape[1])
         conv = short_conv(u, k) if self.filter == "short" else fft_conv(u, k)
-        conv = conv.transpose(1, 2) + self.conv_bias                    # [B, L, D]
-        return self.projection(x) * conv
+        return self.gate(x, conv.transpose(1, 2))
 
     def state_size(self, seq_len: int) -> int:
         reach = self.reach
@@ -192,32 +321,37 @@ class BaseConv(Mixer):
         reach = self.reach
         if reach is not None:
             # a filter of Lk taps needs only the last Lk-1 inputs to produce the next token
-            window = window[..., window.shape[-1] - min(reach - 1, window.shape[-1]):]
-        return self.projection(x_t) * (conv + self.conv_bias), {"past": window}
+            window = keep_last(window, reach - 1)
+        return self.gate(x_t, conv), {"past": window}
 
 
 class Hyena(Mixer):
-    """Hyena operator (Poli et al. 2023, "Hyena Hierarchy: Towards Larger Convolutional Language Models").
+    """Hyena operator (Poli et al. 2023, "Hyena Hierarchy"), as its reference code and Zoology compute it.
 
-        (x_1, ..., x_N, v) = ShortConv(x W_in)          N+1 projections of width D, depthwise conv of 3 taps
-        z^1 = v;   z^{n+1} = x_n ⊙ (h_n ∗ z^n + bias_n ⊙ z^n)   for n = 1..N
-        y = z^{N+1} W_out
+        (x_0, x_1, ..., x_{N-1}, v) = ShortConv(x W_in)     N+1 projections of width D, depthwise, 3 taps
+        z = v;   z ← h_n ∗ (x_{N-n} ⊙ z) + bias_n ⊙ (x_{N-n} ⊙ z)   for n = 1..N-1
+        y = (x_0 ⊙ z) W_out
 
-    h_n are implicit long filters (`ImplicitFilter`: sine FFN of a positional encoding, times an exponentially
-    decaying window), bias_n the per-channel feed-through term of each filter.
+    Order 2 (the default, Zoology's Hyena) is one long convolution between two gates:
+        y = (x_0 ⊙ (h ∗ (x_1 ⊙ v) + bias ⊙ (x_1 ⊙ v))) W_out.
+    `order` counts as the code does (N+1 projections, N−1 long convolutions, v gated once before the first);
+    the paper's Definition 3.1 of order N has N convolutions and convolves v itself first. h_n are implicit
+    long filters (`HyenaFilter`: a sine network of positional features under an exponentially decaying
+    window), bias_n the per-channel feed-through of each filter, drawn standard normal.
 
-    State after L tokens: each order's long convolution keeps all its past inputs z^n (D·L each), and the
-    short convolution its last short_filter_order − 1 inputs over (N+1)·D channels:
-        order·d_model·L + (order+1)·d_model·(short_filter_order − 1).
+    State after L tokens: each long convolution keeps all its past inputs (D·L each), and the short convolution
+    its last short_filter_order − 1 inputs over (N+1)·D channels:
+        (order−1)·d_model·L + (order+1)·d_model·(short_filter_order − 1).
     """
 
-    formula = "order·d_model·L + (order+1)·d_model·(short_filter_order−1)"
+    formula = "(order−1)·d_model·L + (order+1)·d_model·(short_filter_order−1)"
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048, order: int = 2,
-                 filter_order: int = 64, emb_dim: int = 3, short_filter_order: int = 3):
+                 filter_order: int = 64, emb_dim: int = 3, short_filter_order: int = 3,
+                 learn_positions: bool = True):
         super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
-        if order < 1:
-            raise ValueError(f"order={order} must be >= 1")
+        if order < 2:
+            raise ValueError(f"order={order} must be >= 2 (order 2 has one long convolution)")
         if short_filter_order < 1:
             raise ValueError(f"short_filter_order={short_filter_order} must be >= 1")
         self.order, self.short_filter_order = order, short_filter_order
@@ -227,46 +361,47 @@ class Hyena(Mixer):
         bound = 1 / math.sqrt(short_filter_order)
         self.short_filter = nn.Parameter(torch.empty(width, short_filter_order).uniform_(-bound, bound))
         self.short_bias = nn.Parameter(torch.empty(width).uniform_(-bound, bound))
-        self.implicit_filter = ImplicitFilter(order * d_model, max_seq_len, emb_dim=emb_dim,
-                                              filter_order=filter_order)
-        # feed-through term drawn standard normal, so each order starts with a direct path past its filter
-        self.filter_bias = nn.Parameter(torch.randn(order, d_model))
+        # one filter network for all N−1 convolutions; the decay rates spread over all (N−1)·D channels
+        self.implicit_filter = HyenaFilter((order - 1) * d_model, max_seq_len, emb_dim=emb_dim,
+                                           filter_order=filter_order, learn_positions=learn_positions)
+        self.filter_bias = nn.Parameter(torch.randn(order - 1, d_model))
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def long_filters(self, seq_len: int) -> torch.Tensor:  # -> [N, D, L]
-        return self.implicit_filter(seq_len).view(self.order, self.d_model, seq_len)
+    def long_filters(self, seq_len: int) -> torch.Tensor:  # -> [N-1, D, L]
+        return self.implicit_filter(seq_len).view(self.order - 1, self.d_model, seq_len)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
         u = self.in_proj(x).transpose(1, 2)                                  # [B, (N+1)·D, L]
         u = short_conv(u, self.short_filter, self.short_bias)
-        *gates, z = u.split(self.d_model, dim=1)                             # N × [B, D, L], v: [B, D, L]
-        h = self.long_filters(x.shape[1])                                    # [N, D, L]
-        for n, gate in enumerate(gates):
-            z = gate * fft_conv(z, h[n], self.filter_bias[n])
-        return self.out_proj(z.transpose(1, 2))
+        x0, *gates, z = u.split(self.d_model, dim=1)                         # N+1 × [B, D, L]
+        h = self.long_filters(x.shape[1])                                    # [N-1, D, L]
+        # the innermost convolution is gated by the last projection before v, as in the reference
+        for n, gate in enumerate(reversed(gates)):
+            z = fft_conv(gate * z, h[n], self.filter_bias[n])
+        return self.out_proj((x0 * z).transpose(1, 2))
 
     def state_size(self, seq_len: int) -> int:
         short = min(seq_len, self.short_filter_order - 1)
-        return self.order * self.d_model * seq_len + (self.order + 1) * self.d_model * short
+        return (self.order - 1) * self.d_model * seq_len + (self.order + 1) * self.d_model * short
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         def empty(channels):
             return torch.zeros(batch_size, channels, 0, device=device, dtype=dtype)
         state = {"short": empty((self.order + 1) * self.d_model)}
-        state.update({f"z{n + 1}": empty(self.d_model) for n in range(self.order)})
+        state.update({f"long{n}": empty(self.d_model) for n in range(self.order - 1)})
         return state
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # [B, D] -> [B, D]
         u_t, window = causal_conv_step(self.in_proj(x_t), state["short"], self.short_filter)
         u_t = u_t + self.short_bias                                          # [B, (N+1)·D]
-        keep = min(self.short_filter_order - 1, window.shape[-1])
-        new = {"short": window[..., window.shape[-1] - keep:]}
-        *gates, z_t = u_t.split(self.d_model, dim=-1)
-        h = self.long_filters(state["z1"].shape[-1] + 1)                     # [N, D, t+1]
-        for n, gate in enumerate(gates):
-            conv, new[f"z{n + 1}"] = causal_conv_step(z_t, state[f"z{n + 1}"], h[n])
-            z_t = gate * (conv + self.filter_bias[n] * z_t)
-        return self.out_proj(z_t), new
+        new = {"short": keep_last(window, self.short_filter_order - 1)}
+        x0, *gates, z_t = u_t.split(self.d_model, dim=-1)
+        h = self.long_filters(state["long0"].shape[-1] + 1)                  # [N-1, D, t+1]
+        for n, gate in enumerate(reversed(gates)):
+            w_t = gate * z_t
+            conv, new[f"long{n}"] = causal_conv_step(w_t, state[f"long{n}"], h[n])
+            z_t = conv + self.filter_bias[n] * w_t
+        return self.out_proj(x0 * z_t), new
 
 
 ARCHS: dict[str, MixerSpec] = {
@@ -274,5 +409,5 @@ ARCHS: dict[str, MixerSpec] = {
                           {"filter": "long"}),
     "baseconv_short": MixerSpec(BaseConv, "BaseConv with a short convolution (kernel 3), the Based conv layer",
                                 {"filter": "short", "kernel_size": 3}),
-    "hyena": MixerSpec(Hyena, "Hyena order 2: gates interleaved with implicit long convolutions"),
+    "hyena": MixerSpec(Hyena, "Hyena (order 2): one implicit long convolution between two gates"),
 }
