@@ -178,7 +178,8 @@ class PackModule(L.LightningModule):
         inputs, positions, targets, _ = batch
         logits = self.pack.scored_logits(inputs, positions)  # [K, B, M, V]
         k = logits.shape[0]
-        ce = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten().repeat(k), ignore_index=IGNORE,
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: the loss in fp32
+        ce = F.cross_entropy(logits.flatten(0, 2), targets.flatten().repeat(k), ignore_index=IGNORE,
                              reduction="none").view(k, -1)  # [K, B·M]
         loss = ce.sum(1) / (targets != IGNORE).sum().clamp(min=1)  # [K]: each member's mean over scored tokens
         self.nonfinite |= ~torch.isfinite(loss.detach())

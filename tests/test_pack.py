@@ -78,25 +78,43 @@ def curve(record):
                                                            else record.history)]
 
 
-def assert_same_trajectory(a, b):
+def assert_same_trajectory(a, b, rel=1e-6, acc=1e-9):
     assert [s for s, _, _ in a] == [s for s, _, _ in b]
     for (_, loss_a, acc_a), (_, loss_b, acc_b) in zip(a, b):
-        assert math.isclose(loss_a, loss_b, rel_tol=2e-3, abs_tol=1e-4), (a, b)
-        assert abs(acc_a - acc_b) <= 0.05, (a, b)  # a near-tie may flip an argmax: a token or two of 64
+        assert math.isclose(loss_a, loss_b, rel_tol=rel, abs_tol=rel), (a, b)
+        assert abs(acc_a - acc_b) <= acc, (a, b)
+
+
+@pytest.fixture
+def float64():
+    """Exact arithmetic for trajectories: in float32 a few archs (gla_scalar) amplify rounding differences between
+    a batched and an unbatched matmul into a different curve within 16 steps; in float64 they cannot."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize("arch", sorted(MIXERS))
-def test_a_pack_of_four_trains_like_four_single_runs(arch):
+def test_a_pack_of_four_trains_like_four_single_runs(arch, float64):
     specs = [RunSpec(TASK, arch, ModelConfig(d_model=16), dataclasses.replace(BASE, lr=lr)) for lr in LRS]
     packed = fit(specs)
     for spec, record in zip(specs, packed):
         single = train(TASK, arch, spec.model, spec.train)
         assert record.pack_size == 4 and single["pack_size"] == 1
         assert_same_trajectory(curve(record), curve(single))
-        assert record.accuracy == pytest.approx(single["accuracy"], abs=0.05)
+        assert record.accuracy == pytest.approx(single["accuracy"], abs=1e-9)
 
 
-def test_members_that_stop_diverge_or_are_pruned_leave_the_others_unchanged():
+@pytest.mark.parametrize("arch", ["attention", "baseconv", "mamba"])
+def test_a_float32_pack_stays_within_float_tolerance_of_single_runs(arch):
+    specs = [RunSpec(TASK, arch, ModelConfig(d_model=16), dataclasses.replace(BASE, lr=lr)) for lr in LRS[:2]]
+    for spec, record in zip(specs, fit(specs)):
+        # a near-tie may flip an argmax in float32: a token or two of the 64 scored
+        assert_same_trajectory(curve(record), curve(train(TASK, arch, spec.model, spec.train)), rel=2e-3, acc=0.05)
+
+
+def test_members_that_stop_diverge_or_are_pruned_leave_the_others_unchanged(float64):
     arch = "attention"
     cfgs = [dataclasses.replace(BASE, lr=1e30),  # diverges
             dataclasses.replace(BASE, lr=1e-2, stop_at=0.01),  # reaches its target at the first evaluation
