@@ -28,20 +28,44 @@ from .model import build_model
 from .train import ModelConfig, TrainConfig
 
 
+class _SeqLen:
+    """Stands for the task's training length in a sweep's mixer options (e.g. H3's d_state = L in Zoology)."""
+
+    def __repr__(self) -> str:
+        return "SEQ_LEN"
+
+
+SEQ_LEN = _SeqLen()
+
+
 @dataclass(frozen=True)
 class SearchSpace:
-    """What Optuna tunes per cell: learning rate (log-uniform), optionally weight decay (log-uniform)."""
+    """What Optuna tunes per cell: learning rate (log-uniform), optionally weight decay (log-uniform).
+
+    `lr_grid` replaces tuning by a fixed grid (Zoology's protocol): each cell trains exactly these learning
+    rates, one trial each, so the sweep's `trials_per_cell` must equal their number.
+    """
 
     lr: tuple[float, float] = (1e-4, 1e-2)
     weight_decay: tuple[float, float] | None = None
+    lr_grid: tuple[float, ...] | None = None
 
     def check(self, where: str) -> None:
         for name in ("lr", "weight_decay"):
             rng = getattr(self, name)
             if rng is None and name == "weight_decay":
                 continue
-            if not (isinstance(rng, tuple) and len(rng) == 2 and 0 < rng[0] < rng[1]):
+            if not (isinstance(rng, tuple) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng)
+                    and 0 < rng[0] < rng[1] < math.inf):
                 raise ProbeError(f"{where}: search.{name}={rng!r} must be a (low, high) pair with 0 < low < high")
+        if self.lr_grid is not None:
+            grid = self.lr_grid
+            if not (isinstance(grid, tuple) and grid and all(isinstance(v, (int, float)) and 0 < v < math.inf
+                                                             for v in grid) and len(set(grid)) == len(grid)):
+                raise ProbeError(f"{where}: search.lr_grid={grid!r} must be a tuple of distinct positive rates")
+            if self.weight_decay is not None:
+                raise ProbeError(f"{where}: search.lr_grid fixes the trials; it cannot be combined with a "
+                                 "weight_decay range")
 
     @property
     def n_params(self) -> int:
@@ -89,6 +113,9 @@ class Sweep:
     pruner: Literal["median", "none"] = "median"
     #: a trial that raised is retried; after this many failures the cell is given up (shown as failed)
     max_failures_per_cell: int = 3
+    #: training settings that depend on the task's training length, e.g. Zoology's batch sizes
+    #: {64: {"batch_size": 512}, 512: {"batch_size": 128}}; applied before `epochs` turns into steps
+    train_per_seq_len: dict[int, dict] = field(default_factory=dict)
 
     # -- the grid ---------------------------------------------------------------------------------------
     def arch_options(self) -> dict[str, dict]:
@@ -99,19 +126,27 @@ class Sweep:
             return self.search
         return self.search.get(arch, self.search.get("default", SearchSpace()))
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self, seq_len: int | None = None) -> TrainConfig:
+        """The training config of a cell whose task trains at seq_len (None: the sweep's own)."""
+        train = self.train
+        if seq_len is not None and seq_len in self.train_per_seq_len:
+            try:
+                train = dataclasses.replace(train, **self.train_per_seq_len[seq_len])
+            except TypeError as e:
+                raise ProbeError(f"train_per_seq_len[{seq_len}]: {e}") from None
         if self.epochs is None:
-            return self.train
-        steps = max(1, math.ceil(self.epochs * self.train.num_train / self.train.batch_size))
-        return dataclasses.replace(self.train, max_steps=steps)
+            return train
+        train.check()  # sizes are known good before they divide
+        steps = max(1, math.ceil(self.epochs * train.num_train / train.batch_size))
+        return dataclasses.replace(train, max_steps=steps)
 
     def cells(self) -> list[Cell]:
-        train = self.train_config()
         tkeys = task_keys(self.tasks)
         out = []
         for task, tkey in zip(self.tasks, tkeys):
+            train = self.train_config(task.seq_len)
             for label, options in self.arch_options().items():
-                options = dict(options)
+                options = {k: task.seq_len if v is SEQ_LEN else v for k, v in options.items()}
                 arch = options.pop("arch", label)
                 for d_model in self.d_models:
                     for seed in self.seeds:
@@ -141,12 +176,19 @@ class Sweep:
             raise ProbeError(f"{where}: pack_size={self.pack_size} must be >= 1 (or None: a cell's trials at once)")
         if self.epochs is not None and not self.epochs > 0:
             raise ProbeError(f"{where}: epochs={self.epochs} must be > 0")
-        try:
-            self.train_config().check()
-        except ProbeError as e:
-            raise ProbeError(f"{where}: train: {e}") from None
+        if not isinstance(self.train_per_seq_len, dict):
+            raise ProbeError(f"{where}: train_per_seq_len must be a dict seq_len -> training fields")
+        for seq_len in [None, *{t.seq_len for t in self.tasks}]:
+            try:
+                self.train_config(seq_len).check()
+            except ProbeError as e:
+                raise ProbeError(f"{where}: train{'' if seq_len is None else f' at L={seq_len}'}: {e}") from None
         for arch in self.arch_options():
-            self.search_for(arch).check(f"{where}: arch {arch}")
+            space = self.search_for(arch)
+            space.check(f"{where}: arch {arch}")
+            if space.lr_grid is not None and len(space.lr_grid) != self.trials_per_cell:
+                raise ProbeError(f"{where}: arch {arch}: search.lr_grid has {len(space.lr_grid)} rates but "
+                                 f"trials_per_cell={self.trials_per_cell} (one trial per grid point)")
         keys = [c.key for c in self.cells()]
         if len(set(keys)) != len(keys):
             raise ProbeError(f"{where}: two cells share the key {next(k for k in keys if keys.count(k) > 1)!r} "

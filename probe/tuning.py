@@ -38,7 +38,17 @@ from .sweep import Cell, Sweep
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
+class FixedGrid(optuna.samplers.GridSampler):
+    """Optuna's GridSampler (each point once; points in progress are skipped) for ask-and-tell: the budget, not
+    the sampler, ends a cell, so it never calls study.stop(), which only an optimize loop may."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def make_sampler(cell: Cell, sweep: Sweep, worker_seed: int) -> optuna.samplers.BaseSampler:
+    if cell.search.lr_grid is not None:
+        return FixedGrid({"lr": list(cell.search.lr_grid)}, seed=zlib.crc32(cell.study_name.encode()))
     startup = max(2, min(10, sweep.trials_per_cell // 2))
     # the start-up sequence is the study's own (every worker draws from it); the model-based sampler's seed is
     # this process's, so concurrent workers never propose in lockstep
@@ -54,7 +64,7 @@ def make_sampler(cell: Cell, sweep: Sweep, worker_seed: int) -> optuna.samplers.
 def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
     if sweep.pruner == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2 * sweep.train_config().val_every)
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2 * sweep.train.val_every)
 
 
 def live_trials(study: optuna.Study, before: int | None = None) -> list:
@@ -83,7 +93,8 @@ def ask_pack(cell: Cell, sweep: Sweep, study: optuna.Study, size: int) -> tuple[
             trial.set_user_attr("surplus", True)
             study.tell(trial, state=TrialState.FAIL)
             return asked, 1
-        params = {"lr": trial.suggest_float("lr", *cell.search.lr, log=True)}
+        grid = cell.search.lr_grid
+        params = {"lr": trial.suggest_float("lr", *((min(grid), max(grid)) if grid else cell.search.lr), log=True)}
         if cell.search.weight_decay is not None:
             params["weight_decay"] = trial.suggest_float("weight_decay", *cell.search.weight_decay, log=True)
         trial.set_user_attr("cell", cell.key)

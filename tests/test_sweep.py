@@ -264,3 +264,53 @@ def test_sqlite_is_refused_for_concurrent_writers(tmp_path):
     path = write_sweep(tmp_path)
     out = probe("sweep", path, "--storage", "sqlite:///x.db", cwd=tmp_path)
     assert out.returncode == 2 and "SQLite" in out.stderr
+
+
+# -- protocols: a fixed learning-rate grid, settings per training length ---------------------------------------
+def grid_sweep(**overrides):
+    from probe.sweep import SEQ_LEN, SearchSpace, Sweep
+    from probe.train import TrainConfig
+    from tasks.mqar import MQAR
+    fields = dict(name="grid", tasks=[MQAR(seq_len=8, vocab_size=16, num_kv_pairs=2),
+                                      MQAR(seq_len=16, vocab_size=16, num_kv_pairs=2)],
+                  archs={"h3": {"d_state": SEQ_LEN}}, d_models=(16,),
+                  train=TrainConfig(batch_size=16, warmup_steps=0, num_train=64, num_test=32, val_every=4,
+                                    stop_at=None, device="cpu"),
+                  epochs=1, train_per_seq_len={16: {"batch_size": 8}},
+                  search=SearchSpace(lr_grid=(1e-3, 3e-3, 1e-2)), trials_per_cell=3, pruner="none")
+    return Sweep(**{**fields, **overrides})
+
+
+def test_a_fixed_grid_trains_each_learning_rate_once_per_cell_as_one_pack(tmp_path):
+    from probe.tuning import run_worker
+    sweep = grid_sweep()
+    sweep.check()
+    storage = open_storage(str(tmp_path / "journal.log"))
+    did = run_worker(sweep, storage, device="cpu", log=lambda m: None)
+    assert did["trials"] == 6 and did["failed"] == 0
+    for cell in sweep.cells():
+        study = optuna.load_study(study_name=cell.study_name, storage=storage)
+        trials = live(study)
+        assert sorted(t.params["lr"] for t in trials) == [1e-3, 3e-3, 1e-2]
+        assert {t.user_attrs["record"]["pack_size"] for t in trials} == {3}, "the grid trained as one pack"
+
+
+def test_settings_per_training_length_and_seq_len_options_reach_each_cell():
+    cells = {c.task.seq_len: c for c in grid_sweep().cells()}
+    assert cells[8].train.batch_size == 16 and cells[8].train.max_steps == 4  # one epoch of 64 examples
+    assert cells[16].train.batch_size == 8 and cells[16].train.max_steps == 8
+    assert cells[8].mixer_options == {"d_state": 8} and cells[16].mixer_options == {"d_state": 16}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(trials_per_cell=2), "lr_grid has 3 rates but trials_per_cell=2"),
+    (dict(search=__import__("probe.sweep", fromlist=["SearchSpace"]).SearchSpace(lr_grid=(1e-3, -1.0))),
+     "lr_grid"),
+    (dict(train_per_seq_len={16: {"batch_sizes": 8}}), "train_per_seq_len\\[16\\]"),
+    (dict(train_per_seq_len={16: {"batch_size": 0}}), "at L=16: batch_size=0"),
+    (dict(pack_size=0), "pack_size=0"),
+])
+def test_bad_protocol_settings_are_refused_naming_the_field(overrides, message):
+    from probe.errors import ProbeError
+    with pytest.raises(ProbeError, match=message):
+        grid_sweep(**overrides).check()
