@@ -64,6 +64,12 @@ class MixerSpec:
     summary: str
     kwargs: dict = field(default_factory=dict)
 
+    @property
+    def family(self) -> str:
+        """The mixer family: the registry module that defines its class ("attention", "linear_attention", "ssm",
+        "conv", "monarch", "simplicial"); the report colours by it."""
+        return self.cls.__module__.rsplit(".", 1)[-1]
+
     def build(self, d_model: int, **kwargs) -> Mixer:
         return self.cls(d_model, **{**self.kwargs, **kwargs})
 
