@@ -27,6 +27,7 @@ import os
 import socket
 import time
 import traceback
+import warnings
 import zlib
 
 import optuna
@@ -167,7 +168,21 @@ def open_study(cell: Cell, sweep: Sweep, storage, worker_seed: int) -> optuna.St
     study = optuna.create_study(study_name=cell.study_name, storage=storage, direction="maximize",
                                 load_if_exists=True, sampler=make_sampler(cell, sweep, worker_seed),
                                 pruner=make_pruner(sweep))
+    if "cell" not in study.user_attrs:  # the store describes itself: readable without the sweep file
+        describe_study(study, cell)
     return study
+
+
+def describe_study(study: optuna.Study, cell: Cell) -> None:
+    """Record on the study what its cell is, and name its objective (optuna-dashboard shows "accuracy")."""
+    with warnings.catch_warnings():  # "experimental" in Optuna 5; the name is what the dashboard shows
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["accuracy"])
+    for key, value in {"sweep": cell.sweep, "cell": cell.key, "label": cell.label, "arch": cell.arch,
+                       "task": cell.task.name, "task_config": dataclasses.asdict(cell.task),
+                       "model_config": dataclasses.asdict(cell.model), "mixer_options": cell.mixer_options,
+                       "d_model": cell.model.d_model, "seed": cell.seed}.items():
+        study.set_user_attr(key, value)
 
 
 def cell_studies(sweep: Sweep, storage_url: str) -> list[tuple[Cell, optuna.Study | None]]:

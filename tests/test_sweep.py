@@ -314,3 +314,18 @@ def test_bad_protocol_settings_are_refused_naming_the_field(overrides, message):
     from probe.errors import ProbeError
     with pytest.raises(ProbeError, match=message):
         grid_sweep(**overrides).check()
+
+
+def test_every_study_describes_its_cell_and_names_its_objective(tmp_path):
+    from probe.tuning import open_study
+    sweep = grid_sweep()
+    storage = open_storage(str(tmp_path / "journal.log"))
+    for cell in sweep.cells():
+        open_study(cell, sweep, storage, 0)
+    for summary in storage.get_all_studies():
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        attrs = study.user_attrs
+        assert study.metric_names == ["accuracy"]
+        assert attrs["sweep"] == "grid" and attrs["arch"] == "h3" and attrs["d_model"] == 16
+        assert attrs["task_config"]["seq_len"] == attrs["mixer_options"]["d_state"]
+        assert summary.study_name == f"grid:{attrs['cell']}"
