@@ -4,7 +4,8 @@ Specification: GQA is MHA with shared KV weights; the SDPA path equals a dense p
 at least as long as the sequence changes nothing; each position scheme has its defining property (RoPE and
 friends depend on i - j only, ALiBi slopes, ReRoPE = RoPE within its window, PI at scale 1 = RoPE, dynamic
 NTK = RoPE within train_len); step == forward for every scheme at awkward lengths, with and without a window;
-bad keyword arguments raise ValueError naming the argument.
+attention dropout drops weights only in training mode and keeps the layer causal; bad keyword arguments raise
+ValueError naming the argument.
 """
 import math
 
@@ -102,6 +103,88 @@ def test_sliding_window_output_ignores_tokens_outside_the_window():
     x2 = x.clone()
     x2[:, :6] = randn(B, 6, D, seed=9)  # position 10 sees 6..10 only
     torch.testing.assert_close(mixer(x)[:, 10:], mixer(x2)[:, 10:])
+
+
+# ------------------------------------------------------------------------------------- attention dropout
+DROPOUT_PATHS = ["rope", "alibi", "learned", "rerope", "coca", "ntk_dynamic"]  # every call site of the cores
+
+
+def identity_values(lk):
+    """v = I: attention output row i is then the (dropped) weight vector of query i. [B, 2, Lk, Lk]."""
+    return torch.eye(lk, dtype=torch.float64).expand(B, 2, lk, lk)
+
+
+@pytest.mark.parametrize("lq,lk,window", [(9, 9, None), (4, 9, None), (9, 9, 3)],
+                         ids=["causal", "rectangular", "window3"])
+@pytest.mark.parametrize("core", [attention, attention_ref], ids=["sdpa", "ref"])
+def test_attention_dropout_zeroes_weights_and_scales_the_rest_by_one_over_keep(core, lq, lk, window):
+    p = 0.5
+    q, k = randn(B, 2, lq, 6, seed=1), randn(B, 2, lk, 6, seed=2)
+    weights = core(q, k, identity_values(lk), window=window)  # [B, 2, Lq, Lk] softmax weights
+    torch.manual_seed(0)
+    dropped = core(q, k, identity_values(lk), window=window, dropout_p=p)
+    kept = dropped != 0
+    torch.testing.assert_close(dropped[kept], weights[kept] / (1 - p))
+    visible = weights > 0
+    assert kept[visible].any() and (~kept[visible]).any()  # both outcomes occur among the 2·2·Lq·Lk weights
+
+
+def test_sdpa_core_with_dropout_draws_exactly_the_explicit_references_masks():
+    # dropout leaves SDPA for the explicit path (SDPA's fused dropout breaks packed training on CUDA)
+    q, k, v = randn(B, 4, 9, 6, seed=1), randn(B, 2, 9, 6, seed=2), randn(B, 2, 9, 5, seed=3)
+    torch.manual_seed(0)
+    sdpa = attention(q, k, v, window=4, dropout_p=0.3)
+    torch.manual_seed(0)
+    torch.testing.assert_close(sdpa, attention_ref(q, k, v, window=4, dropout_p=0.3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pos", DROPOUT_PATHS)
+def test_dropout_zero_in_training_mode_equals_the_layer_without_dropout(pos):
+    x = randn(B, 13, D)
+    plain = build(n_heads=2, pos=pos, train_len=8).eval()(x)
+    torch.testing.assert_close(build(n_heads=2, pos=pos, train_len=8, dropout=0.0).train()(x), plain)
+    torch.testing.assert_close(build(n_heads=2, pos=pos, train_len=8).train()(x), plain)
+
+
+@pytest.mark.parametrize("pos", DROPOUT_PATHS)
+def test_dropout_changes_nothing_in_eval_mode(pos):
+    x = randn(B, 13, D)
+    torch.testing.assert_close(build(n_heads=2, pos=pos, train_len=8, dropout=0.5).eval()(x),
+                               build(n_heads=2, pos=pos, train_len=8).eval()(x))
+
+
+@pytest.mark.parametrize("pos", DROPOUT_PATHS)
+def test_dropout_in_training_mode_changes_outputs_and_the_layer_stays_causal(pos):
+    mixer = build(n_heads=2, pos=pos, train_len=8, dropout=0.5).train()
+    x = randn(B, 13, D).requires_grad_()
+    torch.manual_seed(0)
+    y = mixer(x)
+    assert not torch.allclose(y, build(n_heads=2, pos=pos, train_len=8).eval()(x))
+    for t in (0, 5, 11):  # one draw of the masks: output t must not depend on any later token
+        (grad,) = torch.autograd.grad(y[:, t].sum(), x, retain_graph=True)
+        assert grad[:, t + 1:].abs().max() == 0 and grad[:, t].abs().max() > 0
+
+
+def test_dropout_rejects_probabilities_outside_zero_to_one():
+    for p in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"^dropout="):
+            Attention(D, dropout=p)
+
+
+def test_packed_members_draw_their_own_dropout_masks():
+    from torch.func import functional_call, stack_module_state, vmap
+
+    mixer = build(n_heads=1, pos="learned", dropout=0.1)  # Zoology's Figure-2 attention: 1 head, dropout 0.1
+    params, buffers = stack_module_state([mixer, build(n_heads=1, pos="learned", dropout=0.1)])
+    params = {name: w[:1].expand_as(w) for name, w in params.items()}  # two identical members
+    skeleton = build(n_heads=1, pos="learned", dropout=0.1).to("meta")
+    x = randn(B, 12, D)
+    y = vmap(lambda p, b: functional_call(skeleton, (p, b), (x,)), randomness="different")(params, buffers)
+    assert not torch.allclose(y[0], y[1])
+    skeleton.eval()
+    y = vmap(lambda p, b: functional_call(skeleton, (p, b), (x,)), randomness="different")(params, buffers)
+    torch.testing.assert_close(y[0], y[1])
+    torch.testing.assert_close(y[0], mixer.eval()(x))
 
 
 # ------------------------------------------------------------------------------------- position schemes

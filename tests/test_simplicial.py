@@ -1,7 +1,8 @@
 """2-simplicial attention: the windowed reference against a dense oracle, and the properties the papers claim.
 
 Clift et al. (2019); Roy et al. (2025). The generic contract (shape, causality, step == forward at L=17) lives in
-tests/test_mixers.py; here: windows shorter than the sequence, rotation invariance, relative positions, reductions.
+tests/test_mixers.py; here: windows shorter than the sequence, rotation invariance, relative positions, reductions,
+and the reference's K'/V' biases (which make plain windowed attention the layer at zero K', V' projections).
 """
 import copy
 import math
@@ -124,8 +125,9 @@ def make(seed=0, **kwargs):
     return SimplicialAttention(24, **kwargs).double()
 
 
-VARIANTS = [dict(score="trilinear"), dict(score="determinant"), dict(score="determinant", pos="rope")]
-VARIANT_IDS = ["trilinear", "determinant", "determinant-rope"]
+VARIANTS = [dict(score="trilinear"), dict(score="determinant"), dict(score="determinant", pos="rope"),
+            dict(score="determinant", pos="rope", kv_bias=False)]
+VARIANT_IDS = ["trilinear", "determinant", "determinant-rope", "determinant-rope-no-kv-bias"]
 
 
 @pytest.mark.parametrize("kwargs", VARIANTS, ids=VARIANT_IDS)
@@ -150,6 +152,79 @@ def test_only_rotary_positions_make_the_output_depend_on_prefix_order(kwargs):
     permuted = torch.cat((x[:, [4, 0, 6, 2, 1, 5, 3]], x[:, 7:]), dim=1)
     same = torch.allclose(mixer(x)[:, -1], mixer(permuted)[:, -1], rtol=1e-10, atol=1e-12)
     assert same == (kwargs.get("pos", "none") == "none")
+
+
+def projections(mixer, x):
+    """The raw q, k, v, k', v' of the mixer's fused projection, without biases: each [B, H, L, hd]."""
+    qkv = (x @ mixer.in_proj.weight.T).unflatten(-1, (5, mixer.n_heads, mixer.head_dim))
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def merge_heads(mixer, o):
+    return o.transpose(1, 2).flatten(2) @ mixer.out_proj.weight.T  # [B, H, L, hd] -> [B, L, D]
+
+
+@pytest.mark.parametrize("score", ["trilinear", "determinant"])
+def test_kv_bias_adds_one_over_head_dim_to_kprime_and_one_to_vprime(score):
+    mixer = make(w1=5, w2=3, score=score)
+    x = torch.randn(B, 11, 24, dtype=torch.float64)
+    q, k1, v1, k2, v2 = projections(mixer, x)
+    d = mixer.head_dim
+    expected = simplicial_attention_ref(q, k1, v1, k2 + 1 / d, v2 + 1, 5, 3, score)
+    torch.testing.assert_close(mixer(x), merge_heads(mixer, expected), rtol=1e-10, atol=1e-12)
+    bare = make(w1=5, w2=3, score=score, kv_bias=False)
+    torch.testing.assert_close(bare(x), merge_heads(bare, simplicial_attention_ref(q, k1, v1, k2, v2, 5, 3, score)),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("score", ["trilinear", "determinant"])
+@pytest.mark.parametrize("w1,w2", [(4, 3), (13, 1), (2, 13)])
+def test_with_kv_bias_and_zero_kprime_vprime_projections_the_layer_is_windowed_attention_at_scale_d_sqrt_d(
+        score, w1, w2):
+    # k' = 1/d, v' = 1: A_ijk = s(q_i, k_j)/(d·sqrt(d)) for every k, so the softmax over k is uniform and the
+    # sum over k of p_ijk (v_j ⊙ 1) leaves softmax_j(s/(d·sqrt(d))) v_j over the w1 window
+    mixer = make(w1=w1, w2=w2, score=score)
+    hd, inner = mixer.head_dim, mixer.n_heads * mixer.head_dim
+    with torch.no_grad():
+        mixer.in_proj.weight[3 * inner:] = 0.0  # the W_K' and W_V' rows
+    x = torch.randn(B, 13, 24, dtype=torch.float64)
+    q, k, v, _, _ = projections(mixer, x)
+    L = x.shape[1]
+    rows = []
+    for i in range(L):
+        lo = max(0, i - w1 + 1)
+        qi, kj = q[:, :, i : i + 1], k[:, :, lo : i + 1]  # [B, H, 1, hd], [B, H, n, hd]
+        if score == "trilinear":
+            s = (qi * kj).sum(-1)  # <q, k, 1> = <q, k>
+        else:  # det[a, b, 1] = (a × b)·(1, 1, 1), chunk by chunk
+            s = torch.linalg.cross(*torch.broadcast_tensors(qi.unflatten(-1, (-1, 3)), kj.unflatten(-1, (-1, 3))),
+                                   dim=-1).sum((-1, -2))
+        weights = torch.softmax(s / (hd * math.sqrt(hd)), dim=-1)  # [B, H, n]
+        rows.append((weights.unsqueeze(-1) * v[:, :, lo : i + 1]).sum(2))
+    expected = merge_heads(mixer, torch.stack(rows, dim=2))
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_without_kv_bias_zero_kprime_vprime_projections_give_zero_output():
+    # the bare trilinear form has no attention path: k' = 0 makes every score 0, and v' = 0 every output 0
+    mixer = make(w1=4, w2=3, kv_bias=False)
+    inner = mixer.n_heads * mixer.head_dim
+    with torch.no_grad():
+        mixer.in_proj.weight[3 * inner:] = 0.0
+    x = torch.randn(B, 9, 24, dtype=torch.float64)
+    torch.testing.assert_close(mixer(x), torch.zeros_like(x))
+
+
+def test_the_papers_hybrid_puts_a_simplicial_layer_after_three_global_rope_attention_layers():
+    from probe.mixers.attention import Attention
+    from probe.model import build_model
+
+    model = build_model("attention,attention,attention,simplicial", vocab_size=16, d_model=24, n_layers=8,
+                        max_seq_len=32)
+    mixers = [block.mixer for block in model.blocks]
+    assert [type(m) for m in mixers] == [Attention, Attention, Attention, SimplicialAttention] * 2
+    assert all(m.pos == "rope" and m.window is None for m in mixers if isinstance(m, Attention))
+    assert torch.isfinite(model(torch.randint(0, 16, (2, 20)))).all()
 
 
 def test_default_head_dim_for_the_determinant_is_rounded_down_to_a_multiple_of_3():

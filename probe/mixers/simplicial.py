@@ -6,19 +6,40 @@ Triton", made it affordable with two sliding windows and gave the rotation-invar
 
 Per head, with projections q, k, v, k', v' of the input (head_dim d each):
 
+    k'_k <- k'_k + 1/d,   v'_k <- v'_k + 1                                    (kv_bias=True, the default)
     A_ijk = <q_i, k_j, k'_k> / sqrt(d) = Σ_d q_id k_jd k'_kd / sqrt(d)      (trilinear)
     A_ijk = Σ_c det[q_i^(c), k_j^(c), k'_k^(c)] / sqrt(d)                     (determinant; c runs over 3-chunks)
     p_ijk = softmax over the pairs (j, k) of A_ijk,    i - w1 < j <= i,    i - w2 < k <= i
     o_i   = Σ_jk p_ijk (v_j ⊙ v'_k)
 
-Design choices: one fused input projection for W_Q, W_K, W_V, W_K', W_V'; no biases; scores and softmax in
-float32 or wider; queries processed in chunks so memory is O(chunk·w1·(w2 + d)) per head, never O(L·w1·w2·d).
+Reference implementation: the authors' code in pytorch/FBGEMM, fbgemm_gpu/experimental/simplicial_attention
+(`simplicial/ops/pytorch/two_simplicial_attention.py: torch_fwd_ref` and the Triton kernels, whose K2_BIAS and
+V2_BIAS default to 1/d and 1). Its constant biases on K' and V' give every layer a plain-attention path: with
+the K' and V' projections at zero, k' = 1/d and v' = 1, so A_ijk = <q_i, k_j>/(d·sqrt(d)) does not depend on k,
+the softmax over k is uniform and o_i = Σ_j softmax_j(<q_i, k_j>/(d·sqrt(d))) v_j: sliding-window attention over
+K, V (the determinant score reduces the same way, to the bilinear Σ_c (q_i^(c) × k_j^(c))·(1, 1, 1)/(d·sqrt(d))).
+kv_bias=False drops both biases (the bare equations above, as the paper writes them).
+
+Design choices: one fused input projection for W_Q, W_K, W_V, W_K', W_V' without learned biases; scores and
+softmax in float32 or wider; queries processed in chunks so memory is O(chunk·w1·(w2 + d)) per head, never
+O(L·w1·w2·d).
 
 The determinant score is invariant to any rotation R in SO(3) applied to every 3-chunk of q, k and k' alike
 (det[Rq, Rk, Rk'] = det R · det[q, k, k'] = det[q, k, k']), which is what lets rotary positions work: rotate
 the 3-chunks of q_i, k_j, k'_k by R(i), R(j), R(k) from one one-parameter subgroup and the score depends only on
 j - i and k - i. A one-parameter subgroup of SO(3) is a rotation about a fixed axis, and a fixed change of basis
 is absorbed by the projections, so chunk c turns about its own third coordinate by angle position·θ_c.
+This rotary scheme is probe's own construction: the paper shows the determinant is rotation-invariant but gives
+no positional scheme, and the authors' reference applies no position transform to 2-simplicial layers. The
+K' bias is added before the rotation (as a bias of W_K' would be), so scores still depend only on j - i, k - i.
+
+Hybrids: the paper interleaves sliding-window 2-simplicial layers with global attention layers (every fourth
+layer is a 2-simplicial one in its models). probe's `attention` arch is global causal softmax attention with
+RoPE by default (pos="rope", window=None), so the arch pattern `attention,attention,attention,simplicial` (with
+n_layers a multiple of 4) reproduces that interleaving and `simplicial,attention` alternates them 1:1. Options
+given on the command line reach every layer that takes them: `n_heads`, `head_dim`, `pos` and `rope_base` are
+shared by both mixers (`pos=rope` would also ask the trilinear simplicial layers for rotary positions, which
+they refuse).
 
 Recurrent form: caches of the last w1 (k, v) and the last w2 (k', v'), stored without rotation; at each step the
 cache slot's age gives its relative angle. State per example after L tokens:
@@ -181,8 +202,14 @@ class SimplicialAttention(Mixer):
         A_ijk = Σ_c det[q_i^(c), k_j^(c), k'_k^(c)] / sqrt(d)    score="determinant" (3-chunks c)
         o_i   = Σ_{i-w1<j<=i, i-w2<k<=i} softmax_jk(A_ijk) (v_j ⊙ v'_k)
 
+    kv_bias adds 1/head_dim to every k' and 1 to every v' (the authors' reference), which makes plain
+    sliding-window attention over K, V the layer's value at zero K', V' projections.
+
     pos="rope" rotates the 3-chunks of q, k, k' by their absolute positions (determinant score only: the
-    trilinear form is not rotation-invariant, so rotations would not reduce to relative positions).
+    trilinear form is not rotation-invariant, so rotations would not reduce to relative positions). This scheme
+    is probe's construction; neither the paper nor its reference code gives one.
+
+    Hybrid with global RoPE attention as in the paper: arch `attention,attention,attention,simplicial`.
 
     head_dim=None means d_model // n_heads, rounded down to a multiple of 3 for the determinant score.
     Windows default to (w1, w2) = (64, 16): the paper's large-w1, small-w2 shape (512, 32) scaled to probe's
@@ -207,6 +234,7 @@ class SimplicialAttention(Mixer):
         score: Score = "trilinear",
         pos: Literal["none", "rope"] = "none",
         rope_base: float = 10000.0,
+        kv_bias: bool = True,
     ):
         super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
         if n_heads < 1:
@@ -229,15 +257,19 @@ class SimplicialAttention(Mixer):
             need = "a positive multiple of 3 for score='determinant'" if score == "determinant" else ">= 1"
             raise ValueError(f"head_dim={head_dim} must be {need} (d_model={d_model}, n_heads={n_heads})")
         self.n_heads, self.head_dim, self.w1, self.w2 = n_heads, head_dim, w1, w2
-        self.score, self.pos, self.rope_base = score, pos, rope_base
+        self.score, self.pos, self.rope_base, self.kv_bias = score, pos, rope_base, kv_bias
         inner = n_heads * head_dim
         self.in_proj = nn.Linear(d_model, 5 * inner, bias=False)  # W_Q, W_K, W_V, W_K', W_V' in one matmul
         self.out_proj = nn.Linear(inner, d_model, bias=False)
 
     def _project(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[B, L, D] -> q, k, v, k', v', each [B, H, L, head_dim]."""
+        """[B, L, D] -> q, k, v, k', v', each [B, H, L, head_dim], k' and v' with the reference's biases."""
         qkv = self.in_proj(x).unflatten(-1, (5, self.n_heads, self.head_dim))  # [B, L, 5, H, hd]
-        return list(qkv.permute(2, 0, 3, 1, 4).unbind(0))
+        q, k1, v1, k2, v2 = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.kv_bias:
+            # before any rotation and before the cache, so forward and step see the same k', v'
+            k2, v2 = k2 + 1.0 / self.head_dim, v2 + 1.0
+        return [q, k1, v1, k2, v2]
 
     def _merge_heads(self, o: torch.Tensor) -> torch.Tensor:
         return self.out_proj(o.transpose(1, 2).flatten(2))  # [B, H, L, hd] -> [B, L, D]
