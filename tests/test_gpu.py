@@ -43,3 +43,45 @@ def test_attention_learns_mqar_in_bf16_on_gpu():
               TrainConfig(lr=3e-3, batch_size=128, max_steps=1500, num_train=20_000, num_test=1000, val_every=100,
                           stop_at=0.95, device="cuda"))
     assert r["accuracy"] >= 0.9 and r["device"] != "cpu"
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_a_pack_of_four_under_bf16_autocast_is_each_members_own_model(name):
+    # what a sweep runs on the GPU: K models stacked under vmap, bf16 autocast, forward and backward
+    from probe.model import build_model
+    from probe.pack import PackedModel
+    models = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        models.append(build_model(name, vocab_size=256, d_model=64, n_layers=2, max_seq_len=256).cuda())
+    pack = PackedModel(models)
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randint(0, 256, (8, 200), generator=g).cuda()
+    positions = torch.randint(0, 200, (8, 16), generator=g).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = pack.scored_logits(inputs, positions)  # [K, B, M, V]
+    out.float().square().mean(dim=(1, 2, 3)).sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in pack.stacked), "a non-finite gradient in the pack"
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
+    for k, model in enumerate(models):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            hidden = model.hidden(inputs)
+            own = model.logits(hidden.gather(1, positions[..., None].expand(-1, -1, 64)))
+        own.float().square().mean().backward()
+        assert rel(out[k], own) < 5e-2, f"member {k}: forward rel err {rel(out[k], own):.3g}"
+        for p, stacked in zip(model.parameters(), pack.stacked):
+            assert rel(stacked.grad[k], p.grad) < 1.5e-1 or p.grad.norm() < 1e-6
+
+
+def test_a_pack_trains_on_the_gpu_with_each_member_its_own_curve():
+    from probe.train import RunSpec, fit
+    task = TASKS["mqar"](seq_len=64, vocab_size=256, num_kv_pairs=8)
+    cfg = TrainConfig(batch_size=128, max_steps=600, num_train=20_000, num_test=1000, val_every=100, stop_at=0.95,
+                      device="cuda")
+    lrs = (1e-4, 1e-3, 3e-3, 1e30)
+    records = fit([RunSpec(task, "attention", ModelConfig(d_model=64), TrainConfig(**{**cfg.__dict__, "lr": lr}))
+                   for lr in lrs])
+    assert records[-1].diverged and not any(r.diverged for r in records[:-1])
+    assert records[2].accuracy > records[0].accuracy, [r.accuracy for r in records]
+    assert records[0].peak_memory_bytes > 0 and all(r.pack_size == 4 for r in records)

@@ -104,6 +104,33 @@ def test_mamba2_step_equals_forward_across_chunk_boundaries_with_groups():
     assert state_numel(state, 2) == mixer.state_size(11)
 
 
+def test_gated_rms_norm_gives_each_group_unit_rms_before_the_weight():
+    y, z = randn(3, 5, 12, seed=1), randn(3, 5, 12, seed=2)
+    y = y * torch.tensor([1.0] * 6 + [50.0] * 6, dtype=f64)  # the groups' scales differ by 50x
+    weight = torch.linspace(0.5, 2.0, 12, dtype=f64)
+    out = ssm.gated_rms_norm(y, z, weight, ngroups=2, eps=0.0) / weight  # [3, 5, 12]
+    for half in (out[..., :6], out[..., 6:]):
+        torch.testing.assert_close(half.square().mean(-1), torch.ones(3, 5, dtype=f64))
+    # one group is RMSNorm over all of d_inner: only the whole vector has unit RMS
+    whole = ssm.gated_rms_norm(y, z, weight, eps=0.0) / weight
+    torch.testing.assert_close(whole.square().mean(-1), torch.ones(3, 5, dtype=f64))
+    assert not torch.allclose(whole[..., :6].square().mean(-1), torch.ones(3, 5, dtype=f64))
+
+
+def test_mamba2_with_two_groups_normalises_each_group_of_heads_separately():
+    torch.manual_seed(0)
+    mixer = ssm.Mamba2(8, d_state=4, head_dim=4, ngroups=2).double()  # d_inner 16: 4 heads, 2 per group
+    seen = {}
+    mixer.out_proj.register_forward_hook(lambda module, args, out: seen.setdefault("normed", args[0]))
+    with torch.no_grad():
+        mixer.norm_weight.copy_(torch.linspace(0.5, 2.0, 16))
+        mixer.D.copy_(torch.tensor([1e3, 1e3, 1e2, 1e2]))  # the groups differ ~10x, both far above eps
+    mixer(randn(2, 7, 8))
+    normed = seen["normed"] / mixer.norm_weight.detach()  # [2, 7, 16], RMSNorm'd before the weight
+    for group in normed.split(8, dim=-1):
+        torch.testing.assert_close(group.square().mean(-1), torch.ones(2, 7, dtype=f64), rtol=1e-5, atol=1e-5)
+
+
 # --- S4D ----------------------------------------------------------------------------------------------------------
 
 
@@ -279,3 +306,12 @@ def test_vmap_over_stacked_weights_equals_each_model(cls):
     ys = torch.func.vmap(run)(params, buffers)
     for i, model in enumerate(models):
         torch.testing.assert_close(ys[i], model(x))
+
+
+def test_h3_head_dim_sets_the_heads_as_zoology_does():
+    from probe.mixers.ssm import H3
+    assert H3(16, head_dim=2).n_heads == 8 and H3(16, head_dim=2).head_dim == 2
+    with pytest.raises(ValueError, match="not both"):
+        H3(16, head_dim=2, n_heads=8)
+    with pytest.raises(ValueError, match="must divide"):
+        H3(16, head_dim=3)

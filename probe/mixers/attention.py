@@ -50,20 +50,28 @@ def repeat_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x.repeat_interleave(n_heads // x.shape[1], dim=1)
 
 
-def softmax_attend(scores: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """scores: [B, H, Lq, Lk] (float32 or wider), v: [B, H, Lk, Dv], allowed: [Lq, Lk] -> [B, H, Lq, Dv]."""
+def softmax_attend(scores: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+                   dropout_p: float = 0.0) -> torch.Tensor:
+    """scores: [B, H, Lq, Lk] (float32 or wider), v: [B, H, Lk, Dv], allowed: [Lq, Lk] -> [B, H, Lq, Dv].
+
+    dropout_p > 0 zeroes each attention weight with that probability and scales the rest by 1/(1 - p), after
+    the softmax, as SDPA's dropout_p does (the caller passes 0 outside training).
+    """
     p = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    if dropout_p > 0:
+        p = F.dropout(p, dropout_p, training=True)
     return (p @ v.to(p.dtype)).to(v.dtype)
 
 
 def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
                   window: int | None = None, bias: torch.Tensor | None = None,
-                  scale: float | None = None) -> torch.Tensor:
-    """Softmax attention, explicit reference: softmax(q k^T · scale + bias + mask) v.
+                  scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """Softmax attention, explicit reference: dropout(softmax(q k^T · scale + bias + mask)) v.
 
     q: [B, H, Lq, Dk], k: [B, H_kv, Lk, Dk], v: [B, H_kv, Lk, Dv] with H_kv dividing H;
     bias: additive score bias broadcastable to [B, H, Lq, Lk] (ALiBi). Returns [B, H, Lq, Dv].
-    Scores are accumulated in float32 or wider (bf16 inputs are upcast).
+    Scores are accumulated in float32 or wider (bf16 inputs are upcast). dropout_p drops attention weights
+    (always, when > 0: pass 0 outside training).
     """
     ct = torch.promote_types(q.dtype, torch.float32)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -72,16 +80,26 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
     if bias is not None:
         scores = scores + bias.to(ct)
     return softmax_attend(scores, v, attention_mask(q.shape[2], k.shape[2], causal=causal, window=window,
-                                                    device=q.device))
+                                                    device=q.device), dropout_p)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
               window: int | None = None, bias: torch.Tensor | None = None,
-              scale: float | None = None) -> torch.Tensor:
+              scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """Same contract as `attention_ref`, through torch's scaled_dot_product_attention (exact in float64 on
-    CPU, fused kernels on CUDA). The plain causal case uses is_causal so fused kernels stay eligible."""
-    k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
+    CPU, fused kernels on CUDA). The plain causal case uses is_causal so fused kernels stay eligible.
+
+    dropout_p > 0 takes the explicit path instead: under torch.func.vmap (packed training) SDPA's fused CUDA
+    kernels with dropout gave non-finite gradients in 11 of 16 packed runs (H200, torch 2.11, bf16 autocast),
+    the explicit softmax + F.dropout in none. Zoology's attention is explicit in the same way.
+    """
     lq, lk = q.shape[2], k.shape[2]
+    if dropout_p > 0 or (q.is_cuda and (bias is not None or lq != lk)):
+        # on CUDA in packs (vmap) SDPA failed with an additive bias ("attn_bias is not correctly aligned": ALiBi)
+        # and gave non-finite gradients for a query block against a longer key prefix (dynamic NTK's rows),
+        # H200, torch 2.11: those go the explicit way
+        return attention_ref(q, k, v, causal=causal, window=window, bias=bias, scale=scale, dropout_p=dropout_p)
+    k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
     if causal and window is None and bias is None and lq == lk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     allowed = attention_mask(lq, lk, causal=causal, window=window, device=q.device)
@@ -93,7 +111,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 
 def rerope_attention_ref(q: torch.Tensor, k: torch.Tensor, q_far: torch.Tensor, k_far: torch.Tensor,
                          v: torch.Tensor, *, rerope_window: int, window: int | None = None,
-                         scale: float | None = None) -> torch.Tensor:
+                         scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """ReRoPE attention (Su 2023), two score passes: pairs closer than `rerope_window` score q·k (ordinary
     RoPE, relative position i - j), farther pairs score q_far·k_far (the clipped or leaky relative position).
 
@@ -106,7 +124,8 @@ def rerope_attention_ref(q: torch.Tensor, k: torch.Tensor, q_far: torch.Tensor, 
     far = q_far.to(ct) @ repeat_kv(k_far, h).to(ct).transpose(-1, -2)
     distance = torch.arange(lq, device=q.device)[:, None] + (lk - lq) - torch.arange(lk, device=q.device)
     scores = torch.where(distance < rerope_window, near, far) * scale
-    return softmax_attend(scores, repeat_kv(v, h), attention_mask(lq, lk, window=window, device=q.device))
+    return softmax_attend(scores, repeat_kv(v, h), attention_mask(lq, lk, window=window, device=q.device),
+                          dropout_p)
 
 
 # --------------------------------------------------------------------------------------- position schemes
@@ -157,7 +176,9 @@ def coca_features(q: torch.Tensor, t: torch.Tensor, q_angles: torch.Tensor, k_an
     def as_pairs(r):  # [..., D/2] -> [..., D] pairs (r, 0)
         return torch.stack((r, torch.zeros_like(r)), -1).flatten(-2)
     q_sq = q[..., 0::2].square() + q[..., 1::2].square()  # [B, H, Lq, D/2]
-    return rotate(as_pairs(q_sq), q_angles), rotate(as_pairs(t), k_angles)
+    q_out, k_out = rotate(as_pairs(q_sq), q_angles), rotate(as_pairs(t), k_angles)
+    common = torch.promote_types(q_out.dtype, k_out.dtype)  # autocast can leave q and t in different dtypes
+    return q_out.to(common), k_out.to(common)
 
 
 # ------------------------------------------------------------------------------------------------ Attention
@@ -189,6 +210,25 @@ class Attention(Mixer):
       coca          CoCA (Zhu et al. 2023): keys collinear with the query in every rotary pair; a key
                     projection t (pair-averaged, ReLU) replaces k: s(i, j) = Σ_p t_jp |q_ip|² cos((i - j)θ_p).
 
+    dropout: probability of zeroing each attention weight softmax_j(...) (the rest scaled by 1/(1 - p)), in
+    training mode only, on the explicit softmax probabilities (`attention_ref`; SDPA's own dropout_p breaks
+    packed training on CUDA, see `attention`). Zoology's MHA applies 0.1 this way; the default 0.0 keeps the
+    layer deterministic and on SDPA. Zoology's
+    Figure-2 attention (1 head, learned positions, dropout 0.1) is arch `attention_learned` (n_heads=1 by
+    default) with dropout=0.1, with two differences left: Zoology adds its learned positions once, to the token
+    embeddings, where `learned` adds them to each attention layer's input; and its projections carry biases
+    (bias=True here).
+
+    CoCA follows the paper's equation 17, not the released code (codefuse-ai/Collinear-Constrained-Attention,
+    model/llama and model/gpt_neox). Both compute t the same way: the key projection averaged over the two
+    components of each rotary pair (the code's half-split pairs (d, d + D/2), probe's interleaved (2p, 2p + 1)),
+    then ReLU, one t per pair, t̃_j = (t_jp, t_jp) pair by pair. The paper rotates the collinear key as a whole,
+    R_j (q_i ∘ t̃_j), so the score is (R_i q_i)·R_j(q_i ∘ t̃_j) = Σ_p t_jp |q_ip|² cos((i - j)θ_p), a function of
+    i - j. The code instead rotates t̃_j alone, multiplies it elementwise with the *unrotated* q_i and takes the
+    dot product with R_i q_i (an einsum of q, R_j t̃_j, R_i q_i): s(i, j) = Σ_d q_id (R_j t̃_j)_d (R_i q_i)_d, which
+    per pair (a, b) of q_i is t_jp[(a² + b²) cos iθ cos jθ + (b² - a²) cos iθ sin jθ + 2ab sin iθ sin jθ] and
+    depends on i and j separately, not on i - j alone (rotation and the elementwise product do not commute).
+
     State (KV cache, per example and layer, after L tokens):
         2·n_kv_heads·head_dim·min(L, window)      (window=None: min(L, window) = L)
         coca caches t (head_dim/2 per pair-key) instead of k: 1.5·n_kv_heads·head_dim·min(L, window);
@@ -202,7 +242,7 @@ class Attention(Mixer):
                  n_kv_heads: int | None = None, head_dim: int | None = None, pos: Position = "rope",
                  rope_base: float = 10000.0, rope_scale: float = 1.0, train_len: int | None = None,
                  xpos_scale_base: float = 512.0, rerope_window: int = 16, rerope_k: float = 16.0,
-                 window: int | None = None, bias: bool = False):
+                 window: int | None = None, bias: bool = False, dropout: float = 0.0):
         super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         _check_heads(d_model, n_heads, head_dim)
@@ -226,7 +266,10 @@ class Attention(Mixer):
             raise ValueError(f"rerope_k={rerope_k} must be >= 1 (1 is plain RoPE)")
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len={max_seq_len} must be >= 1")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout} must be in [0, 1)")
 
+        self.dropout = dropout
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.pos, self.window = pos, window
         self.rope_base, self.xpos_scale_base = rope_base, xpos_scale_base
@@ -262,19 +305,24 @@ class Attention(Mixer):
     def _angles(self, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:  # [L], [d/2] -> [L, d/2]
         return (pos.to(torch.float64) * self.position_scale)[:, None] * inv_freq
 
+    def _dropout_p(self) -> float:
+        """The attention-weight dropout probability for this call: `dropout` in training mode, else 0."""
+        return self.dropout if self.training else 0.0
+
     def _rotary(self, q, k, v, q_pos, k_pos, inv_freq):
         """RoPE-family attention with one frequency set: rope, pi, ntk, xpos, coca, rerope, leaky_rerope."""
         qa, ka = self._angles(q_pos, inv_freq), self._angles(k_pos, inv_freq)
+        p = self._dropout_p()
         if self.pos == "coca":
             q, k = coca_features(q, k, qa, ka)
-            return attention(q, k, v, window=self.window, scale=self.head_dim ** -0.5)
+            return attention(q, k, v, window=self.window, scale=self.head_dim ** -0.5, dropout_p=p)
         if self.pos in ("rerope", "leaky_rerope"):
             w, kk = self.rerope_window, (math.inf if self.pos == "rerope" else self.rerope_k)
             # far pairs: relative position w + (i - j - w)/k = (i/k + w(1 - 1/k)) - j/k; rerope is k = ∞
             q_far = rotate(q, self._angles(q_pos / kk + w * (1 - 1 / kk), inv_freq))
             k_far = rotate(k, self._angles(k_pos / kk, inv_freq))
             return rerope_attention_ref(rotate(q, qa), rotate(k, ka), q_far, k_far, v, rerope_window=w,
-                                        window=self.window)
+                                        window=self.window, dropout_p=p)
         q, k = rotate(q, qa), rotate(k, ka)
         if self.pos == "xpos":
             zeta = xpos_zeta(self.head_dim, q.device)
@@ -282,7 +330,7 @@ class Attention(Mixer):
             down = zeta ** (-k_pos.to(torch.float64)[:, None] / self.xpos_scale_base)
             q = q * up.repeat_interleave(2, -1).to(q.dtype)
             k = k * down.repeat_interleave(2, -1).to(k.dtype)
-        return attention(q, k, v, window=self.window)
+        return attention(q, k, v, window=self.window, dropout_p=p)
 
     def _ntk_dynamic(self, q, k, v, q_pos, k_pos, n_shared: int):
         """Dynamic NTK: query row r uses base b·s^(d/(d-2)), s = max(1, (q_pos[r] + 1)/train_len), for itself
@@ -305,10 +353,11 @@ class Attention(Mixer):
     def _attend(self, q, k, v, q_pos, k_pos, n_shared: int = 0):
         """q: [B, H, Lq, hd], k/v: [B, H_kv, Lk, *] (pre-position), q_pos: [Lq], k_pos: [Lk] -> [B, H, Lq, hd]."""
         if self.pos in ("none", "learned"):
-            return attention(q, k, v, window=self.window)
+            return attention(q, k, v, window=self.window, dropout_p=self._dropout_p())
         if self.pos == "alibi":
             distance = (q_pos[:, None] - k_pos[None, :]).to(torch.float64)  # [Lq, Lk]
-            return attention(q, k, v, window=self.window, bias=-self.slopes[:, None, None] * distance)
+            return attention(q, k, v, window=self.window, bias=-self.slopes[:, None, None] * distance,
+                             dropout_p=self._dropout_p())
         if self.pos == "ntk_dynamic":
             return self._ntk_dynamic(q, k, v, q_pos, k_pos, n_shared)
         return self._rotary(q, k, v, q_pos, k_pos, rope_inv_freq(self.head_dim, self.base, q.device))

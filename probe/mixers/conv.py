@@ -54,7 +54,8 @@ def short_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = Non
     """
     taps = k.shape[-1]
     # conv1d cross-correlates, so the filter is flipped; K-1 zeros on the left keep it causal
-    return F.conv1d(F.pad(u, (taps - 1, 0)), k.flip(-1).unsqueeze(1), bias, groups=k.shape[0])
+    return F.conv1d(F.pad(u, (taps - 1, 0)), k.flip(-1).unsqueeze(1).to(u.dtype),
+                    bias.to(u.dtype) if bias is not None else None, groups=k.shape[0])
 
 
 def causal_conv_step(u_t: torch.Tensor, past: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,7 +53,9 @@ def _check_dt_range(dt_min: float, dt_max: float) -> None:
 def _causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Causal depthwise 1-D convolution. x: [B, C, L], weight: [C, 1, W], bias: [C] -> [B, C, L]."""
     width = weight.shape[-1]
-    return F.conv1d(F.pad(x, (width - 1, 0)), weight, bias, groups=x.shape[1])
+    # the weights in x's dtype: under autocast in a pack (vmap) conv1d is not autocast and would mix bf16/fp32
+    return F.conv1d(F.pad(x, (width - 1, 0)), weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None,
+                    groups=x.shape[1])
 
 
 def _conv_step(x_t: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
@@ -289,11 +291,18 @@ def ssd_chunked(x, dt, A, B, C, chunk: int = 64):
     return y.to(x.dtype)
 
 
-def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """RMSNorm(y ⊙ SiLU(z)) · weight over the last dim, computed in float32+ (Mamba-2's output norm)."""
+def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, ngroups: int = 1,
+                   eps: float = 1e-5) -> torch.Tensor:
+    """Mamba-2's output norm: RMSNorm(y ⊙ SiLU(z)) · weight, computed in float32+.
+
+    y, z: [..., d_inner], weight: [d_inner] -> [..., d_inner]. The mean square is taken within each of ngroups
+    contiguous groups of d_inner/ngroups channels (the reference's RMSNormGated with group_size =
+    d_inner/ngroups, norm_before_gate=False), so a group's scale does not depend on the other groups' B, C.
+    """
     dtype = _compute_dtype(y.dtype)
     g = y.to(dtype) * F.silu(z.to(dtype))
-    g = g * torch.rsqrt(g.square().mean(-1, keepdim=True) + eps)
+    g = g.unflatten(-1, (ngroups, -1))  # [..., G, d_inner/G]
+    g = (g * torch.rsqrt(g.square().mean(-1, keepdim=True) + eps)).flatten(-2)
     return (g * weight.to(dtype)).to(y.dtype)
 
 
@@ -304,9 +313,11 @@ class Mamba2(Mixer):
         (z, x, B, C, Δ) = in_proj(u);  (x, B, C) = SiLU(conv1d(x, B, C))   x: [B, L, H, P], B, C: [B, L, G, N]
         Δ = softplus(Δ + dt_bias);  a = −exp(A_log): one scalar per head   Δ: [B, L, H]
         h_t = exp(Δ_t a) h_{t-1} + Δ_t x_t B_tᵀ,  y_t = h_t C_t + D x_t     h: [H, P, N] per example
-        out = out_proj(RMSNorm(y ⊙ SiLU(z)))
+        out = out_proj(RMSNorm_g(y ⊙ SiLU(z)))                            RMS within each group g
 
-    With H = d_inner / head_dim heads of size P = head_dim, G = ngroups groups sharing B, C, N = d_state.
+    With H = d_inner / head_dim heads of size P = head_dim, G = ngroups groups sharing B, C, N = d_state. The
+    gated RMSNorm normalises each group's d_inner/G channels (the heads that share one B, C) separately, as the
+    reference (state-spaces/mamba, mamba_ssm/modules/mamba2.py: RMSNormGated, group_size = d_inner/ngroups).
     State: SSM state plus the conv's last d_conv − 1 inputs of (x, B, C)
         d_inner·d_state + (d_inner + 2·ngroups·d_state)·(d_conv − 1),  d_inner = expand·d_model.
     """
@@ -368,7 +379,8 @@ class Mamba2(Mixer):
         A = -torch.exp(self.A_log.to(_compute_dtype(x.dtype)))  # [H]
         y = ssd_chunked(x, dt, A, B, C, chunk=self.chunk_size)  # [B, L, H, P]
         y = y + self.D.unsqueeze(-1) * x
-        return self.out_proj(gated_rms_norm(y.reshape(batch, length, self.d_inner), z, self.norm_weight))
+        y = gated_rms_norm(y.reshape(batch, length, self.d_inner), z, self.norm_weight, self.ngroups)
+        return self.out_proj(y)
 
     def state_size(self, seq_len: int) -> int:
         return self.d_inner * self.d_state + self.conv_dim * (self.d_conv - 1)
@@ -390,7 +402,7 @@ class Mamba2(Mixer):
         A = -torch.exp(self.A_log.to(dtype))
         y, h = ssd_step(state["ssm"], x.to(dtype), dt.to(dtype), A, B.to(dtype), C.to(dtype))
         y = (y + self.D.to(dtype).unsqueeze(-1) * x.to(dtype)).to(x.dtype)
-        y = gated_rms_norm(y.reshape(-1, self.d_inner), z, self.norm_weight)
+        y = gated_rms_norm(y.reshape(-1, self.d_inner), z, self.norm_weight, self.ngroups)
         return self.out_proj(y), {"conv": conv, "ssm": h}
 
 
@@ -553,12 +565,19 @@ class H3(Mixer):
         max_seq_len: int = 2048,
         d_state: int = 64,
         n_heads: int | None = None,
+        head_dim: int | None = None,
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
     ):
         super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
         _check_d_state_even(d_state)
         _check_dt_range(dt_min, dt_max)
+        if head_dim is not None:  # Zoology's way of saying it (head_dim 2 in its Figure 2)
+            if n_heads is not None:
+                raise ValueError("give n_heads or head_dim, not both")
+            if head_dim < 1 or d_model % head_dim:
+                raise ValueError(f"head_dim={head_dim} must divide d_model={d_model}")
+            n_heads = d_model // head_dim
         n_heads = d_model if n_heads is None else n_heads
         if n_heads < 1 or d_model % n_heads:
             raise ValueError(f"n_heads={n_heads} must divide d_model={d_model} (or be None for head_dim 1)")
