@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from probe.mixers import MIXERS, state_numel
 from probe.mixers.attention import (
@@ -391,3 +392,21 @@ def test_bad_attention_kwargs_raise_naming_the_argument(kwargs, name):
 def test_bad_mla_kwargs_raise_naming_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name}="):
         MLA(D, **kwargs)
+
+
+def test_packed_sdpa_folds_the_members_into_one_call_with_each_members_gradients():
+    # what a pack of attention models runs on CUDA, checked here on the CPU through the same autograd.Function
+    from probe.mixers.attention import _FoldedSDPA, attention_mask
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 2, 37, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    dout = torch.randn(3, 2, 2, 37, 8, generator=g, dtype=torch.float64)
+    for allowed in (None, attention_mask(37, 37, window=5)):
+        out = torch.func.vmap(lambda a, b, c: _FoldedSDPA.apply(a, b, c, allowed, None))(q, k, v)
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+        for i in range(3):
+            qi, ki, vi = (t[i].detach().requires_grad_() for t in (q, k, v))
+            ref = (F.scaled_dot_product_attention(qi, ki, vi, is_causal=True) if allowed is None
+                   else F.scaled_dot_product_attention(qi, ki, vi, attn_mask=allowed))
+            torch.testing.assert_close(out[i], ref)
+            for got, want in zip(grads, torch.autograd.grad(ref, (qi, ki, vi), dout[i])):
+                torch.testing.assert_close(got[i], want)

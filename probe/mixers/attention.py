@@ -83,6 +83,51 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
                                                     device=q.device), dropout_p)
 
 
+def _sdpa(q, k, v, allowed, scale):
+    if allowed is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+
+
+class _FoldedSDPA(torch.autograd.Function):
+    """torch's SDPA for packs: under torch.func.vmap the K members are folded into SDPA's batch and it runs once
+    on plain tensors, with its own backward. vmap's built-in batching rule for the fused CUDA kernels gave
+    gradients 10⁵ times too large in a pack of four (H200, torch 2.11, bf16; the forward was right).
+
+    q, k, v: [B, H, L, D] (k, v already repeated to H heads); allowed: [Lq, Lk] bool or None (causal)."""
+
+    @staticmethod
+    def forward(q, k, v, allowed, scale):
+        return _sdpa(q, k, v, allowed, scale)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, allowed, scale = inputs
+        ctx.save_for_backward(q, k, v, allowed)
+        ctx.scale = scale
+
+    @staticmethod
+    def backward(ctx, dout):  # only outside vmap (attention() does not call this there): recompute and differentiate
+        q, k, v, allowed = ctx.saved_tensors
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+            grads = torch.autograd.grad(_sdpa(*inputs, allowed, ctx.scale), inputs, dout)
+        return (*grads, None, None)
+
+    @staticmethod
+    def vmap(info, in_dims, q, k, v, allowed, scale):
+        n = info.batch_size
+
+        def fold(t, bdim):  # [.., B, H, L, D] with the vmap dim anywhere -> [n·B, H, L, D]
+            t = t.movedim(bdim, 0) if bdim is not None else t.expand(n, *t.shape)
+            return t.reshape(n * t.shape[1], *t.shape[2:])
+        if in_dims[3] is not None:
+            raise NotImplementedError("a per-member attention mask")
+        batch = q.shape[1 if in_dims[0] == 0 else 0] if in_dims[0] is not None else q.shape[0]
+        out = _sdpa(fold(q, in_dims[0]), fold(k, in_dims[1]), fold(v, in_dims[2]), allowed, scale)
+        return out.view(n, batch, *out.shape[1:]), 0
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
               window: int | None = None, bias: torch.Tensor | None = None,
               scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
@@ -100,9 +145,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         # H200, torch 2.11: those go the explicit way
         return attention_ref(q, k, v, causal=causal, window=window, bias=bias, scale=scale, dropout_p=dropout_p)
     k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
-    if causal and window is None and bias is None and lq == lk:
+    plain_causal = causal and window is None and bias is None and lq == lk
+    allowed = None if plain_causal else attention_mask(lq, lk, causal=causal, window=window, device=q.device)
+    if bias is None and q.is_cuda and torch._C._functorch.is_batchedtensor(q):
+        return _FoldedSDPA.apply(q, k, v, allowed, scale)  # a pack: one SDPA call over K·B, never vmap's rule
+    if plain_causal:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    allowed = attention_mask(lq, lk, causal=causal, window=window, device=q.device)
     if bias is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
     mask = bias.to(q.dtype).masked_fill(~allowed, float("-inf"))  # [.., Lq, Lk] additive float mask
