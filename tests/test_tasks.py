@@ -6,6 +6,9 @@ every bad config raises TaskConfigError naming the field. Per task, the scored a
 inputs alone, by a plain loop written independently of the vectorised generator.
 """
 import dataclasses
+import itertools
+import math
+import random
 
 import pytest
 import torch
@@ -15,9 +18,15 @@ from hypothesis import strategies as st
 from tasks import IGNORE, TASKS, TaskConfigError
 from tasks import rng
 from tasks.copying import Copying
+from tasks.forgetting_mqar import ForgettingMQAR
+from tasks.fuzzy_recall import FuzzyRecall
+from tasks.in_context_recall import InContextRecall, NoisyRecall
+from tasks.memorization import Memorization
 from tasks.mqar import MQAR
 from tasks.order import Order
 from tasks.passkey import Passkey
+from tasks.phonebook import PhoneBook
+from tasks.state_tracking import StateTracking
 
 FEW = settings(max_examples=25, deadline=None)
 seeds = st.integers(0, 2**40)
@@ -69,8 +78,69 @@ def order_configs(draw):
                  seq_len=draw(st.integers(2 * W + 2, 2 * W + 30)), vocab_size=4 + K + V)
 
 
+GROUP_ORDERS = {"parity": 2, "S3": 6, "S4": 24, "A4": 12, "S5": 120, "A5": 60}
+
+
+@st.composite
+def state_tracking_configs(draw):
+    group = draw(st.sampled_from(["parity", "modular", "S3", "S4", "A4", "S5", "A5"]))
+    modulus = draw(st.integers(2, 9))
+    order = modulus if group == "modular" else GROUP_ORDERS[group]
+    return StateTracking(seq_len=draw(st.integers(1, 40)), vocab_size=draw(st.integers(order + 1, order + 5)),
+                         group=group, modulus=modulus, score=draw(st.sampled_from(["every", "last"])),
+                         vary_length=draw(st.booleans()), num_length_buckets=draw(st.integers(1, 10)))
+
+
+@st.composite
+def in_context_recall_configs(draw, noisy=False):
+    multi = draw(st.booleans())
+    noise = draw(st.integers(1, 6)) if noisy else draw(st.sampled_from([0, 0, 3]))
+    frac = draw(st.sampled_from([0.2, 0.5, 0.9])) if noisy or noise else 0.0
+    cls = NoisyRecall if noisy else InContextRecall
+    return cls(seq_len=draw(st.integers(4, 40)), vocab_size=draw(st.integers(3 + noise, 16 + noise)),
+               multi_query=multi, noise_vocab_size=noise, frac_noise=frac)
+
+
+@st.composite
+def fuzzy_recall_configs(draw):
+    K, V, multi = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.booleans())
+    special = 1 if multi else 2
+    return FuzzyRecall(k_motif_size=K, v_motif_size=V, multi_query=multi,
+                       vocab_size=draw(st.integers(special + max(2 * K, 2 * V - 1), 14)),
+                       seq_len=draw(st.integers(2 * (K + V) + special - 1, 40)))
+
+
+@st.composite
+def memorization_configs(draw):
+    return Memorization(seq_len=draw(st.integers(2, 30)), vocab_size=draw(st.integers(3, 40)),
+                        map_seed=draw(st.integers(0, 2**31)))
+
+
+@st.composite
+def forgetting_mqar_configs(draw):
+    N = draw(st.integers(1, 6))
+    M = draw(st.integers(0, N))
+    return ForgettingMQAR(num_kv_pairs=N, num_overwrites=M, seq_len=draw(st.integers(4 * N + 2 * M, 4 * N + 2 * M + 20)),
+                          vocab_size=draw(st.integers(2 * N + 2, 40)), vary_overwrites=draw(st.booleans()),
+                          power_a=draw(st.sampled_from([0.01, 1.0])), random_non_queries=draw(st.booleans()))
+
+
+@st.composite
+def phonebook_configs(draw):
+    # at least 16 names: enough for the entries of the 3x longer evaluation book in the contract tests
+    A, D = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    names = draw(st.integers(16, 20)) if A == 1 else draw(st.integers(4, 8))
+    entry, query = A + D + 2, A + D + 1
+    return PhoneBook(name_len=A, number_len=D, name_vocab_size=names, vocab_size=14 + names + draw(st.integers(0, 3)),
+                     seq_len=draw(st.integers(query + entry, query + 4 * entry + entry - 1)),
+                     num_depth_buckets=draw(st.integers(1, 6)))
+
+
 CONFIGS = {"mqar": mqar_configs(), "passkey": passkey_configs(), "copying": copying_configs(),
-           "order": order_configs()}
+           "order": order_configs(), "state_tracking": state_tracking_configs(),
+           "in_context_recall": in_context_recall_configs(), "noisy_recall": in_context_recall_configs(noisy=True),
+           "fuzzy_recall": fuzzy_recall_configs(), "memorization": memorization_configs(),
+           "forgetting_mqar": forgetting_mqar_configs(), "phonebook": phonebook_configs()}
 NAMES = sorted(TASKS)
 
 
@@ -197,6 +267,42 @@ BAD = [
     (Order, dict(probe="last_write", num_writes=5, num_values=4), "num_values"),
     (Order, dict(probe="last_write", num_writes=3, seq_len=7), "num_writes"),
     (Order, dict(probe="first", eval_seq_lens=(2,)), "eval_seq_lens"),
+    (StateTracking, dict(group="S7"), "group"),
+    (StateTracking, dict(score="first"), "score"),
+    (StateTracking, dict(group="modular", modulus=1), "modulus"),
+    (StateTracking, dict(num_length_buckets=0), "num_length_buckets"),
+    (StateTracking, dict(group="S5", vocab_size=120), "vocab_size"),
+    (StateTracking, dict(group="modular", modulus=200), "vocab_size"),
+    (InContextRecall, dict(frac_noise=1.0), "frac_noise"),
+    (InContextRecall, dict(frac_noise=0.2), "noise_vocab_size"),
+    (InContextRecall, dict(noise_vocab_size=-1), "noise_vocab_size"),
+    (InContextRecall, dict(vocab_size=1), "vocab_size"),
+    (InContextRecall, dict(vocab_size=2, multi_query=False), "vocab_size"),
+    (InContextRecall, dict(seq_len=2), "seq_len"),
+    (InContextRecall, dict(seq_len=3, multi_query=False), "seq_len"),
+    (NoisyRecall, dict(frac_noise=0.0), "frac_noise"),
+    (FuzzyRecall, dict(k_motif_size=0), "k_motif_size"),
+    (FuzzyRecall, dict(v_motif_size=0), "v_motif_size"),
+    (FuzzyRecall, dict(k_motif_size=4, vocab_size=8), "vocab_size"),
+    (FuzzyRecall, dict(k_motif_size=40, vocab_size=200), "k_motif_size"),
+    (FuzzyRecall, dict(seq_len=11), "seq_len"),
+    (FuzzyRecall, dict(eval_seq_lens=(8,)), "eval_seq_lens"),
+    (Memorization, dict(vocab_size=2), "vocab_size"),
+    (Memorization, dict(seq_len=1), "seq_len"),
+    (Memorization, dict(map_seed=-1), "map_seed"),
+    (ForgettingMQAR, dict(num_kv_pairs=0), "num_kv_pairs"),
+    (ForgettingMQAR, dict(num_overwrites=-1), "num_overwrites"),
+    (ForgettingMQAR, dict(num_kv_pairs=2, num_overwrites=3), "num_overwrites"),
+    (ForgettingMQAR, dict(vocab_size=9), "vocab_size"),
+    (ForgettingMQAR, dict(seq_len=19), "seq_len"),
+    (ForgettingMQAR, dict(power_a=0.0), "power_a"),
+    (PhoneBook, dict(name_len=0), "name_len"),
+    (PhoneBook, dict(number_len=0), "number_len"),
+    (PhoneBook, dict(num_depth_buckets=0), "num_depth_buckets"),
+    (PhoneBook, dict(vocab_size=45), "vocab_size"),
+    (PhoneBook, dict(seq_len=14), "seq_len"),
+    (PhoneBook, dict(name_vocab_size=3, seq_len=256), "name_vocab_size"),
+    (PhoneBook, dict(name_len=20, vocab_size=64, name_vocab_size=32), "name_len"),
 ]
 
 
@@ -341,6 +447,294 @@ def test_order_first_answers_are_balanced_and_distances_cover_every_bucket():
     ex = Order(probe="first", seq_len=64, num_distance_buckets=8).generate(800, 0)
     assert 0.4 < (ex.targets[:, -1] == 2).float().mean() < 0.6
     assert torch.bincount(ex.slices["distance"], minlength=8).min() > 60  # distance is uniform: ~100 per bucket
+
+
+# -- chance: no input-free guess beats the stated level -------------------------------------------------------
+def assert_targets_uniform_over(ex, answers: set, sigmas: float = 5.0):
+    """Scored targets lie in `answers` and are spread evenly over them, so a guess that ignores the input (a
+    constant or any random one) scores 1/len(answers): the stated chance level."""
+    scored = ex.targets[ex.targets != IGNORE]
+    assert set(scored.tolist()) <= answers
+    p, total = 1 / len(answers), scored.numel()
+    top = torch.bincount(scored).max().item() / total
+    assert top < p + sigmas * math.sqrt(p * (1 - p) / total), f"one answer takes {top:.3f} of the targets, chance {p:.3f}"
+    guesses = torch.tensor(random.Random(0).choices(sorted(answers), k=total))
+    assert abs((guesses == scored).double().mean().item() - p) < sigmas * math.sqrt(p * (1 - p) / total)
+
+
+CHANCE = [
+    (StateTracking(group="parity", seq_len=32, vocab_size=3), {1, 2}),
+    (StateTracking(group="modular", modulus=5, seq_len=32, vocab_size=6), set(range(1, 6))),
+    (StateTracking(group="S3", seq_len=32, vocab_size=7, score="last", vary_length=True), set(range(1, 7))),
+    (StateTracking(group="A5", seq_len=32, vocab_size=61), set(range(1, 61))),
+    (InContextRecall(seq_len=64, vocab_size=16), set(range(8, 16))),
+    (NoisyRecall(seq_len=64, vocab_size=20, noise_vocab_size=4, frac_noise=0.4), set(range(8, 16))),
+    (FuzzyRecall(seq_len=64, vocab_size=13), set(range(6, 12))),
+    (Memorization(seq_len=32, vocab_size=17), set(range(8, 16))),
+    (ForgettingMQAR(seq_len=40, vocab_size=20, num_kv_pairs=4, num_overwrites=3), set(range(10, 20))),
+    (PhoneBook(seq_len=64, vocab_size=30, name_vocab_size=16), set(range(4, 14))),
+]
+
+
+@pytest.mark.parametrize("cfg, answers", CHANCE, ids=[f"{c.name}-{i}" for i, (c, _) in enumerate(CHANCE)])
+def test_chance_level_holds_by_simulation(cfg, answers):
+    assert_targets_uniform_over(cfg.generate(1500, 11), answers)
+
+
+# -- state tracking ------------------------------------------------------------------------------------------
+def group_elements(group: str, modulus: int) -> tuple[list, object]:
+    """The elements in the module's stated order and the product a · b (apply a, then b), from the definitions."""
+    if group in ("parity", "modular"):
+        m = 2 if group == "parity" else modulus
+        return list(range(m)), lambda a, b: (a + b) % m
+    degree = int(group[1])
+    perms = list(itertools.permutations(range(degree)))
+    if group[0] == "A":  # even permutations: degree minus the number of cycles is even
+        def cycles(p):
+            seen, count = set(), 0
+            for i in range(len(p)):
+                if i not in seen:
+                    count += 1
+                    while i not in seen:
+                        seen.add(i)
+                        i = p[i]
+            return count
+        perms = [p for p in perms if (degree - cycles(p)) % 2 == 0]
+    return perms, lambda a, b: tuple(b[a[i]] for i in range(len(a)))
+
+
+@FEW
+@given(cfg=state_tracking_configs(), n=sizes, seed=seeds)
+def test_state_tracking_targets_are_the_running_product(cfg, n, seed):
+    elements, times = group_elements(cfg.group, cfg.modulus)
+    assert cfg.order == len(elements)
+    ex = cfg.generate(n, seed)
+    for inputs, targets, bucket in zip(ex.inputs.tolist(), ex.targets.tolist(), ex.slices["length"].tolist()):
+        length = sum(t != 0 for t in inputs)
+        assert inputs[length:] == [0] * (cfg.seq_len - length)  # padding only after the word
+        assert length == cfg.seq_len or cfg.vary_length
+        expected, state = [IGNORE] * cfg.seq_len, None
+        for t in range(length):
+            g = elements[inputs[t] - 1]
+            state = g if state is None else times(state, g)
+            if cfg.score == "every" or t == length - 1:
+                expected[t] = 1 + elements.index(state)
+        assert targets == expected
+        assert bucket == (length - 1) * cfg.num_length_buckets // cfg.seq_len
+
+
+def test_state_tracking_order_of_the_elements_matters_in_s3_but_not_in_z5():
+    assert (StateTracking(group="S5").order, StateTracking(group="A5").order) == (120, 60)
+    for group, vocab, abelian in [("S3", 7, False), ("modular", 6, True)]:
+        ex = StateTracking(group=group, seq_len=2, vocab_size=vocab).generate(500, 0)
+        product = {tuple(x): t[1] for x, t in zip(ex.inputs.tolist(), ex.targets.tolist())}
+        commutes = all(product[a, b] == product[b, a] for a, b in product if (b, a) in product)
+        assert commutes == abelian  # a bag of elements cannot answer S3's word problems
+
+
+def test_state_tracking_vary_length_spreads_lengths_over_every_bucket():
+    ex = StateTracking(group="parity", vocab_size=3, seq_len=64, vary_length=True, score="last").generate(800, 0)
+    assert torch.bincount(ex.slices["length"], minlength=8).min() > 60
+    assert ((ex.targets != IGNORE).sum(1) == 1).all()
+
+
+# -- MAD's in-context recall and noisy recall -------------------------------------------------------------
+def solve_in_context_recall(cfg, inputs):
+    """Targets recomputed from the inputs: walk the pairs, bind each key at its first occurrence, answer its
+    recurrences (multi_query) or only the pair after the copy prefix."""
+    ns, K = cfg.kv_tokens, cfg.num_keys
+    expected, bound, i, probe_next, pairs = [IGNORE] * len(inputs), {}, 0, False, []
+    while i < len(inputs):
+        tok = inputs[i]
+        if not cfg.multi_query and tok == cfg.vocab_size - 1:
+            probe_next, i = True, i + 1
+            continue
+        if ns <= tok < ns + cfg.noise_vocab_size:  # a noise pair: both tokens noise
+            assert i + 1 >= len(inputs) or ns <= inputs[i + 1] < ns + cfg.noise_vocab_size
+            i += 2
+            continue
+        assert 0 <= tok < K
+        value = inputs[i + 1] if i + 1 < len(inputs) else None
+        assert value is None or K <= value < ns
+        if tok in bound:
+            assert value is None or value == bound[tok]  # a key keeps its first value
+            if cfg.multi_query or probe_next:
+                expected[i] = bound[tok]
+        else:
+            bound[tok] = value
+            assert not probe_next
+        pairs.append(tok)
+        i += 2
+    return expected, bound, pairs
+
+
+@FEW
+@given(data=st.data(), n=sizes, seed=seeds)
+def test_in_context_recall_answers_are_the_first_value_of_each_recurring_key(data, n, seed):
+    cfg = data.draw(st.one_of(in_context_recall_configs(), in_context_recall_configs(noisy=True)))
+    ex = cfg.generate(n, seed)
+    for inputs, targets, distinct in zip(ex.inputs.tolist(), ex.targets.tolist(),
+                                         ex.slices["distinct_keys"].tolist()):
+        expected, bound, pairs = solve_in_context_recall(cfg, inputs)
+        assert targets == expected
+        assert pairs[-1] in pairs[:-1], "the last pair probes a key seen before"
+        assert distinct == len(bound)
+
+
+def test_noisy_recall_replaces_about_frac_noise_of_the_pairs():
+    cfg = NoisyRecall(seq_len=256, vocab_size=32, noise_vocab_size=16, frac_noise=0.4)
+    first = cfg.generate(200, 0).inputs[:, 0:254:2]  # the body pairs' first tokens
+    assert 0.36 < (first >= 16).double().mean().item() < 0.44
+
+
+def test_in_context_recall_follows_mads_vocabulary_layout():
+    ex = InContextRecall(seq_len=128, vocab_size=16).generate(100, 0)  # 8 keys, 8 values, no special token
+    assert set(ex.inputs[:, 0::2].flatten().tolist()) == set(range(8))
+    assert set(ex.inputs[:, 1::2].flatten().tolist()) == set(range(8, 16))
+    single = InContextRecall(seq_len=128, vocab_size=16, multi_query=False).generate(100, 0)
+    assert (single.inputs[:, -2] == 15).all() and ((single.targets != IGNORE).sum(1) == 1).all()
+
+
+# -- MAD's fuzzy recall ------------------------------------------------------------------------------------
+def parse_fuzzy(cfg, inputs):
+    """[(key tuple, value tuple, position of the key's last token, after a copy prefix)] from the inputs."""
+    ns, Kv = cfg.kv_tokens, cfg.num_keys
+    i = 0
+    while i < len(inputs) and inputs[i] == ns:
+        i += 1
+    assert ns not in inputs[i:], "padding only on the left"
+    pairs, after_copy = [], False
+    while i < len(inputs):
+        if not cfg.multi_query and inputs[i] == cfg.vocab_size - 1:
+            after_copy, i = True, i + 1
+            continue
+        start = i
+        while i < len(inputs) and inputs[i] < Kv:
+            i += 1
+        key, key_end = tuple(inputs[start:i]), i - 1
+        start = i
+        while i < len(inputs) and Kv <= inputs[i] < ns:
+            i += 1
+        pairs.append((key, tuple(inputs[start:i]), key_end, after_copy))
+    return pairs
+
+
+@FEW
+@given(cfg=fuzzy_recall_configs(), n=sizes, seed=seeds)
+def test_fuzzy_recall_answers_recurring_multi_token_keys_with_their_first_value(cfg, n, seed):
+    ex = cfg.generate(n, seed)
+    for inputs, targets, key_size in zip(ex.inputs.tolist(), ex.targets.tolist(), ex.slices["key_size"].tolist()):
+        pairs = parse_fuzzy(cfg, inputs)
+        expected, bound = [IGNORE] * cfg.seq_len, {}
+        for p, (key, value, key_end, after_copy) in enumerate(pairs):
+            last = p == len(pairs) - 1
+            assert 1 <= len(key) <= cfg.k_motif_size and len(set(key)) == len(key)
+            assert len(set(value)) == len(value) and (last or 1 <= len(value) <= cfg.v_motif_size)
+            if key in bound:
+                assert bound[key][:len(value)] == value  # a key keeps its value (the probe's is cut short)
+                if cfg.multi_query or after_copy:
+                    for j, v in enumerate(bound[key]):
+                        expected[key_end + j] = v
+            else:
+                assert not last, "the last pair repeats a key seen before"
+                bound[key] = value
+        assert targets == expected
+        assert key_size == len(pairs[-1][0])
+        assert pairs[-1][2] + len(bound[pairs[-1][0]]) == cfg.seq_len  # only the probe's last token falls off
+
+
+def test_fuzzy_recall_draws_every_key_size():
+    ex = FuzzyRecall(seq_len=128, vocab_size=16).generate(300, 0)
+    assert torch.bincount(ex.slices["key_size"], minlength=4)[1:].min() > 60
+
+
+# -- MAD's memorization ------------------------------------------------------------------------------------
+@FEW
+@given(cfg=memorization_configs(), seed=seeds, other=seeds)
+def test_memorization_map_is_fixed_across_seeds_and_lengths(cfg, seed, other):
+    insert, K = cfg.vocab_size - 1, cfg.num_keys
+    seen = {}
+    for c, s in [(cfg, seed), (cfg, other), (cfg.at_length(2 * cfg.seq_len + 1), seed)]:
+        ex = c.generate(8, s)
+        for inputs, targets in zip(ex.inputs.tolist(), ex.targets.tolist()):
+            assert all(0 <= k < K for k in inputs[0::2]) and all(t == insert for t in inputs[1::2])
+            assert all(t == IGNORE for t in targets[0::2])
+            for key, value in zip(inputs[0::2], targets[1::2]):
+                assert seen.setdefault(key, value) == value  # one value per key, whatever the seed or length
+    assert all(K <= v < insert for v in seen.values()) and len(set(seen.values())) == len(seen)  # injective
+    assert all(cfg.value_map()[k].item() == v for k, v in seen.items())
+
+
+def test_memorization_map_changes_with_map_seed_only():
+    a, b = Memorization(map_seed=1).value_map(), Memorization(map_seed=2).value_map()
+    assert not torch.equal(a, b)
+    for m in (a, b):  # 127 keys onto 127 of the 128 values, distinct
+        assert len(set(m.tolist())) == 127 and m.min() >= 127 and m.max() < 255
+
+
+# -- forgetting MQAR ------------------------------------------------------------------------------------------
+@FEW
+@given(cfg=forgetting_mqar_configs(), n=sizes, seed=seeds)
+def test_forgetting_mqar_answers_each_key_with_its_latest_value(cfg, n, seed):
+    ex = cfg.generate(n, seed)
+    N, M, half = cfg.num_kv_pairs, cfg.num_overwrites, cfg.vocab_size // 2
+    for inputs, targets, m in zip(ex.inputs.tolist(), ex.targets.tolist(), ex.slices["num_overwrites"].tolist()):
+        keys = inputs[0:2 * N:2]
+        latest = dict(zip(keys, inputs[1:2 * N:2]))
+        assert len(latest) == N and all(1 <= k < half for k in keys)
+        rebound = []
+        for k, v in zip(inputs[2 * N:2 * N + 2 * M:2], inputs[2 * N + 1:2 * N + 2 * M:2]):
+            if k == 0:
+                assert v == 0
+                continue
+            assert k in latest and v != latest[k] and half <= v < cfg.vocab_size
+            latest[k] = v
+            rebound.append(k)
+        assert len(set(rebound)) == len(rebound) == m and (0 <= m <= M if cfg.vary_overwrites else m == M)
+        queries = [(inputs[t], targets[t]) for t in range(cfg.seq_len) if targets[t] != IGNORE]
+        assert sorted(k for k, _ in queries) == sorted(keys)
+        assert all(value == latest[k] for k, value in queries)
+        assert all(t >= 2 * N + 2 * M for t in range(cfg.seq_len) if targets[t] != IGNORE)
+
+
+def test_forgetting_mqar_queries_are_mqars_own():
+    cfg = ForgettingMQAR(seq_len=64, vocab_size=64, num_kv_pairs=4, num_overwrites=2)
+    ex, mqar = cfg.generate(32, 5), MQAR(seq_len=60, vocab_size=64, num_kv_pairs=4).generate(32, 5)
+    assert torch.equal(ex.inputs[:, :8], mqar.inputs[:, :8]) and torch.equal(ex.inputs[:, 12:], mqar.inputs[:, 8:])
+
+
+# -- phone book --------------------------------------------------------------------------------------------
+@FEW
+@given(cfg=phonebook_configs(), n=sizes, seed=seeds)
+def test_phonebook_answer_is_the_queried_names_number(cfg, n, seed):
+    A, D = cfg.name_len, cfg.number_len
+    ex = cfg.generate(n, seed)
+    for inputs, targets, depth, entries in zip(ex.inputs.tolist(), ex.targets.tolist(), ex.slices["depth"].tolist(),
+                                               ex.slices["num_entries"].tolist()):
+        i = 0
+        while inputs[i] == 0:
+            i += 1
+        book = []
+        while inputs[i] != 3:  # entries until QUERY
+            name, number = inputs[i:i + A], inputs[i + A + 1:i + A + 1 + D]
+            assert inputs[i + A] == 1 and inputs[i + A + 1 + D] == 2
+            assert all(t >= 14 for t in name) and all(4 <= d < 14 for d in number)
+            book.append((tuple(name), number))
+            i += A + D + 2
+        names = [name for name, _ in book]
+        assert len(set(names)) == len(names) == entries == cfg.num_entries
+        asked = tuple(inputs[i + 1:i + 1 + A])
+        assert inputs[i + 1 + A] == 1
+        q = names.index(asked)
+        number = book[q][1]
+        assert targets == [IGNORE] * (cfg.seq_len - D) + number
+        assert inputs[cfg.seq_len - D + 1:] == number[:-1]  # teacher forcing
+        assert depth == q * cfg.num_depth_buckets // entries
+
+
+def test_phonebook_grows_with_length():
+    cfg = PhoneBook(seq_len=128, eval_seq_lens=(512,))
+    assert [c.num_entries for c in cfg.eval_configs()] == [15, 63]
 
 
 # -- rng -----------------------------------------------------------------------------------------------------

@@ -11,6 +11,13 @@ TINY = {
     "passkey": dict(seq_len=20, vocab_size=32, num_digits=3),
     "copying": dict(seq_len=20, vocab_size=16, string_len=6, alphabet_size=8, num_tokens=4),
     "order": dict(seq_len=20, vocab_size=32, probe="last_write", num_keys=4, num_values=8, num_writes=2),
+    "state_tracking": dict(seq_len=12, vocab_size=8, group="S3"),
+    "in_context_recall": dict(seq_len=16, vocab_size=16),
+    "noisy_recall": dict(seq_len=16, vocab_size=20, noise_vocab_size=4, frac_noise=0.3),
+    "fuzzy_recall": dict(seq_len=16, vocab_size=12, k_motif_size=2, v_motif_size=2),
+    "memorization": dict(seq_len=16, vocab_size=32),
+    "forgetting_mqar": dict(seq_len=20, vocab_size=32, num_kv_pairs=2, num_overwrites=1),
+    "phonebook": dict(seq_len=24, vocab_size=24, name_len=2, name_vocab_size=8, number_len=2),
 }
 
 
