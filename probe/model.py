@@ -78,8 +78,12 @@ class LanguageModel(nn.Module):
         return self.logits(self.hidden(tokens))
 
     def state_size(self, seq_len: int) -> int:
-        """Elements one example holds, over all layers, to produce the next token after seq_len tokens."""
+        """Recurrent state per example over all layers after seq_len tokens, as the papers count it."""
         return sum(block.mixer.state_size(seq_len) for block in self.blocks)
+
+    def cache_size(self, seq_len: int) -> int:
+        """Elements one example's inference cache holds after seq_len tokens (state plus convolution taps)."""
+        return sum(block.mixer.cache_size(seq_len) for block in self.blocks)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -201,12 +201,13 @@ def test_hyena_recurrent_form_and_state(order, short_filter_order):
     torch.testing.assert_close(ys, mixer(x), rtol=1e-8, atol=1e-10)
     # one D·L buffer per long convolution (order − 1 of them), the short convolution's last taps − 1 inputs
     expected = (order - 1) * D * 11 + (order + 1) * D * (short_filter_order - 1)
-    assert state_numel(state, 2) == mixer.state_size(11) == expected
+    assert state_numel(state, 2) == mixer.cache_size(11) == expected
+    assert mixer.state_size(11) == (order - 1) * D * 11  # the papers count the long convolutions' inputs
 
 
 def test_hyena_order_2_state_is_one_sequence_of_d_model():
     mixer = Hyena(D, max_seq_len=64)
-    assert mixer.state_size(50) == D * 50 + 3 * D * 2
+    assert mixer.state_size(50) == D * 50 and mixer.cache_size(50) == D * 50 + 3 * D * 2
 
 
 @pytest.mark.parametrize("seq_len", [63, 100])

@@ -101,7 +101,7 @@ def test_mamba2_step_equals_forward_across_chunk_boundaries_with_groups():
         y_t, state = mixer.step(x[:, t], state)
         ys.append(y_t)
     torch.testing.assert_close(torch.stack(ys, 1), mixer(x))
-    assert state_numel(state, 2) == mixer.state_size(11)
+    assert state_numel(state, 2) == mixer.cache_size(11)
 
 
 def test_gated_rms_norm_gives_each_group_unit_rms_before_the_weight():
@@ -211,7 +211,7 @@ def test_multi_head_h3_step_equals_forward():
         y_t, state = mixer.step(x[:, t], state)
         ys.append(y_t)
     torch.testing.assert_close(torch.stack(ys, 1), mixer(x))
-    assert state_numel(state, 2) == mixer.state_size(9) == 8 * 4 * (1 + 4)
+    assert state_numel(state, 2) == mixer.cache_size(9) == 8 * 4 * (1 + 4)
 
 
 def test_single_head_h3_mixes_channels_through_the_kv_outer_product():
@@ -246,21 +246,22 @@ def test_mamba_initialisation_follows_the_paper():
 
 
 @pytest.mark.parametrize(
-    "cls, kwargs, expected",
+    "cls, kwargs, expected, cache",
     [
-        (ssm.Mamba, {}, 64 * (16 + 4 - 1)),  # d_inner·(d_state + d_conv − 1), d_inner = 2·32
-        (ssm.Mamba2, {}, 64 * 64 + (64 + 2 * 64) * 3),  # d_inner·d_state + (d_inner + 2·G·N)·(d_conv − 1)
-        (ssm.S4D, {}, 32 * 64),  # d_model·d_state (32 complex modes, 2 reals each)
-        (ssm.H3, {}, 32 * 64 * 2),  # d_model·d_state·(1 + head_dim), head_dim 1
-        (ssm.H3, {"n_heads": 2}, 32 * 64 * 17),
+        (ssm.Mamba, {}, 64 * 16, 64 * (16 + 4 - 1)),  # d_inner·d_state = Zoology's 2·d_model·d_state; + conv taps
+        (ssm.Mamba2, {}, 64 * 64, 64 * 64 + (64 + 2 * 64) * 3),  # + (d_inner + 2·G·N)·(d_conv − 1) conv taps
+        (ssm.S4D, {}, 32 * 64, 32 * 64),  # d_model·d_state (32 complex modes, 2 reals each)
+        (ssm.H3, {}, 32 * 64, 32 * 64 * 2),  # Zoology's d·N (head_dim 1); the cache adds the shift SSM's d·N
+        (ssm.H3, {"n_heads": 2}, 32 * 64 * 16, 32 * 64 * 17),
     ],
     ids=["mamba", "mamba2", "s4d", "h3", "h3-2heads"],
 )
-def test_state_size_at_d_model_32(cls, kwargs, expected):
+def test_state_size_at_d_model_32(cls, kwargs, expected, cache):
     mixer = cls(32, **kwargs)
     assert mixer.state_size(1) == mixer.state_size(1000) == expected
+    assert mixer.cache_size(1) == mixer.cache_size(1000) == cache
     state = mixer.init_state(1, dtype=torch.float32)
-    assert state_numel(state, 1) == expected
+    assert state_numel(state, 1) == cache
 
 
 @pytest.mark.parametrize(

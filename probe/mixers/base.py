@@ -2,13 +2,15 @@
 
     mixer = SomeMixer(d_model, *, layer_idx=0, max_seq_len=2048, **typed_kwargs)
     y = mixer(x)                       # x: [B, L, D] -> y: [B, L, D], causal
-    mixer.state_size(seq_len) -> int   # elements one example holds, per layer, to produce the next token
-                                       # after seq_len tokens (the recurrent state; a KV cache for attention)
+    mixer.state_size(seq_len) -> int   # the recurrent state per example and layer after seq_len tokens, as the
+                                       # papers count it (what the report plots; a KV cache for attention)
+    mixer.cache_size(seq_len) -> int   # everything `step` carries: the state plus buffers the papers leave out
+                                       # (short-convolution taps, H3's shift SSM); equal where nothing is left out
     state = mixer.init_state(batch_size, device, dtype)     # only where a recurrent form exists
     y_t, state = mixer.step(x_t, state)                     # x_t: [B, D] -> y_t: [B, D]
 
 `step` run over a sequence equals `forward` on it, and after seq_len steps the tensors in `state` hold exactly
-`state_size(seq_len)` elements per example (tests/test_mixers.py checks both for every registered arch).
+`cache_size(seq_len)` elements per example (tests/test_mixers.py checks both for every registered arch).
 
 Typed keyword arguments (int, float, bool, str, Literal[...], optionally `| None`) with defaults from the paper
 become CLI flags of `probe train` automatically: the annotation is the flag's type.
@@ -32,6 +34,8 @@ State = dict[str, torch.Tensor]
 class Mixer(nn.Module):
     #: state-size formula in the paper's symbols, shown by `probe list archs`, e.g. "2·d_model·L"
     formula: ClassVar[str] = "?"
+    #: the full inference cache's formula, where it holds more than the state the papers count
+    cache_formula: ClassVar[str | None] = None
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048):
         super().__init__()
@@ -44,6 +48,9 @@ class Mixer(nn.Module):
 
     def state_size(self, seq_len: int) -> int:
         raise NotImplementedError
+
+    def cache_size(self, seq_len: int) -> int:
+        return self.state_size(seq_len)
 
     @property
     def has_recurrent_form(self) -> bool:

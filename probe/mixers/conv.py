@@ -345,7 +345,8 @@ class Hyena(Mixer):
         (order−1)·d_model·L + (order+1)·d_model·(short_filter_order − 1).
     """
 
-    formula = "(order−1)·d_model·L + (order+1)·d_model·(short_filter_order−1)"
+    formula = "(order−1)·d_model·L"
+    cache_formula = "(order−1)·d_model·L + (order+1)·d_model·(short_filter_order−1)"
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048, order: int = 2,
                  filter_order: int = 64, emb_dim: int = 3, short_filter_order: int = 3,
@@ -382,8 +383,11 @@ class Hyena(Mixer):
         return self.out_proj((x0 * z).transpose(1, 2))
 
     def state_size(self, seq_len: int) -> int:
+        return (self.order - 1) * self.d_model * seq_len
+
+    def cache_size(self, seq_len: int) -> int:  # the short convolutions' last taps too
         short = min(seq_len, self.short_filter_order - 1)
-        return (self.order - 1) * self.d_model * seq_len + (self.order + 1) * self.d_model * short
+        return self.state_size(seq_len) + (self.order + 1) * self.d_model * short
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
         def empty(channels):

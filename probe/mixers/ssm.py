@@ -130,7 +130,8 @@ class Mamba(Mixer):
         d_inner·(d_conv − 1) + d_inner·d_state = d_inner·(d_state + d_conv − 1),  d_inner = expand·d_model.
     """
 
-    formula = "d_inner·(d_state + d_conv − 1)"
+    formula = "d_inner·d_state"  # Zoology's 2·d_model·d_state at expand 2
+    cache_formula = "d_inner·(d_state + d_conv − 1)"
 
     def __init__(
         self,
@@ -184,6 +185,9 @@ class Mamba(Mixer):
         return self.out_proj(y * F.silu(z))
 
     def state_size(self, seq_len: int) -> int:
+        return self.d_inner * self.d_state
+
+    def cache_size(self, seq_len: int) -> int:  # the convolution's last d_conv − 1 inputs too
         return self.d_inner * (self.d_state + self.d_conv - 1)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
@@ -322,7 +326,8 @@ class Mamba2(Mixer):
         d_inner·d_state + (d_inner + 2·ngroups·d_state)·(d_conv − 1),  d_inner = expand·d_model.
     """
 
-    formula = "d_inner·d_state + (d_inner + 2·ngroups·d_state)·(d_conv − 1)"
+    formula = "d_inner·d_state"
+    cache_formula = "d_inner·d_state + (d_inner + 2·ngroups·d_state)·(d_conv − 1)"
 
     def __init__(
         self,
@@ -383,6 +388,9 @@ class Mamba2(Mixer):
         return self.out_proj(y)
 
     def state_size(self, seq_len: int) -> int:
+        return self.d_inner * self.d_state
+
+    def cache_size(self, seq_len: int) -> int:  # the convolution's last d_conv − 1 inputs of x, B, C too
         return self.d_inner * self.d_state + self.conv_dim * (self.d_conv - 1)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
@@ -555,7 +563,8 @@ class H3(Mixer):
         d_model·d_state + d_model·head_dim·d_state = d_model·d_state·(1 + head_dim).
     """
 
-    formula = "d_model·d_state·(1 + head_dim)"
+    formula = "d_model·d_state·head_dim"  # the diagonal SSM's state: Zoology's d·N at head_dim 1
+    cache_formula = "d_model·d_state·(1 + head_dim)"
 
     def __init__(
         self,
@@ -608,6 +617,9 @@ class H3(Mixer):
         return self.out_proj(o.reshape(batch, self.d_model, length).transpose(1, 2))
 
     def state_size(self, seq_len: int) -> int:
+        return self.d_model * self.d_state * self.head_dim
+
+    def cache_size(self, seq_len: int) -> int:  # the shift SSM's d_model·d_state taps too
         return self.d_model * self.d_state * (1 + self.head_dim)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
