@@ -1,11 +1,14 @@
 """`probe report`: what the HTML page says for full, partial and empty results, and that a browser renders it.
 
 Most tests build a Results by hand (make_results): three archs (two attention position schemes and mamba),
-two training lengths, two widths, two seeds, three trials per cell, a pruned and a failed trial. One test
-runs a real sweep of two tiny cells. The browser tests need /usr/bin/chromium and skip without it.
+two training lengths, two widths, two seeds, three trials per cell, a pruned and a failed trial. make_zoology
+builds the tables of a 112-cell store shaped like sweeps/zoology_mqar.py (7 archs, hybrids among them, 4 lengths
+× 4 widths, evaluated at the training length only, one MQAR pair count per test set). One fixture runs a real
+sweep of four tiny cells. The browser tests need /usr/bin/chromium and skip without it.
 """
 import base64
 import io
+import itertools
 import math
 import os
 import re
@@ -20,7 +23,8 @@ import pytest
 from probe.errors import ProbeError
 from probe.report import main, write_report
 from probe.report import analysis as A
-from probe.report.figures import ARCH_COLOURS, arch_colour
+from probe.report import figures as F
+from probe.report import page
 from probe.results import Results
 
 ARCHS = ("attention", "attention_alibi", "mamba")
@@ -61,11 +65,13 @@ def make_trial(arch, L, d, seed, k, state="COMPLETE", reason="", acc=None, lr=No
         "vocab_size": 64, "num_kv_pairs": L // 8, "eval_seq_lens": f"{2 * L},{4 * L}"}
 
 
-def tidy_rows(t: dict) -> list[dict]:
+def tidy_rows(t: dict, times=(1, 2, 4), pairs=(2, 4)) -> list[dict]:
+    """Rows at each evaluation length `times` × seq_len, with a num_kv_pairs slice of each value in `pairs`
+    (None: the task's own num_kv_pairs only, as MQAR labels a test set of one pair count)."""
     if t["state"] not in ("COMPLETE", "PRUNED"):
         return []
     rows = []
-    for E in (t["seq_len"], 2 * t["seq_len"], 4 * t["seq_len"]):
+    for E in (x * t["seq_len"] for x in times):
         acc = t["accuracy"] * (t["seq_len"] / E) ** (0.2 if t["arch"] == "attention_alibi" else 1.0)
         common = {k: t[k] for k in ("sweep", "cell", "trial", "state", "task", "arch", "seq_len", "d_model", "seed",
                                     "lr")}
@@ -73,8 +79,8 @@ def tidy_rows(t: dict) -> list[dict]:
         common.update(eval_seq_len=E, state_size=state, params=t["params"])
         rows.append({**common, "slice": "all", "slice_value": -1, "accuracy": acc, "per_example_accuracy": acc ** 2,
                      "exact_match": acc ** 4, "examples": 256})
-        for pairs in (2, 4):
-            rows.append({**common, "slice": "num_kv_pairs", "slice_value": pairs, "accuracy": acc * (1 - 0.02 * pairs),
+        for n in pairs or (t["num_kv_pairs"],):
+            rows.append({**common, "slice": "num_kv_pairs", "slice_value": n, "accuracy": acc * (1 - 0.02 * n),
                          "per_example_accuracy": acc ** 2, "exact_match": math.nan, "examples": 128})
     return rows
 
@@ -88,8 +94,8 @@ def curve_rows(t: dict) -> list[dict]:
             for step in range(50, last + 1, 50) for E in (t["seq_len"], 2 * t["seq_len"])]
 
 
-def assemble(trials: list[dict], cells: dict) -> Results:
-    tidy = [r for t in trials for r in tidy_rows(t)]
+def assemble(trials: list[dict], cells: dict, **tidy_kw) -> Results:
+    tidy = [r for t in trials for r in tidy_rows(t, **tidy_kw)]
     curves = [r for t in trials for r in curve_rows(t)]
     trials_df = pd.DataFrame(trials)
     provenance = {
@@ -148,6 +154,68 @@ def make_empty() -> Results:
     return Results(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), {**assemble([], {}).provenance, "cells": cells})
 
 
+#: sweeps/zoology_mqar.py's archs: label -> what it builds
+ZOOLOGY = {"attention": "attention", "baseconv": "baseconv_short,baseconv", "hyena": "hyena", "h3": "h3",
+           "retnet": "retnet", "based": "baseconv_short,based", "mamba": "mamba"}
+ZOOLOGY_PAIRS = {64: 4, 128: 8, 256: 16, 512: 64}
+#: the narrowest width that solves MQAR, per arch and length (None: none does)
+ZOOLOGY_SOLVES = {"attention": lambda L: 64, "based": lambda L: 128, "mamba": lambda L: 256 if L <= 256 else None,
+                  "h3": lambda L: 512, "baseconv": lambda L: 256 if L <= 128 else None,
+                  "hyena": lambda L: 512 if L == 64 else None, "retnet": lambda L: None}
+ZOOLOGY_FAILED = "mqar-L512/hyena/d512/seed0"
+ZOOLOGY_PENDING = "mqar-L512/retnet/d512/seed0"
+
+
+def zoology_state_size(arch: str, L: int, d: int) -> int:
+    per_layer = {"attention": 2 * L * d, "based": 36 * d, "mamba": 2 * 16 * d, "h3": 64 * d, "retnet": d * d,
+                 "baseconv": L * d, "hyena": L * d}[arch]
+    return 2 * per_layer
+
+
+def make_zoology() -> Results:
+    """112 cells, 4 trials each (lrs 1e-4..1e-2, the third best); one failed cell, one not started."""
+    trials, cells = [], {}
+    for arch, built in ZOOLOGY.items():
+        for L, pairs in ZOOLOGY_PAIRS.items():
+            for d in (64, 128, 256, 512):
+                key = cell_key(arch, L, d, 0)
+                solves = ZOOLOGY_SOLVES[arch](L)
+                top = 1.0 if solves and d >= solves else 0.2 + 0.5 * d / 512 - 0.15 * L / 512
+                status = "complete"
+                for k in range(4):
+                    state = "FAIL" if key == ZOOLOGY_FAILED else "COMPLETE"
+                    acc = round(max(0.01, min(1.0, top - 0.15 * abs(k - 2))) - 0.0001 * k, 5)
+                    t = make_trial(arch, L, d, 0, k, state, "ValueError: boom" if state == "FAIL" else "",
+                                   acc=acc, lr=10 ** (-4 + 2 * k / 3))
+                    t.update(arch_built=built, num_kv_pairs=pairs, eval_seq_lens="", lr_low=1e-4, lr_high=1e-2,
+                             state_size=zoology_state_size(arch, L, d) if state == "COMPLETE" else math.nan)
+                    if key != ZOOLOGY_PENDING:
+                        trials.append(t)
+                if key == ZOOLOGY_FAILED:
+                    status = "failed"
+                if key == ZOOLOGY_PENDING:
+                    status = "pending"
+                cells[key] = {"sweep": "unit", "arch": arch, "status": status, "trials": 4, "expected_trials": 4}
+    return assemble(trials, cells, times=(1,), pairs=None)
+
+
+@pytest.fixture(scope="module")
+def zoology():
+    return make_zoology()
+
+
+@pytest.fixture(scope="module")
+def zoology_figures(zoology):
+    return page.figures(zoology)
+
+
+@pytest.fixture(scope="module")
+def zoology_report(tmp_path_factory, zoology):
+    path = tmp_path_factory.mktemp("report") / "zoology.html"
+    write_report(zoology, str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory):
     path = tmp_path_factory.mktemp("report") / "full.html"
@@ -162,7 +230,7 @@ def section(html: str, sid: str) -> str:
 
 
 def count_figures(fragment: str) -> int:
-    return len(re.findall(r"<figure>", fragment))
+    return len(re.findall(r"<figure\b", fragment))
 
 
 # -- analysis -----------------------------------------------------------------------------------------------------
@@ -196,9 +264,9 @@ def test_best_per_column_is_highlighted_within_each_length_and_width(full_report
         cells = re.findall(r"<td([^>]*)>(.*?)</td>", r, re.S)
         arch = re.sub(r"<[^>]+>", "", cells[1][1])
         L, d = int(cells[2][1]), int(cells[3][1])
-        if 'class="best"' in cells[4][0]:
+        if 'class="best-acc"' in cells[4][0]:
             best_acc.setdefault((L, d), []).append(arch)
-        if 'class="best"' in cells[8][0]:  # state size: mamba's is the smallest everywhere
+        if 'class="best-state"' in cells[8][0]:  # state size: mamba's is the smallest everywhere
             assert arch == "mamba"
     # attention beats alibi and mamba at every length and width, so it alone is highlighted
     assert best_acc == {(L, d): ["attention"] for L in (32, 64) for d in (32, 64)}
@@ -254,15 +322,75 @@ def test_a_task_field_swept_at_one_length_splits_problems_but_one_that_follows_t
     assert set(A.problem_labels(both)) == {"mqar num_kv_pairs=4", "mqar num_kv_pairs=8", "mqar num_kv_pairs=99"}
 
 
-def test_arch_colours_are_fixed_distinct_and_hashed_for_unknown_names():
+# -- colours and order ---------------------------------------------------------------------------------------------
+def hue_of(colour: str) -> tuple[float, float]:
+    """(hue in degrees, saturation) of a #rrggbb colour."""
+    import colorsys
+    r, g, b = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    h, _, sat = colorsys.rgb_to_hls(r, g, b)
+    return 360 * h, sat
+
+
+def hue_distance(a: float, b: float) -> float:
+    return min(abs(a - b), 360 - abs(a - b))
+
+
+def based_tradeoff_palette() -> F.Palette:
+    from probe.sweep import load_sweep
+    cells = load_sweep("sweeps/based_tradeoff.py").cells()
+    return F.Palette([c.label for c in cells], {c.label: c.arch for c in cells})
+
+
+def test_every_registered_mixer_has_a_family_with_its_own_hue_band():
     from probe.mixers import MIXERS
-    assert len(set(ARCH_COLOURS.values())) == len(ARCH_COLOURS)
-    assert arch_colour("attention") == "#1f77b4"
-    unknown = arch_colour("hyena,attention")
-    assert re.fullmatch(r"#[0-9a-f]{6}", unknown) and unknown == arch_colour("hyena,attention")
-    assert arch_colour("new_mixer_a") != arch_colour("new_mixer_b")
-    missing = sorted(set(MIXERS) - set(ARCH_COLOURS))
-    assert not missing, f"give these archs a fixed colour in probe/report/figures.py: {missing}"
+    for name, spec in MIXERS.items():
+        assert A.arch_family(name) == spec.family and spec.family in F.FAMILY_HUES, name
+    bands = [(f, b) for f, b in F.FAMILY_HUES.items() if b is not None]
+    for (f1, (lo1, hi1)), (f2, (lo2, hi2)) in itertools.combinations(bands, 2):
+        gap = min(hue_distance(x % 360, y % 360) for x in (lo1, hi1) for y in (lo2, hi2))
+        overlap = lo2 % 360 <= lo1 % 360 <= hi2 % 360 or lo1 % 360 <= lo2 % 360 <= hi1 % 360
+        assert gap >= 15 and not overlap, (f1, f2)
+
+
+def test_no_two_families_share_a_colour():
+    from probe.mixers import MIXERS
+    palette = F.Palette([*MIXERS, "hyena,attention", "hyena,mamba"])
+    assert palette["hyena,attention"].family == "hybrid"
+    by_family = {}
+    for arch in palette.order:
+        by_family.setdefault(palette[arch].family, []).append(palette[arch].colour)
+    for f1, f2 in itertools.combinations(by_family, 2):
+        assert not set(by_family[f1]) & set(by_family[f2]), (f1, f2)
+        for c1, c2 in itertools.product(by_family[f1], by_family[f2]):
+            (h1, s1), (h2, s2) = hue_of(c1), hue_of(c2)
+            assert min(s1, s2) < 0.1 or hue_distance(h1, h2) >= 10, (f1, c1, f2, c2)
+    # within a family every member has its own colour, and marker and line style tell neighbours apart
+    styles = [(palette[a].colour, palette[a].marker, palette[a].linestyle) for a in palette.order]
+    assert len({c for c, _, _ in styles}) == len(styles)
+
+
+def test_based_tradeoff_pairs_are_told_apart_by_family_colour():
+    palette = based_tradeoff_palette()
+    for a, b in (("attention", "mamba_s64"), ("hyena", "based_f16"), ("based_f8", "swa32")):
+        assert palette[a].family != palette[b].family, (a, b)
+        assert hue_distance(hue_of(palette[a].colour)[0], hue_of(palette[b].colour)[0]) >= 30, (a, b)
+    # variants of one arch: a shade, a marker and a line style of their own
+    for a, b in (("mamba_s16", "mamba_s64"), ("based_f8", "based_f16"), ("swa32", "swa128")):
+        assert palette[a].family == palette[b].family
+        assert palette[a].colour != palette[b].colour and palette[a].marker != palette[b].marker
+        assert palette[a].linestyle != palette[b].linestyle
+
+
+def test_legend_order_is_family_then_name_everywhere(zoology_figures):
+    palette = based_tradeoff_palette()
+    assert palette.order == ["attention", "swa32", "swa128", "based_f8", "based_f16", "gla", "mamba_s16",
+                             "mamba_s64", "hyena"]
+    assert A.arch_family("mamba_s64") == "ssm"  # a pending label, no trial to say what it builds: by its prefix
+    assert A.arch_family("based", "baseconv_short,based") == "linear_attention"  # Zoology's hybrid keeps its name
+    expected = ["attention", "based", "retnet", "h3", "mamba", "baseconv", "hyena"]
+    for name in ("width-mqar", "state-mqar", "curves-mqar"):
+        labels = [t.get_text() for t in zoology_figures[name].legends[0].texts]
+        assert [x for x in labels if x in ZOOLOGY] == expected, name
 
 
 def test_param_importances_with_two_tuned_parameters(tmp_path):
@@ -282,8 +410,8 @@ def test_param_importances_with_two_tuned_parameters(tmp_path):
 # -- the page -----------------------------------------------------------------------------------------------------
 def test_full_report_has_every_section_and_figure(full_report):
     html = full_report.read_text()
-    expected = {"provenance": 0, "best": 0, "heatmaps": 1, "state": 1, "length": 2, "lr": 1, "slices": 1,
-                "curves": 1, "importance": 0, "data": 0}
+    expected = {"summary": 0, "width": 1, "provenance": 0, "best": 0, "heatmaps": 1, "state": 1, "length": 2,
+                "lr": 1, "slices": 1, "curves": 1, "importance": 0, "data": 0}
     for sid, n in expected.items():
         assert count_figures(section(html, sid)) == n, sid
     links = re.findall(r'(?:src|href)="([^"]*)"', html)
@@ -328,11 +456,152 @@ def test_empty_results_render_with_an_explanation(tmp_path):
     write_report(make_empty(), str(path))
     html = path.read_text()
     assert "Holes: 3 cells" in section(html, "provenance")
-    for sid in ("best", "heatmaps", "state", "length", "lr", "slices", "curves"):
+    for sid in ("summary", "width", "best", "heatmaps", "state", "length", "lr", "slices", "curves"):
         assert "nothing to draw" in section(html, sid), sid
     empty = Results(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), {})
     write_report(empty, str(tmp_path / "bare.html"))
     assert "an empty report" in (tmp_path / "bare.html").read_text()
+
+
+def plotted_x(ax) -> set[float]:
+    """The x values of the data an Axes draws: lines and scatters in data coordinates (not axvline or spans)."""
+    xs = {float(x) for line in ax.lines if line.get_transform() is ax.transData for x in line.get_xdata()}
+    for c in ax.collections:
+        if c.get_offset_transform() is ax.transData:
+            xs |= {float(x) for x in np.asarray(c.get_offsets())[:, 0]}
+    return xs
+
+
+def assert_no_flat_panel(figures: dict) -> None:
+    for name, fig in figures.items():
+        for ax in fig.axes:
+            xs = plotted_x(ax) if ax.get_visible() else set()
+            assert len(xs) != 1, f"{name}: panel {ax.get_title()!r} has one x value"
+
+
+def tick_labels(ax) -> list[str]:
+    ax.figure.canvas.draw()
+    return [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+
+
+def test_the_report_opens_with_the_summary_then_zoologys_figure_2(zoology_report):
+    html = zoology_report.read_text()
+    ids = re.findall(r'<section id="([^"]+)">', html)
+    assert ids[:3] == ["summary", "width", "best"] and ids[-2:] == ["provenance", "data"]
+    summary = section(html, "summary")
+    assert count_figures(summary) == 0 and "Holes: 2 of 112 cells" in summary
+    assert "mqar: 3 of 7 archs solve it at every training length" in summary
+    rows = {re.sub(r"<[^>]+>", "", r.split("</td>")[0]).strip(): r for r in re.findall(r"<tr>(.*?)</tr>", summary)}
+    # based solves at d 128 everywhere, with its state at that width (2 layers × 36 × 128 = 9k)
+    assert rows["based"].count('class="solved"') == 4 and "d 128 · state 9k" in rows["based"]
+    assert 'class="solved"' not in rows["retnet"] and "0.30 at d 256" in rows["retnet"]  # d 512 at L 512: pending
+    assert "Pareto frontier" in summary and "based d 128 (1.00 at 9k)" in summary
+    assert count_figures(section(html, "width")) == 1
+
+
+def test_zoology_figure_2_is_one_panel_per_length_ticked_at_the_widths(zoology, zoology_figures):
+    fig = zoology_figures["width-mqar"]
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [f"trained at seq_len {L}" for L in (64, 128, 256, 512)]
+    for ax in panels:
+        assert ax.get_xscale() == "log" and tick_labels(ax) == ["64", "128", "256", "512"]
+        low, high = ax.get_xlim()
+        assert low < 64 and high > 512  # padded: no point on the frame
+        assert len(ax.lines) == 7 or ax.get_title().endswith("512")  # one line per arch (retnet's d 512 pending)
+    # each point is the best trial over the tuned learning rates
+    t = zoology.trials
+    best = t[(t["arch"] == "attention") & (t["seq_len"] == 64)].groupby("d_model")["accuracy"].max()
+    attention = panels[0].lines[0]
+    assert list(attention.get_xdata()) == [64, 128, 256, 512] and list(attention.get_ydata()) == list(best)
+
+
+def test_no_report_draws_a_panel_with_one_x_value(zoology_figures):
+    assert_no_flat_panel(zoology_figures)
+    for res in (make_results(), make_partial()):
+        assert_no_flat_panel(page.figures(res))
+
+
+def test_one_value_views_are_named_in_one_line_instead_of_drawn(zoology_report):
+    html = zoology_report.read_text()
+    assert count_figures(section(html, "length")) == 0
+    assert "evaluated at the training length only" in section(html, "length")
+    assert count_figures(section(html, "slices")) == 0  # MQAR: one pair count per test set
+    assert "num_kv_pairs takes one value in each test set" in section(html, "slices")
+
+
+def test_axes_read_as_plain_numbers_and_state_sizes_in_k(zoology_figures):
+    figures = page.figures(make_results())
+    length = [ax for ax in figures["length-mqar"].axes if ax.get_visible()][0]
+    assert tick_labels(length) == ["32", "64", "128"]
+    for ax in figures["slices-mqar-num-kv-pairs"].axes:
+        if ax.get_visible():
+            assert tick_labels(ax) == ["2", "4"]
+    for ax in zoology_figures["state-mqar"].axes:
+        if ax.get_visible():
+            labels = tick_labels(ax)
+            assert len(labels) >= 2 and all(re.fullmatch(r"\d+(\.\d+)?[kM]?", t) for t in labels), labels
+            assert "k" in "".join(labels)
+    assert [F.fmt_count(v) for v in (512, 1024, 2048, 6144, 2 ** 20)] == ["512", "1k", "2k", "6k", "1M"]
+
+
+def test_best_table_gives_each_kind_of_best_its_own_colour(full_report):
+    html = full_report.read_text()
+    best = section(html, "best")
+    marks = {css: re.search(rf"td\.{css}, span\.{css} {{ background: (#[0-9a-f]+)", html).group(1)
+             for css, _ in page.BEST_MARKS.values()}
+    assert len(set(marks.values())) == 4
+    for css, what in page.BEST_MARKS.values():
+        assert f'class="{css}"' in best and f'<span class="mark {css}">{what}</span>' in best
+
+
+def test_lr_legend_lists_only_what_occurs():
+    def legend(res) -> list[str]:
+        return [t.get_text() for t in page.figures(res)["lr"].legends[0].texts]
+    assert legend(make_results()) == ["trained at 32", "trained at 64", "pruned", "tuned lr"]
+    no_pruned = [make_trial("attention", 32, 32, 0, k) for k in range(3)]
+    assert legend(assemble(no_pruned, {})) == ["trained at 32", "tuned lr"]
+    at_edge = [make_trial("attention", 32, 32, 0, 0, lr=3e-2, acc=0.99), make_trial("attention", 32, 32, 0, 1)]
+    assert legend(assemble(at_edge, {})) == ["trained at 32", "tuned lr at an edge"]
+    both = [*at_edge, make_trial("attention", 32, 64, 0, 0), make_trial("attention", 32, 64, 0, 1)]
+    assert legend(assemble(both, {})) == ["trained at 32", "tuned lr", "tuned lr at an edge"]
+
+
+def test_the_solved_threshold_is_the_sweeps_stop_at():
+    res = make_results()
+    res.provenance["sweeps"][0]["stop_at"] = 0.9
+    sections = {s.id: s for s in page.build(res.trials, res.tidy, res.curves, res.provenance, "r")}
+    assert "≥ 0.9 (the sweep's stop_at)" in sections["summary"].notes[0]
+    solved = sections["summary"].blocks[0]
+    attention = next(r for r in solved.rows if r[0].text == "attention")
+    # 0.906 at L 32 from d 32 on; at most 0.856 at L 64
+    assert [(c.css, c.text) for c in attention[1:]] == [("solved", "d 32 · state 4k"), ("unsolved", "0.86 at d 64")]
+
+
+def test_long_sections_fold_and_the_summary_never_does(zoology_report):
+    html = zoology_report.read_text()
+    assert "<details>" not in section(html, "summary")
+    best = section(html, "best")
+    assert re.search(r"<details>\s*<summary>show 1 table: 112 settings</summary>", best)
+    assert best.count("<tr>") == 113  # folded, not dropped
+
+
+def test_write_figures_writes_each_figure_as_a_file(tmp_path):
+    res = make_results()
+    paths = page.write_figures(res, str(tmp_path / "figs"), "pdf")
+    names = [os.path.basename(p) for p in paths]
+    assert names[0] == "width-mqar.pdf" and {n.removesuffix(".pdf") for n in names} == PROMISED["full"]
+    for p in paths:
+        assert Path(p).read_bytes().startswith(b"%PDF")
+    sections = page.build(res.trials, res.tidy, res.curves, res.provenance, "r")  # what write_report draws
+    svg = page.save_figures(sections, str(tmp_path / "svg"), "svg")
+    assert all(b"<svg" in Path(p).read_bytes()[:400] for p in svg)
+    png = page.save_figures(sections, str(tmp_path / "png"), "png")
+    assert all(Path(p).read_bytes().startswith(b"\x89PNG") for p in png)
+    with pytest.raises(ProbeError, match="choose one of pdf, svg, png"):
+        page.write_figures(res, str(tmp_path / "x"), "jpg")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ProbeError, match="is a file"):
+        page.write_figures(res, str(tmp_path / "file"), "pdf")
 
 
 def test_bad_output_paths_are_one_line_errors(tmp_path):
@@ -374,32 +643,51 @@ from tasks.mqar import MQAR
 
 def sweep() -> Sweep:
     return Sweep(name="tiny", tasks=[MQAR(seq_len=16, vocab_size=16, num_kv_pairs=2, eval_seq_lens=(32,))],
-                 archs=["attention", "mamba2"], d_models=(16,), n_layers=1,
+                 archs=["attention", "mamba2"], d_models=(16, 32), n_layers=1,
                  train=TrainConfig(batch_size=16, max_steps=6, warmup_steps=1, num_train=64, num_test=32,
                                    val_every=3, device="cpu"),
                  search=SearchSpace(lr=(1e-3, 1e-2)), trials_per_cell=1)
 '''
 
 
-@pytest.mark.slow
-def test_report_from_a_real_sweep(tmp_path):
-    sweep_file = tmp_path / "tiny.py"
+@pytest.fixture(scope="module")
+def real_sweep(tmp_path_factory) -> Path:
+    """Four tiny cells (attention and mamba2 at two widths, one trial each) trained for real: the folder holds
+    before.html (reported before anything ran) and reports/tiny.html (after)."""
+    tmp = tmp_path_factory.mktemp("real")
+    sweep_file = tmp / "tiny.py"
     sweep_file.write_text(SWEEP)
-    storage = str(tmp_path / "journal.log")
-    main([str(sweep_file), "--storage", storage, "-o", str(tmp_path / "before.html")])  # nothing has run yet
-    before = section((tmp_path / "before.html").read_text(), "provenance")
-    assert "Holes: 2 cells" in before and before.count("not started") == 2
+    storage = str(tmp / "journal.log")
+    main([str(sweep_file), "--storage", storage, "-o", str(tmp / "before.html")])  # nothing has run yet
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     run = subprocess.run([sys.executable, "-m", "probe", "sweep", str(sweep_file), "--storage", storage,
                           "--device", "cpu", "--workers", "1"], capture_output=True, text=True, env=env,
-                         timeout=300, cwd=tmp_path)
+                         timeout=300, cwd=tmp)
     assert run.returncode == 0, run.stderr[-2000:]
-    out = tmp_path / "reports" / "tiny.html"
-    main([str(sweep_file), "--storage", storage, "-o", str(out)])
-    html = out.read_text()
+    main([str(sweep_file), "--storage", storage, "-o", str(tmp / "reports" / "tiny.html")])
+    return tmp
+
+
+#: the figures each report promises, by element id (the names `write_figures` gives their files)
+PROMISED = {
+    "full": {"width-mqar", "heatmaps-mqar", "state-mqar", "length-mqar", "length-mqar-schemes", "lr",
+             "slices-mqar-num-kv-pairs", "curves-mqar"},
+    "zoology": {"width-mqar", "heatmaps-mqar", "state-mqar", "lr", "curves-mqar"},
+    "real": {"width-mqar", "heatmaps-mqar", "state-mqar", "length-mqar", "curves-mqar"},
+}
+
+
+@pytest.mark.slow
+def test_report_from_a_real_sweep(real_sweep):
+    before = section((real_sweep / "before.html").read_text(), "provenance")
+    assert "Holes: 4 cells" in before and before.count("not started") == 4
+    html = (real_sweep / "reports" / "tiny.html").read_text()
     assert "No holes" in section(html, "provenance")
-    assert count_figures(section(html, "heatmaps")) == 1 and count_figures(section(html, "length")) == 1
+    assert set(re.findall(r'<figure id="fig-([^"]+)"', html)) == PROMISED["real"]
     assert "mamba2" in section(html, "best") and "attention" in section(html, "best")
+    # one trial per cell: one learning rate per panel, so no sensitivity figure, and a line that says so
+    assert count_figures(section(html, "lr")) == 0 and "one learning rate ran" in section(html, "lr")
+    assert "num_kv_pairs takes one value in each test set" in section(html, "slices")
 
 
 # -- in a browser -------------------------------------------------------------------------------------------------
@@ -427,6 +715,58 @@ def test_console_check_catches_a_javascript_error(tmp_path):
     assert any("Uncaught ReferenceError" in m for m in console_messages(out.stderr))
 
 
+def rendered(page_path: Path, tmp_path: Path, script: str = "") -> str:
+    """The DOM Chromium builds of the page (with `script` run at its end), after asserting it logged nothing."""
+    html = page_path.read_text()
+    if script:
+        page_path = tmp_path / page_path.name
+        page_path.write_text(html.replace("</body>", f"<script>{script}</script></body>"))
+    dom = chromium(page_path.as_uri(), tmp_path, "--dump-dom")
+    assert dom.returncode == 0 and console_messages(dom.stderr) == [], dom.stderr[-2000:]
+    return dom.stdout
+
+
+def assert_every_promised_figure_drawn(dom: str, promised: set[str]) -> None:
+    ids = re.findall(r'<figure id="fig-([^"]+)">\s*(?:<figcaption>.*?</figcaption>\s*)?<(svg|img)\b', dom, re.S)
+    assert {i for i, _ in ids} == promised
+
+
+def assert_families_have_their_own_colours(dom: str, built: dict[str, str]) -> None:
+    """The swatches of the best-configuration table: one colour per arch, no colour in two families."""
+    swatches = re.findall(r'<span class="swatch" style="background:\s*([^;"]+);?"></span>([^<]+)</td>',
+                          section(dom, "best"))
+    colour = dict((arch.strip(), c.strip()) for c, arch in swatches)
+    assert set(colour) == set(built)
+    families = {}
+    for arch, c in colour.items():
+        families.setdefault(A.arch_family(arch, built[arch]), set()).add(c)
+    for f1, f2 in itertools.combinations(families, 2):
+        assert not families[f1] & families[f2], (f1, f2)
+
+
+PAGE_HEIGHTS = "document.body.setAttribute('data-height', document.body.scrollHeight);" \
+               "document.body.setAttribute('data-summary', document.getElementById('summary').offsetHeight);"
+
+
+@needs_chromium
+def test_zoology_store_renders_in_chromium_short_and_in_family_colours(zoology_report, tmp_path):
+    dom = rendered(zoology_report, tmp_path, PAGE_HEIGHTS)
+    assert_every_promised_figure_drawn(dom, PROMISED["zoology"])
+    assert_families_have_their_own_colours(dom, ZOOLOGY)
+    summary = int(re.search(r'data-summary="(\d+)"', dom).group(1))
+    height = int(re.search(r'data-height="(\d+)"', dom).group(1))
+    assert summary < 900, "the summary no longer fits one screen"
+    assert height < 7000, f"the page opens {height} px tall"
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_real_sweep_report_renders_in_chromium(real_sweep, tmp_path):
+    dom = rendered(real_sweep / "reports" / "tiny.html", tmp_path)
+    assert_every_promised_figure_drawn(dom, PROMISED["real"])
+    assert_families_have_their_own_colours(dom, {"attention": "attention", "mamba2": "mamba2"})
+
+
 @needs_chromium
 def test_report_renders_in_chromium_without_console_errors(full_report, tmp_path):
     shot = tmp_path / "shot.png"
@@ -435,9 +775,11 @@ def test_report_renders_in_chromium_without_console_errors(full_report, tmp_path
     assert console_messages(out.stderr) == []
     dom = chromium(full_report.as_uri(), tmp_path, "--dump-dom")
     assert console_messages(dom.stderr) == []
-    for sid, n in {"heatmaps": 1, "state": 1, "length": 2, "lr": 1, "slices": 1, "curves": 1}.items():
+    for sid, n in {"width": 1, "heatmaps": 1, "state": 1, "length": 2, "lr": 1, "slices": 1, "curves": 1}.items():
         figures = section(dom.stdout, sid)
         assert len(re.findall(r"<svg\b", figures)) + len(re.findall(r"<img\b", figures)) == n, sid
+    assert_every_promised_figure_drawn(dom.stdout, PROMISED["full"])
+    assert_families_have_their_own_colours(dom.stdout, {a: a for a in ARCHS})
     import matplotlib.image
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.shape[:2] == (3000, 1400)

@@ -8,6 +8,10 @@ Words used throughout:
 - problem: what stays fixed on a heatmap's axes: the task, plus any task field that varies at a fixed seq_len,
   arch, d_model and seed (num_kv_pairs swept at one length, say). Fields that follow seq_len (eval_seq_lens,
   or num_kv_pairs scaled with the length) or the arch do not split a problem.
+- arch: the sweep's label for a mixer (`mamba_s64`); the arch it builds (`mamba`, or a pattern
+  `baseconv_short,based`) is the trials' `arch_built`. A label's family (arch_family) orders every legend.
+- solved: a setting's accuracy is at least the sweep's stop_at (0.99 where the sweep sets none).
+- flat panel: a panel whose x axis would hold one value; it is dropped, not drawn (drop_flat_panels).
 """
 from __future__ import annotations
 
@@ -19,12 +23,13 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from ..mixers import MIXERS
 from ..results import CURVE_COLUMNS, TIDY_COLUMNS, best_per_cell
 
 #: Results.trials columns that are not task-config fields
 TRIAL_COLUMNS = [
-    "sweep", "cell", "study", "trial", "state", "reason", "task", "arch", "seq_len", "d_model", "n_layers", "seed",
-    "lr", "weight_decay", "lr_low", "lr_high", "accuracy", "best_accuracy", "per_example_accuracy",
+    "sweep", "cell", "study", "trial", "state", "reason", "task", "arch", "arch_built", "seq_len", "d_model",
+    "n_layers", "seed", "lr", "weight_decay", "lr_low", "lr_high", "accuracy", "best_accuracy", "per_example_accuracy",
     "exact_match", "state_size", "params", "train_tokens_per_s", "wall_time_s", "steps", "device", "git",
     "versions"]
 TRIAL_STATES = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
@@ -46,7 +51,7 @@ def conform(trials: pd.DataFrame, tidy: pd.DataFrame, curves: pd.DataFrame):
     return with_columns(trials, TRIAL_COLUMNS), with_columns(tidy, TIDY_COLUMNS), with_columns(curves, CURVE_COLUMNS)
 
 
-TEXT = {"sweep", "cell", "study", "state", "reason", "task", "arch", "device", "git", "versions", "slice"}
+TEXT = {"sweep", "cell", "study", "state", "reason", "task", "arch", "arch_built", "device", "git", "versions", "slice"}
 
 
 def parse_cell_key(key: str) -> dict | None:
@@ -343,3 +348,92 @@ def top_trials(cells: pd.DataFrame) -> pd.DataFrame:
     """Per setting, the seed whose best trial scored highest: whose learning curve a report shows."""
     done = cells[cells["accuracy"].notna()].sort_values(["accuracy", "seed"], ascending=[False, True])
     return done.drop_duplicates("setting").astype({"best_trial": int})
+
+
+# -- families and order -------------------------------------------------------------------------------------------
+#: the order of families in every legend, table and panel grid; "hybrid" is a pattern mixing families, "other" a
+#: label whose arch is unknown (no trial yet names what it builds, and it is no registered name)
+FAMILY_ORDER = ["attention", "linear_attention", "ssm", "conv", "monarch", "simplicial", "hybrid", "other"]
+
+
+def arch_family(arch: str, built: str | None = None) -> str:
+    """The family a report colours `arch` (a sweep's label) by.
+
+    A registered label names its family even when it builds a pattern (Zoology's `based` is
+    `baseconv_short,based`: a reader looks for linear attention). Otherwise the built arch decides: a pattern
+    within one family is that family, across families "hybrid". A label nothing describes yet (a pending cell
+    of `mamba_s64`) falls back to its longest registered prefix."""
+    if arch in MIXERS:
+        return MIXERS[arch].family
+    built = built or (arch if "," in arch else None)  # a label that is a pattern builds itself
+    if built:
+        families = {MIXERS[a.strip()].family if a.strip() in MIXERS else "other" for a in built.split(",")}
+        return families.pop() if len(families) == 1 else "hybrid"
+    prefixes = [name for name in MIXERS if arch.startswith(name)]
+    return MIXERS[max(prefixes, key=len)].family if prefixes else "other"
+
+
+def built_archs(trials: pd.DataFrame) -> dict[str, str]:
+    """label -> the arch it builds, as the trials record it (empty for tables without `arch_built`)."""
+    if "arch_built" not in trials or trials.empty:
+        return {}
+    known = trials.dropna(subset=["arch_built"]).drop_duplicates("arch")
+    return dict(zip(known["arch"], known["arch_built"]))
+
+
+def natural_key(name: str) -> list:
+    """`swa32` before `swa128`: digit runs compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def arch_order(archs, built: dict[str, str] | None = None) -> list[str]:
+    """The archs in family order (FAMILY_ORDER), then by name: the one order of every legend and table."""
+    built = built or {}
+    return sorted(dict.fromkeys(archs), key=lambda a: (FAMILY_ORDER.index(arch_family(a, built.get(a))),
+                                                       natural_key(a)))
+
+
+# -- solved, and what to skip -------------------------------------------------------------------------------------
+#: a task counts as solved at this accuracy when the sweep sets no stop_at
+SOLVED_DEFAULT = 0.99
+
+
+def solve_threshold(provenance: dict) -> float:
+    """The accuracy that counts as solving a task: the sweeps' stop_at (the strictest, where they differ), as
+    the provenance records it per sweep, else SOLVED_DEFAULT."""
+    values = [s["stop_at"] for s in provenance.get("sweeps", []) if s.get("stop_at") is not None]
+    return max(values) if values else SOLVED_DEFAULT
+
+
+def drop_flat_panels(df: pd.DataFrame, panel: list[str], x: str) -> tuple[pd.DataFrame, list[tuple]]:
+    """The rows of the panels (groups of `panel` columns) whose `x` takes at least two values, and the keys of
+    those dropped: a one-value axis shows a stack of dots, which a table says better."""
+    if df.empty:
+        return df, []
+    spread = df.groupby(panel, dropna=False)[x].transform("nunique")
+    flat = df[spread < 2]
+    dropped = list(dict.fromkeys(flat[panel].itertuples(index=False, name=None)))
+    return df[spread >= 2], dropped
+
+
+# -- the summary --------------------------------------------------------------------------------------------------
+def solved_table(settings: pd.DataFrame, threshold: float, order: list[str]) -> pd.DataFrame:
+    """Per arch (in `order`) and training length of one problem: the narrowest setting that solves it.
+
+    Columns: arch, seq_len, solved, d_model, state_size, accuracy (of that setting, or of the best one where none
+    solves), status (the worst status among the arch's settings at that length, for one without a result)."""
+    rows = []
+    for (arch, L), g in settings.groupby(["arch", "seq_len"], sort=False):
+        done = g.dropna(subset=["accuracy"])
+        solves = done[done["accuracy"] >= threshold].sort_values(["d_model", "state_size"])
+        pick = solves.iloc[0] if len(solves) else (done.sort_values("accuracy").iloc[-1] if len(done) else None)
+        statuses = set(g["status"])
+        rows.append({"arch": arch, "seq_len": L, "solved": len(solves) > 0,
+                     "d_model": pick["d_model"] if pick is not None else math.nan,
+                     "state_size": pick["state_size"] if pick is not None else math.nan,
+                     "accuracy": pick["accuracy"] if pick is not None else math.nan,
+                     "status": next(s for s in [*STATUS_ORDER, *sorted(statuses)] if s in statuses)})
+    out = pd.DataFrame(rows, columns=["arch", "seq_len", "solved", "d_model", "state_size", "accuracy", "status"])
+    rank = {a: i for i, a in enumerate(order)}
+    return out.sort_values(["arch", "seq_len"], key=lambda c: c.map(rank) if c.name == "arch" else c,
+                           ignore_index=True)
