@@ -67,8 +67,9 @@ class TaskData(L.LightningDataModule):
     """Train set at the task's training length; one test set per evaluation length (training length first)."""
 
     def __init__(self, task: TaskConfig, *, num_train: int, num_test: int, batch_size: int, seed: int,
-                 device: torch.device):
+                 device: torch.device, repeats: int = 1):
         super().__init__()
+        self.repeats = repeats  # the evaluation sets are served this many times (once per position scheme)
         self.task, self.num_train, self.num_test = task, num_train, num_test
         self.batch_size, self.seed, self.device = batch_size, seed, device
         self.eval_tasks = task.eval_configs()
@@ -93,4 +94,4 @@ class TaskData(L.LightningDataModule):
         # the same number of tokens per evaluation batch at every length: a 16x longer test set gets 16x
         # smaller batches, so quadratic mixers evaluated far past the training length still fit in memory
         return [Batches(t, max(1, self.batch_size * self.task.seq_len // t.inputs.shape[1]), shuffle=False)
-                for t in self.tests]
+                for _ in range(self.repeats) for t in self.tests]

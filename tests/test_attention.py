@@ -410,3 +410,36 @@ def test_packed_sdpa_folds_the_members_into_one_call_with_each_members_gradients
             torch.testing.assert_close(out[i], ref)
             for got, want in zip(grads, torch.autograd.grad(ref, (qi, ki, vi), dout[i])):
                 torch.testing.assert_close(got[i], want)
+
+
+@pytest.mark.parametrize("scheme", ["pi", "ntk", "ntk_dynamic", "rerope", "leaky_rerope"])
+def test_a_training_free_scheme_changes_nothing_within_the_training_length_and_reads_further_its_own_way(scheme):
+    from probe.mixers.attention import evaluated_with
+    torch.manual_seed(0)
+    trained = Attention(16, n_heads=2, max_seq_len=64).double()  # trained with plain RoPE at length 16
+    x = randn(2, 48, 16, seed=3)
+    plain = trained(x)
+    with evaluated_with(trained, scheme, seq_len=48, train_len=16):
+        read = trained(x)
+        assert trained.pos == ("rope" if scheme in ("pi", "ntk") else scheme)
+    # causal: the first positions see only keys within the training length... only where the scheme keeps them
+    if scheme in ("ntk_dynamic", "rerope", "leaky_rerope"):
+        torch.testing.assert_close(read[:, :16], plain[:, :16])  # within train_len (and rerope's window) as RoPE
+    assert not torch.allclose(read[:, 40:], plain[:, 40:]), "far positions read differently"
+    torch.testing.assert_close(trained(x), plain)  # restored after the block
+    scheme_alone = dict(pi="attention_pi", ntk="attention_ntk").get(scheme)
+    if scheme_alone:  # the same map as a layer built with that scheme for 48 tokens trained at 16
+        built = MIXERS[scheme_alone].build(16, n_heads=2, max_seq_len=48, train_len=16).double()
+        built.load_state_dict(trained.state_dict())
+        torch.testing.assert_close(read, built(x))
+
+
+def test_rerope_scales_queries_by_log_n_only_past_the_training_length():
+    torch.manual_seed(0)
+    layer = MIXERS["attention_rerope"].build(16, n_heads=2, max_seq_len=64, train_len=16).double()
+    x = randn(1, 40, 16, seed=4)
+    scaled = layer(x)
+    layer.log_n_scale = False
+    plain = layer(x)
+    torch.testing.assert_close(scaled[:, :16], plain[:, :16])
+    assert not torch.allclose(scaled[:, 20:], plain[:, 20:])

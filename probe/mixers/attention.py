@@ -14,6 +14,7 @@ stand in for any of them on CUDA.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal
 
@@ -290,7 +291,8 @@ class Attention(Mixer):
                  n_kv_heads: int | None = None, head_dim: int | None = None, pos: Position = "rope",
                  rope_base: float = 10000.0, rope_scale: float = 1.0, train_len: int | None = None,
                  xpos_scale_base: float = 512.0, rerope_window: int = 16, rerope_k: float = 16.0,
-                 window: int | None = None, bias: bool = False, dropout: float = 0.0):
+                 window: int | None = None, bias: bool = False, dropout: float = 0.0,
+                 log_n_scale: bool = False):
         super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         _check_heads(d_model, n_heads, head_dim)
@@ -322,6 +324,8 @@ class Attention(Mixer):
         self.pos, self.window = pos, window
         self.rope_base, self.xpos_scale_base = rope_base, xpos_scale_base
         self.rerope_window, self.rerope_k = rerope_window, rerope_k
+        # ReRoPE's reference scales query i by max(1, log(i+1)/log(train_len)) past the training length
+        self.log_n_scale = log_n_scale
         self.train_len = max_seq_len if train_len is None else train_len
         # interpolation factor s of pi/ntk: the extended over the trained context, or given directly
         s = max_seq_len / train_len if train_len is not None else rope_scale
@@ -400,6 +404,9 @@ class Attention(Mixer):
 
     def _attend(self, q, k, v, q_pos, k_pos, n_shared: int = 0):
         """q: [B, H, Lq, hd], k/v: [B, H_kv, Lk, *] (pre-position), q_pos: [Lq], k_pos: [Lk] -> [B, H, Lq, hd]."""
+        if self.log_n_scale and self.train_len > 1:
+            scale = torch.clamp(torch.log(q_pos.to(torch.float64) + 1) / math.log(self.train_len), min=1.0)
+            q = q * scale[:, None].to(q.dtype)  # [Lq, 1]: 1 within the training length
         if self.pos in ("none", "learned"):
             return attention(q, k, v, window=self.window, dropout_p=self._dropout_p())
         if self.pos == "alibi":
@@ -606,9 +613,46 @@ ARCHS: dict[str, MixerSpec] = {
                                dict(pos="ntk", rope_scale=4.0)),
     "attention_ntk_dynamic": MixerSpec(Attention, "RoPE with dynamic NTK scaling past train_len",
                                        dict(pos="ntk_dynamic")),
-    "attention_rerope": MixerSpec(Attention, "ReRoPE: relative positions clipped at rerope_window",
-                                  dict(pos="rerope")),
-    "attention_leaky_rerope": MixerSpec(Attention, "leaky ReRoPE: positions past rerope_window shrunk by rerope_k",
-                                        dict(pos="leaky_rerope")),
+    "attention_rerope": MixerSpec(Attention, "ReRoPE: relative positions clipped at rerope_window; log-n query "
+                                  "scale past train_len", dict(pos="rerope", log_n_scale=True)),
+    "attention_leaky_rerope": MixerSpec(Attention, "leaky ReRoPE: positions past rerope_window shrunk by rerope_k; "
+                                        "log-n query scale past train_len", dict(pos="leaky_rerope", log_n_scale=True)),
     "attention_coca": MixerSpec(Attention, "CoCA: collinear constrained attention with RoPE", dict(pos="coca")),
 }
+
+
+# ------------------------------------------------------------------- training-free extrapolation at evaluation
+#: schemes a model trained with plain RoPE can be evaluated under, with the same weights (Su's and the NTK
+#: authors' protocol: the scheme is applied at inference only)
+EVAL_SCHEMES = ("rope", "pi", "ntk", "ntk_dynamic", "rerope", "leaky_rerope")
+
+
+@contextlib.contextmanager
+def evaluated_with(model: nn.Module, scheme: str, *, seq_len: int, train_len: int):
+    """Within the block, every RoPE attention layer of `model` reads positions as `scheme` would at sequence
+    length `seq_len` for a model trained at `train_len`; the weights are untouched and everything is restored.
+
+    pi: positions × train_len/seq_len (past the training length); ntk: base b·s^(d/(d−2)), s = seq_len/train_len;
+    ntk_dynamic: that s per query position; rerope / leaky_rerope: the two-branch score, with the reference's
+    log-n query scale. Layers trained with another scheme are left alone.
+    """
+    if scheme not in EVAL_SCHEMES:
+        raise ValueError(f"evaluation scheme {scheme!r} must be one of {', '.join(EVAL_SCHEMES)}")
+    layers = [m for m in model.modules() if isinstance(m, Attention) and m.pos == "rope"]
+    saved = [(m, {k: getattr(m, k) for k in ("pos", "position_scale", "base", "train_len", "log_n_scale")})
+             for m in layers]
+    s = max(1.0, seq_len / train_len)
+    try:
+        for m in layers:
+            m.train_len = train_len
+            if scheme == "pi":
+                m.position_scale = 1.0 / s
+            elif scheme == "ntk":
+                m.base = ntk_base(m.rope_base, s, m.head_dim)
+            elif scheme != "rope":
+                m.pos, m.log_n_scale = scheme, scheme in ("rerope", "leaky_rerope")
+        yield
+    finally:
+        for m, attrs in saved:
+            for k, v in attrs.items():
+                setattr(m, k, v)
