@@ -147,6 +147,53 @@ def bench_train(device: torch.device, archs: list[str], steps: int, packs: list[
     return rows
 
 
+TRAIN_ARCHS = ["attention", "baseconv", "based", "hyena"]  # `bench train` without --archs
+
+
+def _check(args) -> tuple[list[str] | None, list[int]]:
+    """Every flag, before anything is measured: the archs and pack sizes, and sizes that can be allocated."""
+    from .cli import check_bytes, check_fits
+    from .mixers import MIXERS
+    from .model import parse_pattern
+    from .train import ModelConfig, TrainConfig
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ProbeError("--device cuda but no CUDA device is available")
+    for flag in ("n", "d_model", "seq_len", "batch", "steps", "repeats"):
+        if getattr(args, flag) < 1:
+            raise ProbeError(f"{'-n' if flag == 'n' else '--' + flag.replace('_', '-')} {getattr(args, flag)} "
+                             "must be >= 1")
+    try:
+        packs = [int(k) for k in args.pack.split(",")]
+    except ValueError:
+        raise ProbeError(f"--pack {args.pack!r} must be comma-separated integers") from None
+    if any(k < 1 for k in packs):
+        raise ProbeError(f"--pack {args.pack}: every pack size must be >= 1")
+    archs = [a.strip() for a in args.archs.split(",")] if args.archs else None
+    if args.what == "tasks":
+        longest = max(cfg["seq_len"] for cfg in REFERENCE_TASKS.values())
+        check_bytes(f"-n {args.n:,}", {"examples": 16 * args.n * longest})
+    elif args.what == "mixers":
+        for name in archs or sorted(MIXERS):
+            if name not in MIXERS:
+                raise ProbeError(f"--archs: unknown arch {name!r} (known: {', '.join(sorted(MIXERS))})")
+            with torch.device("meta"):  # the mixer's own checks and its size, nothing allocated
+                try:
+                    params = sum(p.numel() for p in MIXERS[name].build(args.d_model, max_seq_len=args.seq_len)
+                                 .parameters())
+                except (ValueError, TypeError) as e:
+                    raise ProbeError(f"--archs {name}: {e}") from None
+            check_bytes(f"bench mixers {name}", {"weights with gradients": 8 * params,
+                                                 "activations": 4 * args.batch * args.seq_len * args.d_model})
+    else:
+        task = TASKS["mqar"](seq_len=256, vocab_size=8192, num_kv_pairs=16)
+        archs = archs or TRAIN_ARCHS
+        for arch in archs:
+            parse_pattern(arch)
+            check_fits(task, arch, ModelConfig(d_model=128, n_layers=2), TrainConfig(batch_size=256,
+                       num_train=100_000, num_test=3_000), {}, pack=max(packs))
+    return archs, packs
+
+
 def main(argv: list[str]) -> None:
     from .cli import OneLineParser
     p = OneLineParser(prog="probe bench", description=__doc__.split("\n\n")[0])
@@ -161,14 +208,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--archs", default=None, help="comma-separated (default: all for mixers; four for train)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
+    archs, packs = _check(args)
     device = torch.device(args.device)
-    archs = args.archs.split(",") if args.archs else None
-    try:
-        packs = [int(k) for k in args.pack.split(",")]
-    except ValueError:
-        raise ProbeError(f"--pack {args.pack!r} must be comma-separated integers") from None
-    if any(k < 1 for k in packs):
-        raise ProbeError(f"--pack {args.pack}: every pack size must be >= 1")
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch "
           f"{torch.__version__}", flush=True)
     if args.what == "tasks":
@@ -176,4 +217,4 @@ def main(argv: list[str]) -> None:
     elif args.what == "mixers":
         bench_mixers(device, args.d_model, args.seq_len, args.batch, args.repeats, archs)
     else:
-        bench_train(device, archs or ["attention", "baseconv", "based", "hyena"], args.steps, packs)
+        bench_train(device, archs, args.steps, packs)

@@ -4,19 +4,24 @@
 worker process per slot: on CUDA, `--workers-per-gpu` per visible GPU, each pinned with CUDA_VISIBLE_DEVICES and
 its own TRITON_CACHE_DIR; on the CPU, `--workers`. It shows live progress and returns when no cell needs work.
 Killing anything is safe: run the same command again and the sweep goes on where it stopped (a killed worker's
-trial is failed and redone). `probe worker FILE --storage URL` joins a running sweep from another machine.
+trial is failed and redone). SIGINT or SIGTERM to `probe sweep` is passed on to its workers (each in a session of
+its own, so a terminal's Ctrl-C reaches them once, through the launcher), which are waited for. Worker ids are
+`<launcher pid>·1000 + slot`, unique across launchers sharing one journal (logs: runs/<sweep>/logs/worker<id>.log).
+`probe worker FILE --storage URL` joins a running sweep from another machine.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
 
+from .cli import interrupted
 from .errors import ProbeError
 from .outputs import check_writable, write_atomically
-from .storage import default_url, open_storage
+from .storage import check_readable, default_url, open_storage
 from .sweep import load_sweep
 
 
@@ -41,9 +46,11 @@ def _device(value: str) -> str:
 PACK_HELP = "trials trained together in one pack (default: the sweep's pack_size, else all of a cell's trials)"
 
 
-def _check_pack(pack: int | None) -> None:
+def _check_flags(pack: int | None, heartbeat: int) -> None:
     if pack is not None and pack < 1:
         raise ProbeError(f"--pack {pack} must be >= 1")
+    if heartbeat < 1:
+        raise ProbeError(f"--heartbeat {heartbeat} must be >= 1 (seconds)")
 
 
 def cmd_worker(argv: list[str]) -> None:
@@ -54,14 +61,15 @@ def cmd_worker(argv: list[str]) -> None:
     p.add_argument("--progress", action="store_true", help="a progress bar per trial")
     p.add_argument("--pack", type=int, default=None, help=PACK_HELP)
     args = p.parse_args(argv)
-    _check_pack(args.pack)
+    _check_flags(args.pack, args.heartbeat)
     sweep = load_sweep(args.file)
+    device = _device(args.device)
     storage = open_storage(args.storage or default_url(sweep.name), heartbeat=args.heartbeat)
     from .train import quiet_lightning
     from .tuning import run_worker
     quiet_lightning()
     wid = args.worker_id if args.worker_id is not None else os.getpid()
-    did = run_worker(sweep, storage, device=_device(args.device), worker_seed=wid, pack=args.pack,
+    did = run_worker(sweep, storage, device=device, worker_seed=wid, pack=args.pack,
                      progress=args.progress,
                      log=lambda m: print(m, flush=True))
     print(f"[worker {wid}] done: {did['trials']} trials ({did['failed']} failed), "
@@ -88,6 +96,7 @@ def cmd_status(argv: list[str]) -> None:
     args = _parser("probe status", "Cells done / running / failed / pruned and the best accuracy so far.").parse_args(argv)
     sweep = load_sweep(args.file)
     url = args.storage or default_url(sweep.name)
+    check_readable(url)  # cell_studies reads an unusable storage as an empty one
     pairs = cell_studies(sweep, url)
     width = max(len(c.key) for c, _ in pairs)
     print(f"{'cell':{width}s}  {'status':9s} {'done':>5s} {'run':>4s} {'pruned':>6s} {'failed':>6s}  best acc")
@@ -111,50 +120,77 @@ def cmd_sweep(argv: list[str]) -> None:
     p.add_argument("--heartbeat", type=int, default=60)
     p.add_argument("--pack", type=int, default=None, help=PACK_HELP)
     args = p.parse_args(argv)
-    _check_pack(args.pack)
+    _check_flags(args.pack, args.heartbeat)
     sweep = load_sweep(args.file)
-    url = args.storage or default_url(sweep.name)
-    open_storage(url, heartbeat=args.heartbeat)  # fails here, once, if the storage is unusable
     device = _device(args.device)
     slots = _slots(device, args.workers_per_gpu, args.workers)
+    url = args.storage or default_url(sweep.name)
+    log_dir = os.path.join("runs", sweep.name, "logs")
+    check_writable(os.path.join(log_dir, "worker.log"), "worker logs", make_parent=True)
+    open_storage(url, heartbeat=args.heartbeat)  # fails here, once, if the storage is unusable
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+    except OSError as e:
+        raise ProbeError(f"worker logs: cannot create {log_dir}: {e.strerror}") from None
     cells = sweep.cells()
     print(f"sweep {sweep.name}: {len(cells)} cells × {sweep.trials_per_cell} trials; {len(slots)} worker(s) on "
           f"{device}; storage {url}", flush=True)
-    log_dir = os.path.join("runs", sweep.name, "logs")
-    os.makedirs(log_dir, exist_ok=True)
-    procs = []
-    for i, gpu in enumerate(slots):
-        env = dict(os.environ, TRITON_CACHE_DIR=os.path.abspath(os.path.join("runs", sweep.name, "triton", f"w{i}")),
-                   PYTHONUNBUFFERED="1")
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        else:  # CPU workers split the cores: oversubscribed torch threads spin against each other
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
-        log = open(os.path.join(log_dir, f"worker{i}.log"), "a")
-        cmd = [sys.executable, "-m", "probe", "worker", args.file, "--storage", url, "--device", device,
-               "--worker-id", str(i), "--heartbeat", str(args.heartbeat)]
-        if args.pack is not None:
-            cmd += ["--pack", str(args.pack)]
-        procs.append((subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    start = time.time()
+    procs, start = [], time.time()
     try:
+        for slot, gpu in enumerate(slots):
+            procs.append(_start_worker(args, sweep.name, url, device, slot, gpu, len(slots), log_dir))
         while any(proc.poll() is None for proc, _ in procs):
             _show_progress(sweep, url, start)
             time.sleep(2)
-    except KeyboardInterrupt:
-        for proc, _ in procs:
-            proc.terminate()
-        print("\ninterrupted: run the same command again to resume", flush=True)
-        raise SystemExit(130)
+    except KeyboardInterrupt as e:
+        _stop(procs)
+        interrupted(getattr(e, "signum", signal.SIGINT), "run the same command again to resume")
     finally:
         for _, log in procs:
             log.close()
     counts = _show_progress(sweep, url, start, final=True)
-    bad = [i for i, (proc, _) in enumerate(procs) if proc.returncode != 0]
+    bad = [log.name for proc, log in procs if proc.returncode != 0]
     if bad:
-        raise ProbeError(f"worker(s) {bad} exited with an error: see {log_dir}/worker<N>.log")
+        raise ProbeError(f"{len(bad)} worker(s) exited with an error: see {', '.join(bad)}")
     print(f"done in {time.time() - start:.0f} s: {counts['complete']} cells complete, {counts['failed']} failed, "
           f"{counts['pending'] + counts['running']} unfinished. `probe status {args.file}` for the table.")
+
+
+def _start_worker(args, name: str, url: str, device: str, slot: int, gpu, n_slots: int, log_dir: str):
+    wid = os.getpid() * 1000 + slot  # unique across launchers on one journal; slot keeps them on neighbouring cells
+    env = dict(os.environ, TRITON_CACHE_DIR=os.path.abspath(os.path.join("runs", name, "triton", f"w{slot}")),
+               PYTHONUNBUFFERED="1")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    else:  # CPU workers split the cores: oversubscribed torch threads spin against each other
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_slots))
+    log = open(os.path.join(log_dir, f"worker{wid}.log"), "a")
+    cmd = [sys.executable, "-m", "probe", "worker", args.file, "--storage", url, "--device", device,
+           "--worker-id", str(wid), "--heartbeat", str(args.heartbeat)]
+    if args.pack is not None:
+        cmd += ["--pack", str(args.pack)]
+    # a session of its own: a terminal's Ctrl-C reaches the launcher only, which passes it on exactly once
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log
+
+
+def _stop(procs, grace_s: float = 60.0) -> None:
+    """Pass an interrupt on to the workers (SIGTERM: each ends its trials as interrupted) and wait for them; kill
+    what is left after `grace_s` or at a second interrupt."""
+    for proc, _ in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.time() + grace_s
+    try:
+        for proc, _ in procs:
+            proc.wait(timeout=max(0.1, deadline - time.time()))
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+MAX_SLOTS = 999  # worker ids are launcher pid · 1000 + slot
 
 
 def _slots(device: str, per_gpu: int, workers: int) -> list[int | None]:
@@ -164,8 +200,12 @@ def _slots(device: str, per_gpu: int, workers: int) -> list[int | None]:
         import torch
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         gpus = [g.strip() for g in visible.split(",")] if visible else list(range(torch.cuda.device_count()))
-        return [g for g in gpus for _ in range(per_gpu)]
-    return [None] * workers
+        slots = [g for g in gpus for _ in range(per_gpu)]
+    else:
+        slots = [None] * workers
+    if len(slots) > MAX_SLOTS:
+        raise ProbeError(f"{len(slots)} workers: at most {MAX_SLOTS} per `probe sweep` (start another on the journal)")
+    return slots
 
 
 def _show_progress(sweep, url: str, start: float, final: bool = False) -> dict:
@@ -192,15 +232,16 @@ def cmd_results(argv: list[str]) -> None:
     p.add_argument("--table", choices=["tidy", "trials", "curves"], default="tidy")
     p.add_argument("-o", "--output", default=None, help="file to write (default: stdout for csv)")
     args = p.parse_args(argv)
-    from .results import load_results
-    res = load_results([args.file], args.storage)
-    table = getattr(res, args.table)
+    if args.output is None and args.format == "parquet":
+        raise ProbeError("--format parquet needs -o PATH")
+    from .results import collect, open_sweeps
+    sweeps = open_sweeps([args.file], args.storage)
+    if args.output is not None:
+        check_writable(args.output, "-o")
+    table = getattr(collect(sweeps, args.storage), args.table)
     if args.output is None:
-        if args.format == "parquet":
-            raise ProbeError("--format parquet needs -o PATH")
         table.to_csv(sys.stdout, index=False)
         return
-    check_writable(args.output, "-o")
     write_atomically(args.output, "-o", lambda tmp: table.to_csv(tmp, index=False) if args.format == "csv"
                      else table.to_parquet(tmp, index=False))
     print(f"wrote {len(table)} rows ({args.table}) to {args.output}")

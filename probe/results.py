@@ -1,6 +1,6 @@
 """A sweep's trials as tidy pandas tables: what `probe results` exports and `probe report` draws.
 
-    res = load_results(["sweeps/quick.py"], storage=None)
+    res = load_results(["sweeps/quick.py"], storage=None)   # or load_results([], "runs/quick/journal.log")
     res.trials   # one row per trial: config, tuned params, final metrics, sizes, speed, provenance
     res.tidy     # one row per (trial, evaluation length, slice, slice value); slice "all" is the whole test set
     res.curves   # one row per (trial, step, evaluation length): learning curves
@@ -12,13 +12,18 @@ import dataclasses
 import datetime
 import json
 import math
+import re
 from dataclasses import dataclass
 
 import optuna
 import pandas as pd
 
-from .storage import default_url
-from .sweep import Sweep, file_sha256, load_sweep
+from tasks import TASKS, TaskConfigError
+
+from .errors import ProbeError
+from .storage import check_readable, default_url, open_storage
+from .sweep import Cell, SearchSpace, Sweep, file_sha256, load_sweep
+from .train import ModelConfig, TrainConfig
 from .tuning import cell_status, cell_studies
 
 NAN = math.nan
@@ -37,9 +42,9 @@ def _task_columns(task_config: dict) -> dict:
             if k != "seq_len"}
 
 
-def _trial_rows(sweep: Sweep, cell, study_name: str, t: optuna.trial.FrozenTrial):
+def _trial_rows(sweep_name: str, cell: Cell, study_name: str, t: optuna.trial.FrozenTrial):
     rec = t.user_attrs.get("record")
-    base = {"sweep": sweep.name, "cell": cell.key, "study": study_name, "trial": t.number, "state": t.state.name,
+    base = {"sweep": sweep_name, "cell": cell.key, "study": study_name, "trial": t.number, "state": t.state.name,
             "reason": t.user_attrs.get("reason", ""), "task": cell.task.name, "arch": cell.label,
             "arch_built": cell.arch, "seq_len": cell.task.seq_len, "d_model": cell.model.d_model, "n_layers": cell.model.n_layers,
             "seed": cell.seed, "lr": t.params.get("lr", NAN), "weight_decay": t.params.get("weight_decay", NAN),
@@ -71,7 +76,7 @@ def _trial_rows(sweep: Sweep, cell, study_name: str, t: optuna.trial.FrozenTrial
                                  "examples": s["examples"]})
         for h in rec["history"]:
             for length, acc in h["by_length"].items():
-                curves.append({"sweep": sweep.name, "cell": cell.key, "trial": t.number, "arch": cell.label,
+                curves.append({"sweep": sweep_name, "cell": cell.key, "trial": t.number, "arch": cell.label,
                                "d_model": cell.model.d_model, "seq_len": cell.task.seq_len, "step": h["step"],
                                "eval_seq_len": int(length), "accuracy": acc})
     return trial, tidy, curves
@@ -84,7 +89,10 @@ CURVE_COLUMNS = ["sweep", "cell", "trial", "arch", "d_model", "seq_len", "step",
 
 
 def collect(sweeps: list[tuple[Sweep, str]], storage_url: str | None) -> Results:
-    """sweeps: (Sweep, file path) pairs. storage_url None: each sweep's default journal."""
+    """sweeps: (Sweep, file path) pairs (see open_sweeps). storage_url None: each sweep's default journal. No
+    sweeps: every study in the storage, each cell as its trials' records describe it."""
+    if not sweeps:
+        return _collect_storage(storage_url)
     trials, tidy, curves, cells_info, devices, versions = [], [], [], {}, set(), {}
     storages = []
     for sweep, path in sweeps:
@@ -95,7 +103,7 @@ def collect(sweeps: list[tuple[Sweep, str]], storage_url: str | None) -> Results
                 for t in study.get_trials(deepcopy=False):
                     if t.user_attrs.get("surplus"):
                         continue
-                    row, tid, cur = _trial_rows(sweep, cell, cell.study_name, t)
+                    row, tid, cur = _trial_rows(sweep.name, cell, cell.study_name, t)
                     trials.append(row)
                     tidy += tid
                     curves += cur
@@ -120,8 +128,95 @@ def collect(sweeps: list[tuple[Sweep, str]], storage_url: str | None) -> Results
                    provenance)
 
 
+def _collect_storage(url: str) -> Results:
+    storage = open_storage(url, create=False)
+    trials, tidy, curves, names, versions = [], [], [], {}, {}
+    for summary in storage.get_all_studies():
+        sweep_name, _, key = summary.study_name.partition(":")
+        names[sweep_name] = None
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        frozen = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+        cell = _recorded_cell(sweep_name, key, frozen)
+        for t in frozen:
+            if cell is None:
+                trials.append(_unrecorded_row(sweep_name, key, summary.study_name, t))
+                continue
+            row, tid, cur = _trial_rows(sweep_name, cell, summary.study_name, t)
+            trials.append(row)
+            tidy += tid
+            curves += cur
+            versions = json.loads(row["versions"]) if row["versions"] else versions
+    trials_df = pd.DataFrame(trials)
+    devices = sorted({d for d in trials_df.get("device", []) if isinstance(d, str) and d})
+    provenance = {
+        "sweeps": [{"name": n, "file": "(not given: read from the storage)", "sha256": ""} for n in names],
+        "storage": url, "git": versions.get("git", ""), "versions": versions, "devices": devices,
+        "wall_time_s": float(trials_df["wall_time_s"].fillna(0).sum()) if len(trials_df) else 0.0,
+        "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cells": {},  # a cell's budget is in its sweep file: the report judges status from the trials
+    }
+    return Results(trials_df, pd.DataFrame(tidy, columns=TIDY_COLUMNS), pd.DataFrame(curves, columns=CURVE_COLUMNS),
+                   provenance)
+
+
+def _recorded_cell(sweep_name: str, key: str, trials: list) -> Cell | None:
+    """A cell as a record of one of its trials describes it (a storage read without its sweep file); None if no
+    trial has a record of a task probe knows."""
+    for t in trials:
+        rec = t.user_attrs.get("record")
+        if rec is None or rec.get("task") not in TASKS:
+            continue
+        task_cls = TASKS[rec["task"]]
+        known = {f.name for f in dataclasses.fields(task_cls)}
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in rec["task_config"].items() if k in known}
+        try:
+            task = task_cls(**config)
+        except (TaskConfigError, TypeError, ValueError):
+            continue
+        lr = t.distributions.get("lr")
+        parts = key.split("/")
+        return Cell(sweep=sweep_name, task=task, arch=rec["arch"], label=parts[1] if len(parts) == 4 else rec["arch"],
+                    mixer_options=rec["mixer_options"], model=ModelConfig(**rec["model_config"]),
+                    train=TrainConfig(),  # not read: each trial's own training config is in its record
+                    search=SearchSpace(lr=(lr.low, lr.high)) if lr is not None else SearchSpace(),
+                    seed=rec["seed"], key=key)
+    return None
+
+
+_KEY = re.compile(r"(?P<task>[^-/]+)-L(?P<seq_len>\d+)[^/]*/(?P<arch>[^/]+)/d(?P<d_model>\d+)/seed(?P<seed>\d+)")
+
+
+def _unrecorded_row(sweep_name: str, key: str, study_name: str, t: optuna.trial.FrozenTrial) -> dict:
+    """A trial of a cell no record describes (every trial failed, or none has finished): what its key says."""
+    m = _KEY.fullmatch(key)
+    lr = t.distributions.get("lr")
+    return {"sweep": sweep_name, "cell": key, "study": study_name, "trial": t.number, "state": t.state.name,
+            "reason": t.user_attrs.get("reason", ""), "task": m["task"] if m else "", "arch": m["arch"] if m else "",
+            "arch_built": m["arch"] if m else "", "seq_len": int(m["seq_len"]) if m else NAN,
+            "d_model": int(m["d_model"]) if m else NAN, "n_layers": NAN, "seed": int(m["seed"]) if m else NAN,
+            "lr": t.params.get("lr", NAN), "weight_decay": t.params.get("weight_decay", NAN),
+            "lr_low": lr.low if lr is not None else NAN, "lr_high": lr.high if lr is not None else NAN,
+            "accuracy": NAN, "best_accuracy": NAN, "per_example_accuracy": NAN, "exact_match": NAN,
+            "state_size": NAN, "params": NAN, "train_tokens_per_s": NAN, "wall_time_s": NAN, "steps": NAN,
+            "device": "", "git": "", "versions": ""}
+
+
+def open_sweeps(sweep_files: list[str], storage: str | None = None) -> list[tuple[Sweep, str]]:
+    """The sweep files, loaded, as (Sweep, path) pairs, once their storages are known to be readable: what
+    collect() takes. A storage alone (no files) must exist; a sweep's journal that does not exist yet is empty."""
+    if not sweep_files:
+        if storage is None:
+            raise ProbeError("give at least one SWEEP_FILE or --storage")
+        check_readable(storage, missing_ok=False)
+        return []
+    sweeps = [(load_sweep(p), p) for p in sweep_files]
+    for url in dict.fromkeys(storage or default_url(s.name) for s, _ in sweeps):
+        check_readable(url)  # cell_studies would read an unusable storage as an empty one
+    return sweeps
+
+
 def load_results(sweep_files: list[str], storage: str | None = None) -> Results:
-    return collect([(load_sweep(p), p) for p in sweep_files], storage)
+    return collect(open_sweeps(sweep_files, storage), storage)
 
 
 def best_per_cell(trials: pd.DataFrame) -> pd.DataFrame:

@@ -188,12 +188,11 @@ def describe_study(study: optuna.Study, cell: Cell) -> None:
 def cell_studies(sweep: Sweep, storage_url: str) -> list[tuple[Cell, optuna.Study | None]]:
     """Each cell of the sweep with its study in the storage, or None where no trial has been asked yet
     (also when the storage does not exist yet). Read-only: creates nothing."""
-    from .errors import ProbeError
-    from .storage import open_storage
+    from .storage import StorageMissing, open_storage
     try:
         storage = open_storage(storage_url, create=False)
         names = {s.study_name for s in storage.get_all_studies()}
-    except ProbeError:
+    except StorageMissing:  # no sweep has run there yet; an unreachable or unreadable storage is an error
         storage, names = None, set()
     return [(cell, optuna.load_study(study_name=cell.study_name, storage=storage) if cell.study_name in names
              else None) for cell in sweep.cells()]

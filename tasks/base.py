@@ -13,6 +13,7 @@ Conventions shared by all tasks:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -67,6 +68,10 @@ class TaskConfig:
     # -- validation ---------------------------------------------------------------------------------
     def check(self) -> None:
         """Raise TaskConfigError naming the first bad field; subclasses call super().check() first."""
+        for f in dataclasses.fields(self):  # NaN and inf pass every range check below (`not nan > 0` is true)
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise TaskConfigError(f"{self.name}: {f.name}={value} must be a finite number")
         positive(self, "seq_len")
         positive(self, "vocab_size")
         for L in self.eval_seq_lens:

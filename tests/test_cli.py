@@ -88,7 +88,7 @@ def test_mixer_flags_reach_the_mixer(tmp_path):
     assert out.returncode == 0, out.stderr
     r = json.loads(path.read_text())
     assert r["mixer_options"] == {"d_state": 4}
-    assert r["state_size"] == 2 * (2 * 16) * (4 + 4 - 1)  # 2 layers · d_inner · (d_state + d_conv - 1)
+    assert r["state_size"] == 2 * (2 * 16) * 4  # 2 layers · d_inner · d_state
 
 
 TRAIN = ["train", "--device", "cpu", "--max-steps", "1"]
