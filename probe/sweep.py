@@ -51,17 +51,21 @@ class SearchSpace:
     lr_grid: tuple[float, ...] | None = None
 
     def check(self, where: str) -> None:
+        import typing
+
+        from .flags import describe, matches, short_repr
+        hints = typing.get_type_hints(SearchSpace)
+        for f in dataclasses.fields(self):  # finite numbers of the right shape first: the ranges compare them
+            if not matches(getattr(self, f.name), hints[f.name]):
+                raise ProbeError(f"{where}: search.{f.name}={short_repr(getattr(self, f.name))} must be "
+                                 f"{describe(hints[f.name])}")
         for name in ("lr", "weight_decay"):
             rng = getattr(self, name)
-            if rng is None and name == "weight_decay":
-                continue
-            if not (isinstance(rng, tuple) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng)
-                    and 0 < rng[0] < rng[1] < math.inf):
+            if rng is not None and not 0 < rng[0] < rng[1]:
                 raise ProbeError(f"{where}: search.{name}={rng!r} must be a (low, high) pair with 0 < low < high")
         if self.lr_grid is not None:
             grid = self.lr_grid
-            if not (isinstance(grid, tuple) and grid and all(isinstance(v, (int, float)) and 0 < v < math.inf
-                                                             for v in grid) and len(set(grid)) == len(grid)):
+            if not (grid and all(v > 0 for v in grid) and len(set(grid)) == len(grid)):
                 raise ProbeError(f"{where}: search.lr_grid={grid!r} must be a tuple of distinct positive rates")
             if self.weight_decay is not None:
                 raise ProbeError(f"{where}: search.lr_grid fixes the trials; it cannot be combined with a "
@@ -95,7 +99,8 @@ class Sweep:
     name: str
     tasks: list[TaskConfig]
     #: arch names (or comma patterns), or a dict label -> mixer options; an "arch" entry in the options names
-    #: the registered arch when the label differs (e.g. {"swa64": {"arch": "sliding_window", "window": 64}})
+    #: the registered arch when the label differs (e.g. {"swa64": {"arch": "sliding_window", "window": 64}}),
+    #: a "train" entry holds TrainConfig fields for this arch alone (e.g. {"eval_position_schemes": (...)})
     archs: list[str] | dict[str, dict]
     d_models: tuple[int, ...]
     n_layers: int = 2
@@ -148,27 +153,49 @@ class Sweep:
             for label, options in self.arch_options().items():
                 options = {k: task.seq_len if v is SEQ_LEN else v for k, v in options.items()}
                 arch = options.pop("arch", label)
+                own_train = options.pop("train", None)  # training settings of this arch alone
+                try:
+                    cell_train = dataclasses.replace(train, **own_train) if own_train else train
+                except TypeError as e:
+                    raise ProbeError(f"arch {label}: train: {e}") from None
                 for d_model in self.d_models:
                     for seed in self.seeds:
                         out.append(Cell(
                             sweep=self.name, task=task, arch=arch, label=label, mixer_options=options,
                             model=ModelConfig(d_model=d_model, n_layers=self.n_layers,
                                               channel_mixer=self.channel_mixer),
-                            train=dataclasses.replace(train, seed=seed), search=self.search_for(label), seed=seed,
+                            train=dataclasses.replace(cell_train, seed=seed), search=self.search_for(label),
+                            seed=seed,
                             key=f"{tkey}/{label}/d{d_model}/seed{seed}"))
         return out
 
     # -- validation ---------------------------------------------------------------------------------------
     def check(self) -> None:
         """Raise ProbeError naming the sweep, the cell and the field of the first problem found."""
-        where = f"sweep {self.name!r}"
-        if not self.name or any(c in self.name for c in ":/ "):
-            raise ProbeError(f"{where}: name must be non-empty without ':', '/' or spaces")
+        import re
+        import typing
+
+        from .cli import check_fits
+        from .flags import describe, matches, short_repr
+        from .model import mixer_options, parse_pattern
+        where = f"sweep {short_repr(self.name)}"
+        hints = typing.get_type_hints(Sweep)
+        for f in dataclasses.fields(self):  # a sweep file is Python: every other check assumes the types
+            if not matches(getattr(self, f.name), hints[f.name]):
+                raise ProbeError(f"{where}: {f.name}={short_repr(getattr(self, f.name))} must be "
+                                 f"{describe(hints[f.name])}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):  # it names the folder runs/<name>/
+            raise ProbeError(f"{where}: name must be letters, digits, '_', '-' and '.', and start with a letter "
+                             "or digit")
         for fname in ("tasks", "archs", "d_models", "seeds"):
             if not getattr(self, fname):
                 raise ProbeError(f"{where}: field {fname!r} is empty")
-        if not all(isinstance(t, TaskConfig) for t in self.tasks):
-            raise ProbeError(f"{where}: field 'tasks' must hold task configs (e.g. tasks.mqar.MQAR(...))")
+        for label, options in self.arch_options().items():
+            if not label or any(c in label for c in "/:"):
+                raise ProbeError(f"{where}: arch label {label!r} must be non-empty without '/' or ':'")
+            if not isinstance(options, dict) or not isinstance(options.get("arch", label), str):
+                raise ProbeError(f"{where}: archs[{label!r}] must be a dict of mixer options (an 'arch' entry "
+                                 "names the registered arch)")
         for fname in ("trials_per_cell", "max_failures_per_cell", "n_layers"):
             if getattr(self, fname) < 1:
                 raise ProbeError(f"{where}: {fname}={getattr(self, fname)} must be >= 1")
@@ -176,8 +203,9 @@ class Sweep:
             raise ProbeError(f"{where}: pack_size={self.pack_size} must be >= 1 (or None: a cell's trials at once)")
         if self.epochs is not None and not self.epochs > 0:
             raise ProbeError(f"{where}: epochs={self.epochs} must be > 0")
-        if not isinstance(self.train_per_seq_len, dict):
-            raise ProbeError(f"{where}: train_per_seq_len must be a dict seq_len -> training fields")
+        bad_seeds = [s for s in self.seeds if not 0 <= s < 2**32]
+        if bad_seeds:
+            raise ProbeError(f"{where}: seeds: {bad_seeds[0]} must be in [0, 2**32)")
         for seq_len in [None, *{t.seq_len for t in self.tasks}]:
             try:
                 self.train_config(seq_len).check()
@@ -195,14 +223,19 @@ class Sweep:
                              "(a task, arch, d_model or seed is listed twice)")
         checked = set()
         for cell in self.cells():
-            probe_key = (cell.arch, cell.model, tuple(sorted(cell.mixer_options.items())), cell.task.max_seq_len)
-            if probe_key in checked:
+            same = repr((cell.arch, cell.model, sorted(cell.mixer_options.items()), cell.task,
+                         dataclasses.replace(cell.train, seed=0)))
+            if same in checked:
                 continue
-            checked.add(probe_key)
-            try:  # a small vocabulary: only the mixers' own checks matter here
-                build_model(cell.arch, vocab_size=8, max_seq_len=cell.task.max_seq_len,
-                            **dataclasses.asdict(cell.model), **cell.mixer_options)
-            except ProbeError as e:
+            checked.add(same)
+            try:
+                for name in dict.fromkeys(parse_pattern(cell.arch)):
+                    for option, value in cell.mixer_options.items():
+                        tp = mixer_options(name).get(option, (typing.Any,))[0]
+                        if not matches(value, tp):
+                            raise ProbeError(f"{option}={short_repr(value)} must be {describe(tp)}")
+                check_fits(cell.task, cell.arch, cell.model, cell.train, cell.mixer_options)  # one member
+            except (ProbeError, TaskConfigError) as e:
                 raise ProbeError(f"{where}: cell {cell.key}: {e}") from None
 
 
@@ -227,35 +260,51 @@ def task_keys(tasks: list[TaskConfig]) -> list[str]:
 
 def load_sweep(path: str) -> Sweep:
     """Run a sweep file and return its validated Sweep; any problem is one ProbeError line naming the file."""
+    import inspect
+    if os.path.isdir(path):
+        raise ProbeError(f"sweep file {path} is a directory")
     if not os.path.isfile(path):
         raise ProbeError(f"sweep file {path} does not exist")
     try:
         namespace = runpy.run_path(path, run_name="probe_sweep")
     except SyntaxError as e:
         raise ProbeError(f"{path}:{e.lineno}: {e.msg}") from None
+    except OSError as e:
+        raise ProbeError(f"sweep file {path}: cannot be read: {e.strerror}") from None
     except (TaskConfigError, ProbeError) as e:
         raise ProbeError(f"{path}: {e}") from None
+    except SystemExit as e:  # not an exit of probe: the file is only being read
+        raise ProbeError(f"{path}: calls sys.exit({e.code!r}) when it is run") from None
     except Exception as e:  # a sweep file is user code: any error in it is reported, not raised
         raise ProbeError(f"{path}: {type(e).__name__}: {e}") from None
     make = namespace.get("sweep")
     if not callable(make):
         raise ProbeError(f"{path}: defines no function sweep() returning a probe.sweep.Sweep")
     try:
+        inspect.signature(make).bind()
+    except TypeError:
+        raise ProbeError(f"{path}: sweep() must take no arguments (it is sweep{inspect.signature(make)})") from None
+    except ValueError:  # a callable without a signature: calling it tells
+        pass
+    try:
         result = make()
     except TypeError as e:
-        if "missing" in str(e) and "argument" in str(e):
-            missing = str(e).split("argument:")[-1].strip() if "argument:" in str(e) else str(e)
-            raise ProbeError(f"{path}: Sweep is missing field {missing}") from None
+        text = str(e)
+        if text.startswith("Sweep.__init__()") and "missing" in text:
+            missing = text.split("argument:")[-1].strip() if "argument:" in text else text.split("arguments:")[-1]
+            raise ProbeError(f"{path}: Sweep is missing field {missing.strip()}") from None
         raise ProbeError(f"{path}: TypeError: {e}") from None
     except (TaskConfigError, ProbeError) as e:
         raise ProbeError(f"{path}: {e}") from None
+    except SystemExit as e:
+        raise ProbeError(f"{path}: sweep() calls sys.exit({e.code!r})") from None
     except Exception as e:
         raise ProbeError(f"{path}: {type(e).__name__}: {e}") from None
     if not isinstance(result, Sweep):
         raise ProbeError(f"{path}: sweep() returned {type(result).__name__}, not a probe.sweep.Sweep")
     try:
         result.check()
-    except ProbeError as e:
+    except (ProbeError, TaskConfigError) as e:
         raise ProbeError(f"{path}: {e}") from None
     return result
 

@@ -37,6 +37,7 @@ from tasks import IGNORE, TaskConfig
 from .data import TaskData
 from .errors import ProbeError
 from .metrics import ExampleCounts, summarise
+from .mixers.attention import EVAL_SCHEMES, evaluated_with
 from .model import ChannelMixer, build_model
 from .pack import PackedAdamW, PackedModel
 
@@ -62,8 +63,20 @@ class TrainConfig:
     stop_at: float | None = 0.99
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: also evaluate the same weights at every evaluation length under these training-free position schemes
+    #: (rope, pi, ntk, ntk_dynamic, rerope, leaky_rerope), for attention layers trained with plain RoPE
+    eval_position_schemes: tuple[str, ...] = ()
 
     def check(self) -> None:
+        import typing
+
+        from .flags import describe, matches, short_repr  # a sweep file sets these from Python, untyped
+        for f in dataclasses.fields(self):
+            tp = typing.get_type_hints(TrainConfig)[f.name]
+            if not matches(getattr(self, f.name), tp):
+                raise ProbeError(f"{f.name}={short_repr(getattr(self, f.name))} must be {describe(tp)}")
+        if not 0 <= self.seed < 2**32:  # what numpy's and Lightning's seeding take
+            raise ProbeError(f"seed={self.seed} must be in [0, 2**32)")
         for name in ("batch_size", "max_steps", "num_train", "num_test", "val_every"):
             if getattr(self, name) < 1:
                 raise ProbeError(f"{name}={getattr(self, name)} must be >= 1")
@@ -75,6 +88,9 @@ class TrainConfig:
             raise ProbeError(f"stop_at={self.stop_at} must be in (0, 1]")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ProbeError("device=cuda but no CUDA device is available")
+        for scheme in self.eval_position_schemes:
+            if scheme not in EVAL_SCHEMES:
+                raise ProbeError(f"eval_position_schemes: {scheme!r} is not one of {', '.join(EVAL_SCHEMES)}")
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -118,8 +134,12 @@ class RunRecord:
     exact_match: float
     best_accuracy: float
     by_length: dict  # eval length -> accuracy, per-example accuracy, exact match, slices
-    state_size: int
+    #: training-free position scheme -> eval length -> the same metrics, the trained weights read that way
+    #: (TrainConfig.eval_position_schemes; empty without)
+    by_scheme: dict
+    state_size: int  # the recurrent state as the papers count it (per example, all layers)
     state_size_by_length: dict
+    cache_size: int  # all that inference carries (convolution taps too)
     params: int
     steps: int
     train_tokens: int
@@ -161,15 +181,19 @@ class PackModule(L.LightningModule):
 
     def __init__(self, pack: PackedModel, members: list[_Member], *, vocab_size: int, eval_lengths: list[int],
                  eval_slices: list[dict[str, torch.Tensor]], num_test: int, judges: list[Judge] | None,
+                 schemes: tuple[str, ...] = (), train_len: int = 1,
                  clock: "Throughput"):
         super().__init__()
         self.pack, self.members, self.judges, self.clock = pack, members, judges, clock
         self.eval_lengths, self.eval_slices = eval_lengths, eval_slices
+        self.train_len = train_len
+        # dataloader i: (None: as trained, or a training-free scheme; the evaluation length), TaskData's order
+        self.eval_runs = [(scheme, length) for scheme in (None, *schemes) for length in eval_lengths]
         self.rows = list(range(len(members)))  # rows[i]: the member that row i of the stacked weights holds
         self.accuracy = torch.nn.ModuleList(torch.nn.ModuleList(
-            MulticlassAccuracy(num_classes=vocab_size, ignore_index=IGNORE, average="micro") for _ in eval_lengths)
+            MulticlassAccuracy(num_classes=vocab_size, ignore_index=IGNORE, average="micro") for _ in self.eval_runs)
             for _ in members)
-        self.counts = torch.nn.ModuleList(torch.nn.ModuleList(ExampleCounts(num_test) for _ in eval_lengths)
+        self.counts = torch.nn.ModuleList(torch.nn.ModuleList(ExampleCounts(num_test) for _ in self.eval_runs)
                                           for _ in members)
         self.register_buffer("nonfinite", torch.zeros(len(members), dtype=torch.bool), persistent=False)
         self.register_buffer("last_loss", torch.full((len(members),), float("nan")), persistent=False)
@@ -189,7 +213,12 @@ class PackModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         inputs, positions, targets, idx = batch
-        preds = self.pack.scored_logits(inputs, positions).argmax(-1)  # [K, B, M]
+        scheme, length = self.eval_runs[dataloader_idx]
+        if scheme is None:
+            preds = self.pack.scored_logits(inputs, positions).argmax(-1)  # [K, B, M]
+        else:  # the same weights, positions read the training-free scheme's way
+            with evaluated_with(self.pack.template, scheme, seq_len=length, train_len=self.train_len):
+                preds = self.pack.scored_logits(inputs, positions).argmax(-1)
         scored = targets != IGNORE
         for row, m in enumerate(self.rows):
             self.accuracy[m][dataloader_idx].update(preds[row].flatten(), targets.flatten())
@@ -197,11 +226,14 @@ class PackModule(L.LightningModule):
 
     def _evaluation(self, m: int) -> dict:
         entry = {"step": int(self.global_step), "by_length": {}}
-        for i, length in enumerate(self.eval_lengths):
+        for i, (scheme, length) in enumerate(self.eval_runs):
             correct, scored = self.counts[m][i].compute()
-            slices = {k: v.to(correct.device) for k, v in self.eval_slices[i].items()}
-            entry["by_length"][length] = {"accuracy": self.accuracy[m][i].compute().item(),
-                                          **summarise(correct, scored, slices)}
+            slices = {k: v.to(correct.device) for k, v in self.eval_slices[i % len(self.eval_lengths)].items()}
+            result = {"accuracy": self.accuracy[m][i].compute().item(), **summarise(correct, scored, slices)}
+            if scheme is None:
+                entry["by_length"][length] = result
+            else:
+                entry.setdefault("by_scheme", {}).setdefault(scheme, {})[length] = result
             self.accuracy[m][i].reset()
             self.counts[m][i].reset()
         entry["accuracy"] = entry["by_length"][self.eval_lengths[0]]["accuracy"]
@@ -347,12 +379,13 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
         models.append(build_model(first.arch, vocab_size=task.vocab_size, max_seq_len=task.max_seq_len,
                                   **dataclasses.asdict(first.model), **first.mixer_options))
     data = TaskData(task, num_train=cfg.num_train, num_test=cfg.num_test, batch_size=cfg.batch_size,
-                    seed=cfg.seed, device=device)
+                    seed=cfg.seed, device=device, repeats=1 + len(cfg.eval_position_schemes))
     data.setup()
     members = [_Member(spec) for spec in specs]
     clock = Throughput()
     module = PackModule(PackedModel(models), members, vocab_size=task.vocab_size, eval_lengths=data.eval_lengths,
                         eval_slices=[t.slices for t in data.tests], num_test=cfg.num_test, judges=judges,
+                        schemes=cfg.eval_position_schemes, train_len=task.seq_len,
                         clock=clock)
     quiet_lightning()
     trainer = L.Trainer(
@@ -364,7 +397,12 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     wall_start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    try:
+        trainer.fit(module, datamodule=data)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); callers (a sweep's pack) need to know
+            raise KeyboardInterrupt from None
+        raise
     last = [members[m].history[-1]["step"] if members[m].history else None for m in module.rows]
     if module.rows and last[0] != trainer.global_step:  # the members still in the pack share their steps
         trainer.validate(module, datamodule=data, verbose=False)  # the final weights are always evaluated
@@ -372,7 +410,7 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     for m in module.rows:  # trained to the end
         members[m].steps, members[m].train_time = int(trainer.global_step), clock.train_time
-    common = dict(state_size=models[0].state_size(task.seq_len),
+    common = dict(state_size=models[0].state_size(task.seq_len), cache_size=models[0].cache_size(task.seq_len),
                   state_size_by_length={L_: models[0].state_size(L_) for L_ in data.eval_lengths},
                   params=models[0].num_params(), wall_time_s=wall, pack_size=len(specs), peak_memory_bytes=peak,
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -390,6 +428,7 @@ def _record(member: _Member, task: TaskConfig, common: dict) -> RunRecord:
         train_config=dataclasses.asdict(spec.train), accuracy=final["accuracy"],
         per_example_accuracy=at_train_len["per_example_accuracy"], exact_match=at_train_len["exact_match"],
         best_accuracy=max(h["accuracy"] for h in member.history), by_length=final["by_length"],
+        by_scheme=final.get("by_scheme", {}),
         steps=member.steps, train_tokens=tokens, train_tokens_per_s=tokens / max(member.train_time, 1e-9),
         train_time_s=member.train_time,
         stopped_at_target=spec.train.stop_at is not None and final["accuracy"] >= spec.train.stop_at,

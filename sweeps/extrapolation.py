@@ -1,8 +1,14 @@
 """Length extrapolation of position schemes: train at 256 tokens, test up to 16x (4096) on passkey and MQAR.
 
-Schemes: NoPE, RoPE, ALiBi, xPos, position interpolation and NTK-aware RoPE (both with train_len=256, so the
-positions are interpolated by max_seq_len/train_len = 16 from the first step: the "train with PI/NTK"
-variant), dynamic NTK (scaling grows only past the training length), ReRoPE, leaky ReRoPE and CoCA.
+Two protocols, side by side:
+- Trained with the scheme: NoPE, RoPE, ALiBi, xPos, position interpolation and NTK-aware RoPE (both with
+  train_len=256, so the positions are interpolated by max_seq_len/train_len = 16 from the first step: "train
+  with PI/NTK"), dynamic NTK (scaling grows only past the training length), ReRoPE and leaky ReRoPE (with the
+  reference's log-n query scale past train_len), CoCA.
+- Trained with RoPE, evaluated with the scheme (how PI, NTK-aware, dynamic NTK, ReRoPE and leaky ReRoPE are
+  used in their sources: applied at inference to a model trained with plain RoPE): the `attention` cells
+  evaluate their final weights at every length under each scheme too; the record's `by_scheme` holds one
+  entry per scheme (RoPE itself included, equal to the record's own numbers).
 """
 from probe.sweep import SearchSpace, Sweep
 from probe.train import TrainConfig
@@ -19,14 +25,15 @@ def sweep() -> Sweep:
                MQAR(seq_len=256, vocab_size=8192, num_kv_pairs=16, eval_seq_lens=EVAL)],
         archs={
             "attention_nope": {},
-            "attention": {},
+            "attention": {"train": {"eval_position_schemes": ("rope", "pi", "ntk", "ntk_dynamic", "rerope",
+                                                               "leaky_rerope")}},
             "attention_alibi": {},
             "attention_xpos": {},
             "attention_pi": {"train_len": 256},
             "attention_ntk": {"train_len": 256},
             "attention_ntk_dynamic": {"train_len": 256},
-            "attention_rerope": {},
-            "attention_leaky_rerope": {},
+            "attention_rerope": {"train_len": 256},
+            "attention_leaky_rerope": {"train_len": 256},
             "attention_coca": {},
         },
         d_models=(128,),

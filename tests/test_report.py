@@ -802,3 +802,12 @@ def test_sorting_script_reorders_a_table(full_report, tmp_path):
     dom = chromium(page.as_uri(), tmp_path, "--dump-dom")
     assert console_messages(dom.stderr) == []
     assert 'data-sorted="true"' in dom.stdout
+
+
+@pytest.mark.slow
+def test_report_figures_flag_writes_each_figure_as_a_pdf(real_sweep, tmp_path):
+    main([str(real_sweep / "tiny.py"), "--storage", str(real_sweep / "journal.log"), "-o", str(tmp_path / "r.html"),
+          "--figures", str(tmp_path / "figs"), "--format", "pdf"])
+    files = sorted((tmp_path / "figs").iterdir())
+    assert {f.stem for f in files} == PROMISED["real"]
+    assert all(f.read_bytes().startswith(b"%PDF") for f in files)

@@ -99,7 +99,7 @@ def test_sweep_completes_every_cell_and_two_workers_never_share_a_trial(tmp_path
     cells = studies(journal, path)
     assert all(len(live(s)) == 2 for s in cells.values()), {k: len(live(s)) for k, s in cells.items()}
     # every trial was trained by exactly one worker: the workers' logs name each (cell, trial) once
-    logs = "".join((tmp_path / "runs" / "tiny" / "logs" / f"worker{i}.log").read_text() for i in range(2))
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / "tiny" / "logs").glob("worker*.log"))
     trained = re.findall(r"\] (\S+) trial (\d+): (COMPLETE|PRUNED)", logs)
     assert len(trained) == len(set(trained)) == 8
     pids = {s.study_name: {t.user_attrs["worker"]["pid"] for t in live(s)} for s in cells.values()}
@@ -329,3 +329,45 @@ def test_every_study_describes_its_cell_and_names_its_objective(tmp_path):
         assert attrs["sweep"] == "grid" and attrs["arch"] == "h3" and attrs["d_model"] == 16
         assert attrs["task_config"]["seq_len"] == attrs["mixer_options"]["d_state"]
         assert summary.study_name == f"grid:{attrs['cell']}"
+
+
+def test_the_extrapolation_protocols_run_side_by_side_at_a_tiny_size(tmp_path):
+    # trained with the scheme (attention_pi) and trained with RoPE, evaluated under each scheme (attention)
+    from probe.sweep import SearchSpace, Sweep
+    from probe.train import TrainConfig
+    from probe.tuning import run_worker
+    from tasks.passkey import Passkey
+    schemes = ("rope", "pi", "ntk", "ntk_dynamic", "rerope", "leaky_rerope")
+    sweep = Sweep(name="extrap", tasks=[Passkey(seq_len=16, vocab_size=32, num_digits=2, eval_seq_lens=(32,))],
+                  archs={"attention": {"train": {"eval_position_schemes": schemes}},
+                         "attention_pi": {"train_len": 16}},
+                  d_models=(16,), train=TrainConfig(batch_size=8, max_steps=6, warmup_steps=0, num_train=32,
+                                                    num_test=16, val_every=3, stop_at=None, device="cpu"),
+                  search=SearchSpace(lr=(1e-3, 1e-2)), trials_per_cell=1, pruner="none")
+    sweep.check()
+    storage = open_storage(str(tmp_path / "journal.log"))
+    run_worker(sweep, storage, device="cpu", log=lambda m: None)
+    records = {c.label: live(optuna.load_study(study_name=c.study_name, storage=storage))[0].user_attrs["record"]
+               for c in sweep.cells()}
+    assert set(records["attention"]["by_scheme"]) == set(schemes)
+    assert records["attention_pi"]["by_scheme"] == {}
+
+
+def test_the_zoology_figure2_replica_validates_and_each_of_its_archs_trains_a_cell_on_the_cpu():
+    # the shipped file, its own settings per cell (Zoology's batch sizes, d_state = L, dropout, the fixed grid),
+    # trained briefly: every mixer option it names is taken and every cell's arch trains
+    import dataclasses
+
+    from probe.train import fit, RunSpec
+    sweep = load_sweep(os.path.join(os.path.dirname(__file__), "..", "sweeps", "zoology_figure2.py"))
+    cells = sweep.cells()
+    assert len(cells) == 4 * 7 * 4 and sweep.trials_per_cell == len(sweep.search.lr_grid) == 4
+    assert {c.task.seq_len: c.train.batch_size for c in cells} == {64: 512, 128: 512, 256: 256, 512: 128}
+    for cell in [c for c in cells if c.task.seq_len == 64 and c.model.d_model == 64]:
+        tiny = dataclasses.replace(cell.train, batch_size=8, max_steps=2, num_train=16, num_test=8, val_every=2,
+                                   device="cpu")
+        task = dataclasses.replace(cell.task, vocab_size=64)
+        specs = [RunSpec(task, cell.arch, cell.model, dataclasses.replace(tiny, lr=lr), cell.mixer_options)
+                 for lr in sweep.search.lr_grid]
+        records = fit(specs)
+        assert [r.steps for r in records] == [2] * 4, cell.key

@@ -88,3 +88,22 @@ def test_scored_positions_are_a_fixed_width_table_padded_with_ignored_targets():
     assert scored.positions[1].tolist() == [0, 2, 5] and scored.targets[1].tolist() == [1, 2, 3]
     assert (scored.targets[2] == IGNORE).all()
     assert (targets.gather(1, scored.positions) == scored.targets).all()
+
+
+def test_training_free_schemes_evaluate_the_same_weights_at_every_length():
+    task = MQAR(seq_len=16, vocab_size=32, num_kv_pairs=2, eval_seq_lens=(32,))
+    schemes = ("rope", "pi", "rerope")
+    r = train(task, "attention", ModelConfig(d_model=16),
+              TrainConfig(max_steps=30, val_every=10, batch_size=16, num_train=128, num_test=32, stop_at=None,
+                          lr=1e-2, device="cpu", eval_position_schemes=schemes))
+    assert set(r["by_scheme"]) == set(schemes) and all(set(v) == {16, 32} for v in r["by_scheme"].values())
+    # "rope" reads the weights as they were trained: exactly the record's own numbers
+    assert r["by_scheme"]["rope"] == r["by_length"]
+    # within the training length PI is RoPE
+    assert r["by_scheme"]["pi"][16] == r["by_length"][16]
+
+
+def test_an_unknown_evaluation_scheme_is_refused():
+    from probe.errors import ProbeError
+    with pytest.raises(ProbeError, match="eval_position_schemes"):
+        TrainConfig(eval_position_schemes=("yarn",)).check()

@@ -40,7 +40,7 @@ def write_report(results: Results, path: str) -> str:
 
 
 def check_output(path: str) -> None:
-    """Fail in one line, before any work, if the report cannot be written; makes a missing parent folder."""
+    """Fail in one line, before any work, if the report cannot be written (a missing folder is made on writing)."""
     if not os.path.isdir(path) and not path.endswith((".html", ".htm")):
         raise ProbeError(f"-o {path}: the report is HTML; name it NAME.html")
     check_writable(path, "-o", make_parent=True)
@@ -53,16 +53,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_files", nargs="*", metavar="SWEEP_FILE", help="sweep files (Python) whose cells to report")
     p.add_argument("--storage", metavar="URL", help="where the trials are (default: each sweep's journal)")
     p.add_argument("-o", "--output", metavar="PATH", required=True, help="the HTML file to write (reports/NAME.html)")
+    p.add_argument("--figures", metavar="DIR", help="also write each figure as DIR/NAME.FORMAT (for a paper)")
+    p.add_argument("--format", default="pdf", choices=["pdf", "svg", "png"], help="the figures' format (default pdf)")
     return p
 
 
 def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
-    if not args.sweep_files and not args.storage:
-        raise ProbeError("give at least one SWEEP_FILE or --storage")
-    for f in args.sweep_files:
-        if not os.path.isfile(f):
-            raise ProbeError(f"sweep file {f} does not exist")
+    from ..results import collect, open_sweeps
+    sweeps = open_sweeps(args.sweep_files, args.storage)  # every input is checked before anything is written
     check_output(args.output)
-    from ..results import load_results
-    print(f"wrote {write_report(load_results(args.sweep_files, args.storage), args.output)}")
+    if args.figures:
+        from .page import check_figures
+        check_figures(args.figures, args.format)  # one line before any work; makes the folder
+    results = collect(sweeps, args.storage)
+    print(f"wrote {write_report(results, args.output)}")
+    if args.figures:
+        from .page import write_figures
+        paths = write_figures(results, args.figures, args.format)
+        print(f"wrote {len(paths)} figures to {args.figures}")
