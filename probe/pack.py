@@ -57,15 +57,15 @@ class PackedModel(nn.Module):
         params, buffers = stack_module_state(wrapped)
         self.param_names = list(params)
         self.buffer_names = list(buffers)
-        self.stacked = nn.ParameterList(nn.Parameter(params[n].detach().clone()) for n in self.param_names)
+        # stack_module_state's tensors are fresh copies: they become the pack's own, no second copy
+        self.stacked = nn.ParameterList(nn.Parameter(params[n].detach()) for n in self.param_names)
         for i, n in enumerate(self.buffer_names):
-            self.register_buffer(f"buffer{i}", buffers[n].clone())
+            self.register_buffer(f"buffer{i}", buffers[n])
         # the member as a function of its weights; it holds no tensors of its own (meta device), and is kept
         # out of the module tree so that it is neither moved nor counted
         object.__setattr__(self, "template", copy.deepcopy(wrapped[0]).to("meta"))
         #: matrices get weight decay (as a single run decays p.dim() >= 2), vectors and scalars do not
         self.decays = [p.dim() >= 2 for p in wrapped[0].parameters()]
-        self.num_params_per_member = sum(p.numel() for p in wrapped[0].parameters())
 
     @property
     def size(self) -> int:

@@ -403,8 +403,8 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
         if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); callers (a sweep's pack) need to know
             raise KeyboardInterrupt from None
         raise
-    last = [members[m].history[-1]["step"] if members[m].history else None for m in module.rows]
-    if module.rows and last[0] != trainer.global_step:  # the members still in the pack share their steps
+    still_in = [members[m] for m in module.rows]  # they share their evaluation steps
+    if still_in and (not still_in[0].history or still_in[0].history[-1]["step"] != trainer.global_step):
         trainer.validate(module, datamodule=data, verbose=False)  # the final weights are always evaluated
     wall = time.perf_counter() - wall_start
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None

@@ -111,7 +111,7 @@ def pruning_judge(trial: optuna.Trial):
     return judge
 
 
-def fit_fitting(specs: list, judges: list, progress: bool) -> list:
+def fit_halving(specs: list, judges: list, progress: bool) -> list:
     """fit(), halving the pack (and retrying each half) when it does not fit in GPU memory."""
     import torch
 
@@ -123,8 +123,8 @@ def fit_fitting(specs: list, judges: list, progress: bool) -> list:
             raise
         torch.cuda.empty_cache()
         half = len(specs) // 2
-        return (fit_fitting(specs[:half], judges[:half], progress)
-                + fit_fitting(specs[half:], judges[half:], progress))
+        return (fit_halving(specs[:half], judges[:half], progress)
+                + fit_halving(specs[half:], judges[half:], progress))
 
 
 def train_pack(cell: Cell, study: optuna.Study, asked: list[tuple[optuna.Trial, dict]], *, device: str,
@@ -136,7 +136,7 @@ def train_pack(cell: Cell, study: optuna.Study, asked: list[tuple[optuna.Trial, 
     specs = [RunSpec(cell.task, cell.arch, cell.model, dataclasses.replace(cell.train, device=device, **params),
                      cell.mixer_options) for _, params in asked]
     try:
-        records = fit_fitting(specs, [pruning_judge(trial) for trial, _ in asked], progress)
+        records = fit_halving(specs, [pruning_judge(trial) for trial, _ in asked], progress)
     except KeyboardInterrupt:
         for trial, _ in asked:
             trial.set_user_attr("reason", "interrupted")
