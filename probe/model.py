@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import ProbeError
 from .mixers import MIXERS, Mixer
+from .ops import layer_norm
 
 ChannelMixer = Literal["none", "mlp", "swiglu"]
 
@@ -41,12 +42,21 @@ class MLP(nn.Module):
         return self.down(nn.functional.gelu(self.up(x)))
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters, initialisation and state dict) through probe.ops.layer_norm: its Triton
+    kernel on CUDA, one launch for a whole pack under vmap (vmap's rule for torch's own LayerNorm with a weight
+    per member adds separate, broadcasting multiply and add passes, forward and backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
 class Block(nn.Module):
     def __init__(self, mixer: Mixer, d_model: int, channel_mixer: ChannelMixer):
         super().__init__()
-        self.norm1 = nn.LayerNorm(d_model)
+        self.norm1 = LayerNorm(d_model)
         self.mixer = mixer
-        self.norm2 = nn.LayerNorm(d_model) if channel_mixer != "none" else None
+        self.norm2 = LayerNorm(d_model) if channel_mixer != "none" else None
         self.mlp = MLP(d_model, channel_mixer) if channel_mixer != "none" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
@@ -61,15 +71,18 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(Block(m, d_model, channel_mixer) for m in mixers)
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
 
-    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, D]
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, D], before the final norm
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        return x
+
+    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, D]
+        return self.norm(self.features(tokens))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., V]
         return self.head(hidden)

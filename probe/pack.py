@@ -39,8 +39,8 @@ class ScoredLogits(nn.Module):
         self.model = model
 
     def forward(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.hidden(inputs)  # [B, L, D]
-        return self.model.logits(hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])))
+        x = self.model.features(inputs)  # [B, L, D]; the final norm acts per position, so it runs after the gather
+        return self.model.logits(self.model.norm(x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))))
 
 
 class PackedModel(nn.Module):

@@ -29,7 +29,6 @@ from typing import Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from tasks import IGNORE, TaskConfig
@@ -39,6 +38,7 @@ from .errors import ProbeError
 from .metrics import ExampleCounts, summarise
 from .mixers.attention import EVAL_SCHEMES, evaluated_with
 from .model import ChannelMixer, build_model
+from .ops import cross_entropy
 from .pack import PackedAdamW, PackedModel
 
 
@@ -202,9 +202,8 @@ class PackModule(L.LightningModule):
         inputs, positions, targets, _ = batch
         logits = self.pack.scored_logits(inputs, positions)  # [K, B, M, V]
         k = logits.shape[0]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits: the loss in fp32
-        ce = F.cross_entropy(logits.flatten(0, 2), targets.flatten().repeat(k), ignore_index=IGNORE,
-                             reduction="none").view(k, -1)  # [K, B·M]
+        # bf16 logits, the loss in fp32 (the kernel on CUDA reads them without a float32 copy)
+        ce = cross_entropy(logits.flatten(0, 2), targets.flatten().repeat(k), IGNORE).view(k, -1)  # [K, B·M]
         loss = ce.sum(1) / (targets != IGNORE).sum().clamp(min=1)  # [K]: each member's mean over scored tokens
         self.nonfinite |= ~torch.isfinite(loss.detach())
         self.last_loss = loss.detach().float()

@@ -1,0 +1,23 @@
+"""probe.ops: each op's plain PyTorch reference beside its Triton kernel, behind one dispatch rule.
+
+    probe/ops/<op>/reference.py   the op's contract: its equation, in plain PyTorch (the tests' oracle)
+    probe/ops/<op>/kernel.py      its Triton kernel, forward and backward
+    probe/ops/<op>/__init__.py    the op as mixers and models call it
+    probe/ops/dispatch.py         which of the two runs (kernel on CUDA for fp32/bf16/fp16, else the reference;
+                                  PROBE_OPS=ref|triton forces one)
+
+Every kernel packs: under torch.func.vmap (K models trained as one, probe.pack) it folds the model dimension into
+its own leading dimension, so the K members cost one launch. tests/test_ops.py checks every op of OPS against
+its reference, generated from this registry.
+"""
+from .cross_entropy import cross_entropy, cross_entropy_ref
+from .dispatch import backend
+from .layer_norm import layer_norm, layer_norm_ref
+
+#: op name -> (the op, its reference)
+OPS = {
+    "layer_norm": (layer_norm, layer_norm_ref),
+    "cross_entropy": (cross_entropy, cross_entropy_ref),
+}
+
+__all__ = ["OPS", "backend", "cross_entropy", "cross_entropy_ref", "layer_norm", "layer_norm_ref"]

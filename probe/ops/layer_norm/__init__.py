@@ -1,0 +1,31 @@
+"""LayerNorm over the last dimension: `layer_norm(x, weight, bias, eps)`, x [..., D], weight and bias [D].
+
+Reference: `reference.layer_norm_ref` (its equation). Kernel: `kernel.py` (Triton, forward and backward),
+picked by `probe.ops.dispatch.backend`. Under torch.func.vmap (a pack of K models, each with its own weight and
+bias) the kernel normalises all K members in one launch. As torch's autocast does for LayerNorm, the result is
+float32 while autocast is on, else x's dtype.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..dispatch import backend
+from .reference import layer_norm_ref
+
+MAX_D = 16384  # wider rows go to the reference (a row must fit one program's registers)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    d = x.shape[-1]
+    if weight.shape != (d,) or bias.shape != (d,):
+        raise ValueError(f"weight and bias must be [{d}] (x's last dimension); got {tuple(weight.shape)} and "
+                         f"{tuple(bias.shape)}")
+    out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
+    if backend(x) == "ref" or d > MAX_D:
+        return layer_norm_ref(x, weight, bias, eps, out_dtype)
+    from .kernel import layer_norm_grouped
+    y = layer_norm_grouped(x.reshape(1, -1, d), weight[None], bias[None], eps, out_dtype)
+    return y.view(x.shape)
+
+
+__all__ = ["layer_norm", "layer_norm_ref"]

@@ -1,0 +1,150 @@
+"""Every op of probe.ops.OPS: its Triton kernel against its float64 reference on odd shapes, outputs and every
+gradient, with every uninitialised buffer poisoned by NaN first; a packed call (torch.func.vmap over K members)
+against a loop over the members, in one launch. On a CPU the kernels run through Triton's interpreter (fp32, tiny
+shapes); on a GPU the same tests run compiled, in fp32 and bf16."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from probe import ops
+from probe.errors import ProbeError
+
+pytest.importorskip("triton")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    monkeypatch.setenv("PROBE_OPS", "triton")
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every uninitialised float tensor starts as NaN, so an element a kernel never writes shows up."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def fill(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
+
+
+def _layer_norm_case(shape, seed):
+    *lead, d = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, d, generator=g, dtype=torch.float64) * 3 + 1
+    w = torch.randn(d, generator=g, dtype=torch.float64)
+    b = torch.randn(d, generator=g, dtype=torch.float64)
+    return [x, w, b], {}, [0, 1, 2]  # inputs, options, which inputs are differentiable
+
+
+def _cross_entropy_case(shape, seed):
+    n, v = shape
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, v, generator=g, dtype=torch.float64) * 4
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[::3] = -100  # ignored rows: loss 0, gradient 0
+    return [logits, targets], {"ignore_index": -100}, [0]
+
+
+# op -> (case builder, shapes: lengths 1, 63, 64, 200, 1000 rows; odd widths; and its packed form)
+CASES = {
+    "layer_norm": (_layer_norm_case, [(1, 1, 7), (2, 63, 10), (64, 33), (1, 200, 128), (1000, 5)]),
+    "cross_entropy": (_cross_entropy_case, [(1, 3), (63, 100), (64, 2049), (200, 17), (1000, 64)]),
+}
+PACKABLE = {"layer_norm": 3}  # op -> how many leading arguments each member has its own of under vmap
+
+
+def test_every_registered_op_has_test_cases():
+    assert set(CASES) == set(ops.OPS), "add the new op's shapes to CASES"
+
+
+def _rel(a, b):
+    return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("name, shape", [(n, s) for n, (_, shapes) in CASES.items() for s in shapes],
+                         ids=lambda v: str(v))
+def test_kernel_matches_the_float64_reference(name, shape, dtype, kernel, poisoned):
+    op, ref = ops.OPS[name]
+    build, _ = CASES[name]
+    inputs, options, diff = build(shape, seed=sum(shape))
+    exact = [x.clone().requires_grad_(i in diff) for i, x in enumerate(inputs)]
+    expected = ref(*exact, **options)
+    cast = [x.to(DEVICE, dtype if x.is_floating_point() else x.dtype).requires_grad_(i in diff)
+            for i, x in enumerate(inputs)]
+    out = op(*cast, **options)
+    assert out.shape == expected.shape and torch.isfinite(out).all()
+    assert _rel(out.cpu(), expected) < TOL[dtype]
+    dout = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = torch.autograd.grad(out, [cast[i] for i in diff], dout.to(DEVICE, out.dtype))
+    grads_ref = torch.autograd.grad(expected, [exact[i] for i in diff], dout)
+    for i, g, g_ref in zip(diff, grads, grads_ref):
+        assert g.shape == g_ref.shape and torch.isfinite(g).all(), f"gradient of input {i}"
+        assert _rel(g.cpu(), g_ref) < 4 * TOL[dtype], f"gradient of input {i}"
+
+
+@pytest.mark.parametrize("name", sorted(PACKABLE))
+def test_a_packed_call_is_each_members_own_call_in_one_launch(name, kernel, poisoned, monkeypatch):
+    op, ref = ops.OPS[name]
+    build, shapes = CASES[name]
+    k, per_member = 3, PACKABLE[name]
+    members = [build(shapes[1], seed=10 + i) for i in range(k)]
+    options, diff = members[0][1], members[0][2]
+    stacked = [torch.stack([m[0][j] for m in members]).float().to(DEVICE).requires_grad_(j in diff)
+               for j in range(per_member)]
+    from probe.ops.layer_norm import kernel as ln_kernel
+    launches = []
+    original = ln_kernel._LayerNorm.forward
+    monkeypatch.setattr(ln_kernel._LayerNorm, "forward", staticmethod(lambda *a: launches.append(1) or original(*a)))
+    out = torch.func.vmap(lambda *a: op(*a, **options))(*stacked)
+    assert len(launches) == 1, "one launch for the whole pack"
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    grads = torch.autograd.grad(out, [stacked[j] for j in diff], dout)
+    for i, (inputs, _, _) in enumerate(members):
+        exact = [x.clone().requires_grad_(j in diff) for j, x in enumerate(inputs)]
+        expected = ref(*exact, **options)
+        assert _rel(out[i].cpu(), expected) < 1e-5
+        for j, g_ref in zip(diff, torch.autograd.grad(expected, [exact[j] for j in diff], dout[i].double().cpu())):
+            assert _rel(grads[diff.index(j)][i].cpu(), g_ref) < 1e-4, f"member {i}, gradient of input {j}"
+
+
+def test_layer_norm_follows_autocast_like_torchs_own():
+    # under autocast torch's LayerNorm returns float32 whatever its input; probe's op does the same
+    x, w, b = (t.float() for t in _layer_norm_case((4, 8), 0)[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ops.layer_norm(x.bfloat16(), w, b).dtype == torch.float32
+    assert ops.layer_norm(x, w, b).dtype == torch.float32
+
+
+def test_cross_entropy_of_non_finite_logits_is_non_finite(kernel):
+    logits = torch.zeros(2, 5, device=DEVICE)
+    logits[0, 3] = float("nan")
+    loss = ops.cross_entropy(logits, torch.tensor([1, 2], device=DEVICE))
+    assert not torch.isfinite(loss[0]) and torch.isfinite(loss[1])  # training's divergence check relies on it
+
+
+def test_dispatch_rule(monkeypatch):
+    cpu = torch.zeros(2)
+    monkeypatch.delenv("PROBE_OPS", raising=False)
+    assert ops.backend(cpu) == "ref"
+    if torch.cuda.is_available():
+        assert ops.backend(cpu.cuda()) == "triton" and ops.backend(cpu.cuda().double()) == "ref"
+    monkeypatch.setenv("PROBE_OPS", "triton")
+    assert ops.backend(cpu) == "triton"
+    monkeypatch.setenv("PROBE_OPS", "fast")
+    with pytest.raises(ProbeError, match="PROBE_OPS='fast'"):
+        ops.backend(cpu)
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("layer_norm", lambda: (torch.zeros(2, 4), torch.zeros(3), torch.zeros(4)), "weight and bias must be"),
+    ("cross_entropy", lambda: (torch.zeros(2, 4), torch.zeros(3, dtype=torch.long)), "targets"),
+])
+def test_ops_name_a_misshapen_input(name, args, message):
+    with pytest.raises(ValueError, match=message):
+        ops.OPS[name][0](*args())
