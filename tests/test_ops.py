@@ -4,6 +4,8 @@ against a loop over the members, in one launch. On a CPU the kernels run through
 shapes); on a GPU the same tests run compiled, in fp32 and bf16."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -50,12 +52,23 @@ def _cross_entropy_case(shape, seed):
     return [logits, targets], {"ignore_index": -100}, [0]
 
 
+def _rotary_case(shape, seed):
+    *lead, length, d = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*lead, length, d, generator=g, dtype=torch.float64)
+    angles = torch.arange(length, dtype=torch.float64)[:, None] * 10000.0 ** (-torch.arange(d // 2) / (d // 2))
+    return [x, angles.cos(), angles.sin()], {}, [0]
+
+
 # op -> (case builder, shapes: lengths 1, 63, 64, 200, 1000 rows; odd widths; and its packed form)
 CASES = {
     "layer_norm": (_layer_norm_case, [(1, 1, 7), (2, 63, 10), (64, 33), (1, 200, 128), (1000, 5)]),
     "cross_entropy": (_cross_entropy_case, [(1, 3), (63, 100), (64, 2049), (200, 17), (1000, 64)]),
+    "rotary": (_rotary_case, [(1, 1, 1, 2), (2, 3, 63, 10), (64, 6), (1, 2, 200, 32), (1000, 4)]),
 }
-PACKABLE = {"layer_norm": 3}  # op -> how many leading arguments each member has its own of under vmap
+# op -> (how many leading arguments each member has its own of under vmap, the autograd.Function it launches)
+PACKABLE = {"layer_norm": (3, "probe.ops.layer_norm.kernel._LayerNorm"),
+            "rotary": (1, "probe.ops.rotary.kernel._Rotary")}
 
 
 def test_every_registered_op_has_test_cases():
@@ -92,16 +105,20 @@ def test_kernel_matches_the_float64_reference(name, shape, dtype, kernel, poison
 def test_a_packed_call_is_each_members_own_call_in_one_launch(name, kernel, poisoned, monkeypatch):
     op, ref = ops.OPS[name]
     build, shapes = CASES[name]
-    k, per_member = 3, PACKABLE[name]
+    k, (per_member, function) = 3, PACKABLE[name]
     members = [build(shapes[1], seed=10 + i) for i in range(k)]
     options, diff = members[0][1], members[0][2]
     stacked = [torch.stack([m[0][j] for m in members]).float().to(DEVICE).requires_grad_(j in diff)
                for j in range(per_member)]
-    from probe.ops.layer_norm import kernel as ln_kernel
+    shared = [x.float().to(DEVICE) for x in members[0][0][per_member:]]
+    for m in members:  # the members share these arguments
+        m[0][per_member:] = members[0][0][per_member:]
+    module, cls = function.rsplit(".", 1)
+    fn = getattr(importlib.import_module(module), cls)
     launches = []
-    original = ln_kernel._LayerNorm.forward
-    monkeypatch.setattr(ln_kernel._LayerNorm, "forward", staticmethod(lambda *a: launches.append(1) or original(*a)))
-    out = torch.func.vmap(lambda *a: op(*a, **options))(*stacked)
+    original = fn.forward
+    monkeypatch.setattr(fn, "forward", staticmethod(lambda *a: launches.append(1) or original(*a)))
+    out = torch.func.vmap(lambda *a: op(*a, *shared, **options))(*stacked)
     assert len(launches) == 1, "one launch for the whole pack"
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
     grads = torch.autograd.grad(out, [stacked[j] for j in diff], dout)
@@ -135,7 +152,7 @@ def test_dispatch_rule(monkeypatch):
     if torch.cuda.is_available():
         assert ops.backend(cpu.cuda()) == "triton" and ops.backend(cpu.cuda().double()) == "ref"
     monkeypatch.setenv("PROBE_OPS", "triton")
-    assert ops.backend(cpu) == "triton"
+    assert ops.backend(cpu) == "triton" and ops.backend(cpu.double()) == "ref"
     monkeypatch.setenv("PROBE_OPS", "fast")
     with pytest.raises(ProbeError, match="PROBE_OPS='fast'"):
         ops.backend(cpu)
@@ -144,7 +161,18 @@ def test_dispatch_rule(monkeypatch):
 @pytest.mark.parametrize("name, args, message", [
     ("layer_norm", lambda: (torch.zeros(2, 4), torch.zeros(3), torch.zeros(4)), "weight and bias must be"),
     ("cross_entropy", lambda: (torch.zeros(2, 4), torch.zeros(3, dtype=torch.long)), "targets"),
+    ("rotary", lambda: (torch.zeros(2, 5, 4), torch.zeros(5, 3), torch.zeros(5, 3)), "cos, sin"),
+    ("rotary", lambda: (torch.zeros(2, 5, 3), torch.zeros(5, 1), torch.zeros(5, 1)), "D even"),
 ])
 def test_ops_name_a_misshapen_input(name, args, message):
     with pytest.raises(ValueError, match=message):
         ops.OPS[name][0](*args())
+
+
+def test_rotary_reads_a_transposed_view_without_a_copy_first(kernel, poisoned):
+    # attention's q and k are [B, H, L, hd] views of a [B, L, H, hd] projection
+    (x, cos, sin), _, _ = _rotary_case((2, 3, 37, 8), seed=3)  # [B, H, L, D] and the angles of L = 37
+    view = x.float().transpose(1, 2).contiguous().to(DEVICE).transpose(1, 2)  # the same values, as a view
+    assert not view.is_contiguous()
+    out = ops.rotary(view, cos.float().to(DEVICE), sin.float().to(DEVICE))
+    assert _rel(out.cpu(), ops.rotary_ref(x, cos, sin)) < 1e-5

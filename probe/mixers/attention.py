@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import rotary, rotary_ref
 from .base import Mixer, MixerSpec, State
 
 Position = Literal["none", "learned", "rope", "alibi", "xpos", "pi", "ntk", "ntk_dynamic", "rerope",
@@ -195,8 +196,9 @@ def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     Done in float32 or wider and cast back (bf16 loses large angles)."""
     ct = torch.promote_types(x.dtype, torch.float32)
     cos, sin = angles.cos().to(ct), angles.sin().to(ct)
-    x1, x2 = x[..., 0::2].to(ct), x[..., 1::2].to(ct)
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2).to(x.dtype)
+    if x.dim() >= 2 and cos.shape == (x.shape[-2], x.shape[-1] // 2):
+        return rotary(x, cos, sin)  # probe.ops: one kernel pass on CUDA
+    return rotary_ref(x, cos, sin)  # angles that broadcast some other way
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:

@@ -13,11 +13,14 @@ its reference, generated from this registry.
 from .cross_entropy import cross_entropy, cross_entropy_ref
 from .dispatch import backend
 from .layer_norm import layer_norm, layer_norm_ref
+from .rotary import rotary, rotary_ref
 
 #: op name -> (the op, its reference)
 OPS = {
     "layer_norm": (layer_norm, layer_norm_ref),
     "cross_entropy": (cross_entropy, cross_entropy_ref),
+    "rotary": (rotary, rotary_ref),
 }
 
-__all__ = ["OPS", "backend", "cross_entropy", "cross_entropy_ref", "layer_norm", "layer_norm_ref"]
+__all__ = ["OPS", "backend", "cross_entropy", "cross_entropy_ref", "layer_norm", "layer_norm_ref", "rotary",
+           "rotary_ref"]

@@ -1,9 +1,10 @@
 """The one rule that picks an op's implementation: its Triton kernel or its plain PyTorch reference.
 
     auto (default)  the kernel for CUDA tensors in float32, bfloat16 or float16; the reference otherwise
-                    (CPUs, float64, which the kernels would compute in float32)
+                    (CPUs; float64 always, which the kernels would compute in float32)
     PROBE_OPS=ref     always the reference (a user's check that a result does not depend on the kernels)
-    PROBE_OPS=triton  always the kernel (tests on a CPU run it through Triton's interpreter, TRITON_INTERPRET=1)
+    PROBE_OPS=triton  the kernel on any device for those dtypes (on a CPU through Triton's interpreter,
+                      TRITON_INTERPRET=1: how CPU tests reach the kernels)
 
 The variable is read at each call, so a test can switch it with monkeypatch.setenv.
 """
@@ -30,9 +31,9 @@ def forced() -> str:
 def backend(x: torch.Tensor) -> Literal["triton", "ref"]:
     """Which implementation an op runs for input x (see the module docstring)."""
     choice = forced()
-    if choice != "auto":
-        return choice  # type: ignore[return-value]
-    return "triton" if x.is_cuda and x.dtype in KERNEL_DTYPES else "ref"
+    if choice == "ref" or x.dtype not in KERNEL_DTYPES:
+        return "ref"
+    return "triton" if choice == "triton" or x.is_cuda else "ref"
 
 
 def fold(x: torch.Tensor | None, bdim: int | None, k: int) -> torch.Tensor | None:
