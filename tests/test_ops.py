@@ -176,3 +176,13 @@ def test_rotary_reads_a_transposed_view_without_a_copy_first(kernel, poisoned):
     assert not view.is_contiguous()
     out = ops.rotary(view, cos.float().to(DEVICE), sin.float().to(DEVICE))
     assert _rel(out.cpu(), ops.rotary_ref(x, cos, sin)) < 1e-5
+
+
+def test_rotary_of_a_tensor_with_strided_rows(kernel, poisoned):
+    (x, cos, sin), _, _ = _rotary_case((2, 3, 37, 8), seed=4)
+    wide = torch.zeros(2, 3, 37, 16, dtype=torch.float64)
+    wide[..., ::2] = x
+    view = wide.float().to(DEVICE)[..., ::2]  # the same values, every other element of wider rows
+    assert view.stride(-1) == 2
+    out = ops.rotary(view, cos.float().to(DEVICE), sin.float().to(DEVICE))
+    assert _rel(out.cpu(), ops.rotary_ref(x, cos, sin)) < 1e-5

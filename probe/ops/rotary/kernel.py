@@ -1,8 +1,11 @@
 """Rotary embedding as one Triton kernel, forward and backward (the backward is the rotation by −angle).
 
 x is read through its strides as [A, H, L, D] (attention's q and k are transposed views of a projection, so
-no copy is made first), y is written contiguous. Each program rotates a block of positions of one (a, h) row;
-cos and sin [L, D/2] are shared by every row. The arithmetic is float32. Against the reference's slices, casts,
+no copy is made first; only the last dimension must be contiguous), y is written contiguous. Each program
+rotates a tile of whole rows (positions × D) of one (a, h) slice, loading each element's pair partner with a
+second, permuted load of the same cache lines; cos and sin [L, D/2] are shared by every row. The arithmetic is
+float32. The first version loaded even and odd elements as two stride-2 tiles and stored them interleaved: on the
+H200 it took 4.6 ms per call at a K = 32 pack's [8192, 1, 256, 128] bf16 q, about 20x the bytes' time. Against the reference's slices, casts,
 four products and stack (about ten passes over x), it reads x once and writes y once.
 """
 from __future__ import annotations
@@ -16,22 +19,24 @@ from .reference import rotary_ref
 
 
 @triton.jit
-def _rotate(x_ptr, cos_ptr, sin_ptr, y_ptr, H, L, HALF, sx0, sx1, sx2, sx3, sign,
-            BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr):
+def _rotate(x_ptr, cos_ptr, sin_ptr, y_ptr, H, L, D, sx0, sx1, sx2, sign,
+            BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    # whole rows as one contiguous tile; each element's partner (2p <-> 2p + 1) is a second load at d ^ 1
     row = tl.program_id(0).to(tl.int64)
     a, h = row // H, row % H
     ls = tl.program_id(1).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
-    ps = tl.arange(0, BLOCK_P)
-    mask = (ls < L)[:, None] & (ps < HALF)[None, :]
-    off = a * sx0 + h * sx1 + ls[:, None] * sx2 + (2 * ps)[None, :] * sx3
-    x1 = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + off + sx3, mask=mask, other=0.0).to(tl.float32)
-    cs = ls[:, None] * HALF + ps[None, :]
+    ds = tl.arange(0, BLOCK_D)
+    mask = (ls < L)[:, None] & (ds < D)[None, :]
+    base = a * sx0 + h * sx1 + ls[:, None] * sx2
+    x = tl.load(x_ptr + base + ds[None, :], mask=mask, other=0.0).to(tl.float32)
+    partner = tl.load(x_ptr + base + (ds ^ 1)[None, :], mask=mask, other=0.0).to(tl.float32)
+    cs = ls[:, None] * (D // 2) + (ds // 2)[None, :]
     c = tl.load(cos_ptr + cs, mask=mask, other=0.0)
     s = tl.load(sin_ptr + cs, mask=mask, other=0.0) * sign
-    out = (row * L + ls[:, None]) * (2 * HALF) + (2 * ps)[None, :]
-    tl.store(y_ptr + out, (x1 * c - x2 * s).to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(y_ptr + out + 1, (x1 * s + x2 * c).to(y_ptr.dtype.element_ty), mask=mask)
+    # y_2p = x_2p c − x_2p+1 s,  y_2p+1 = x_2p+1 c + x_2p s
+    s = tl.where((ds % 2 == 0)[None, :], -s, s)
+    out = (row * L + ls[:, None]) * D + ds[None, :]
+    tl.store(y_ptr + out, (x * c + partner * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def _launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
@@ -40,11 +45,12 @@ def _launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) 
     if x.numel() == 0:
         return y
     x4 = x.reshape(-1, *x.shape[-3:]) if x.dim() > 4 else x[(None,) * (4 - x.dim())]
-    half = d // 2
-    block_p = triton.next_power_of_2(half)
-    block_l = max(1, min(64, 2048 // block_p))
+    if x4.stride(-1) != 1:  # rows must be contiguous for coalesced loads
+        x4 = x4.contiguous()
+    block_d = triton.next_power_of_2(d)
+    block_l = max(1, min(64, 4096 // block_d))
     _rotate[(x4.shape[0] * x4.shape[1], triton.cdiv(length, block_l))](
-        x4, cos, sin, y, x4.shape[1], length, half, *x4.stride(), sign, BLOCK_L=block_l, BLOCK_P=block_p,
+        x4, cos, sin, y, x4.shape[1], length, d, *x4.stride()[:3], sign, BLOCK_L=block_l, BLOCK_D=block_d,
         num_warps=4)
     return y
 
