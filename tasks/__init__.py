@@ -3,6 +3,7 @@
 The package imports nothing from `probe`, so tasks can be generated and tested without any model code.
 """
 from .base import IGNORE, Examples, TaskConfig, TaskConfigError
+from .compositional_mqar import CompositionalMQAR
 from .copying import Copying
 from .forgetting_mqar import ForgettingMQAR
 from .fuzzy_recall import FuzzyRecall
@@ -26,8 +27,9 @@ TASKS: dict[str, type[TaskConfig]] = {
     "memorization": Memorization,
     "forgetting_mqar": ForgettingMQAR,
     "phonebook": PhoneBook,
+    "compositional_mqar": CompositionalMQAR,
 }
 
 __all__ = ["TASKS", "IGNORE", "Examples", "TaskConfig", "TaskConfigError", "MQAR", "Passkey", "Copying", "Order",
            "StateTracking", "InContextRecall", "NoisyRecall", "FuzzyRecall", "Memorization", "ForgettingMQAR",
-           "PhoneBook"]
+           "PhoneBook", "CompositionalMQAR"]

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tasks import IGNORE, TASKS, TaskConfigError
 from tasks import rng
+from tasks.compositional_mqar import CompositionalMQAR
 from tasks.copying import Copying
 from tasks.forgetting_mqar import ForgettingMQAR
 from tasks.fuzzy_recall import FuzzyRecall
@@ -136,11 +137,22 @@ def phonebook_configs(draw):
                      num_depth_buckets=draw(st.integers(1, 6)))
 
 
+@st.composite
+def compositional_mqar_configs(draw):
+    g = draw(st.integers(1, 4))
+    N = g * g
+    return CompositionalMQAR(num_kv_pairs=N, seq_len=draw(st.integers(6 * N, 6 * N + 24)),
+                             vocab_size=draw(st.integers(max(3 * (g + 1), 3 * N - 2), 3 * N + 30)),
+                             power_a=draw(st.sampled_from([0.01, 0.5, 1.0, 3.0])),
+                             random_non_queries=draw(st.booleans()))
+
+
 CONFIGS = {"mqar": mqar_configs(), "passkey": passkey_configs(), "copying": copying_configs(),
            "order": order_configs(), "state_tracking": state_tracking_configs(),
            "in_context_recall": in_context_recall_configs(), "noisy_recall": in_context_recall_configs(noisy=True),
            "fuzzy_recall": fuzzy_recall_configs(), "memorization": memorization_configs(),
-           "forgetting_mqar": forgetting_mqar_configs(), "phonebook": phonebook_configs()}
+           "forgetting_mqar": forgetting_mqar_configs(), "phonebook": phonebook_configs(),
+           "compositional_mqar": compositional_mqar_configs()}
 NAMES = sorted(TASKS)
 
 
@@ -303,6 +315,15 @@ BAD = [
     (PhoneBook, dict(seq_len=14), "seq_len"),
     (PhoneBook, dict(name_vocab_size=3, seq_len=256), "name_vocab_size"),
     (PhoneBook, dict(name_len=20, vocab_size=64, name_vocab_size=32), "name_len"),
+    (CompositionalMQAR, dict(num_kv_pairs=0), "num_kv_pairs"),
+    (CompositionalMQAR, dict(num_kv_pairs=8), "num_kv_pairs"),
+    (CompositionalMQAR, dict(num_kv_pairs=4, vocab_size=9), "vocab_size"),
+    (CompositionalMQAR, dict(num_kv_pairs=1, vocab_size=5), "vocab_size"),
+    (CompositionalMQAR, dict(num_kv_pairs=4, seq_len=23), "seq_len"),
+    (CompositionalMQAR, dict(power_a=0.0), "power_a"),
+    (CompositionalMQAR, dict(eval_num_kv_pairs=(16,)), "eval_num_kv_pairs"),
+    (CompositionalMQAR, dict(eval_seq_lens=(128,), eval_num_kv_pairs=(10,)), "eval_seq_lens"),
+    (CompositionalMQAR, dict(eval_seq_lens=(128,), eval_num_kv_pairs=(25,)), "eval_seq_lens"),
 ]
 
 
@@ -473,6 +494,7 @@ CHANCE = [
     (Memorization(seq_len=32, vocab_size=17), set(range(8, 16))),
     (ForgettingMQAR(seq_len=40, vocab_size=20, num_kv_pairs=4, num_overwrites=3), set(range(10, 20))),
     (PhoneBook(seq_len=64, vocab_size=30, name_vocab_size=16), set(range(4, 14))),
+    (CompositionalMQAR(seq_len=48, vocab_size=31, num_kv_pairs=4), set(range(20, 31))),
 ]
 
 
@@ -701,6 +723,69 @@ def test_forgetting_mqar_queries_are_mqars_own():
     cfg = ForgettingMQAR(seq_len=64, vocab_size=64, num_kv_pairs=4, num_overwrites=2)
     ex, mqar = cfg.generate(32, 5), MQAR(seq_len=60, vocab_size=64, num_kv_pairs=4).generate(32, 5)
     assert torch.equal(ex.inputs[:, :8], mqar.inputs[:, :8]) and torch.equal(ex.inputs[:, 12:], mqar.inputs[:, 8:])
+
+
+# -- compositional MQAR -------------------------------------------------------------------------------------
+def parse_compositional_context(cfg, inputs):
+    """{(K1, K2): value} from the context's triplets, after checking the keys form the g×g grid."""
+    N, g, third = cfg.num_kv_pairs, cfg.grid_size, cfg.vocab_size // 3
+    k1s, k2s, values = inputs[0:3 * N:3], inputs[1:3 * N:3], inputs[2:3 * N:3]
+    assert all(1 <= k < third for k in k1s) and all(third <= k < 2 * third for k in k2s)
+    assert all(2 * third <= v < cfg.vocab_size for v in values) and len(set(values)) == N  # distinct values
+    assert len(set(k1s)) == len(set(k2s)) == g
+    assert set(zip(k1s, k2s)) == set(itertools.product(set(k1s), set(k2s)))  # every combination, once
+    return dict(zip(zip(k1s, k2s), values))
+
+
+@FEW
+@given(cfg=compositional_mqar_configs(), n=sizes, seed=seeds)
+def test_compositional_mqar_every_key_pair_queried_once_and_answered_with_its_value(cfg, n, seed):
+    ex = cfg.generate(n, seed)
+    N = cfg.num_kv_pairs
+    for inputs, targets in zip(ex.inputs.tolist(), ex.targets.tolist()):
+        bound = parse_compositional_context(cfg, inputs)
+        scored = [t for t in range(cfg.seq_len) if targets[t] != IGNORE]
+        queries = [(inputs[t - 1], inputs[t]) for t in scored]
+        assert sorted(queries) == sorted(bound)
+        for t, key in zip(scored, queries):
+            assert t - 1 >= 3 * N and (t - 1 - 3 * N) % 3 == 0  # K1 at the start of a three-token slot, K2 after
+            assert targets[t] == bound[key]
+        filler = [inputs[t] for t in range(3 * N, cfg.seq_len) if t not in scored and t + 1 not in scored]
+        if cfg.random_non_queries:
+            assert all(1 <= x < cfg.vocab_size for x in filler)
+        else:
+            assert set(filler) <= {0}
+    assert (ex.slices["num_kv_pairs"] == N).all()
+
+
+def test_compositional_mqar_one_key_token_alone_scores_one_over_the_grid_size():
+    """The grid leaves no shortcut: looking a query up by K1 alone (or K2 alone) finds the right value 1/g of the
+    time, by the whole key every time."""
+    cfg = CompositionalMQAR(seq_len=96, vocab_size=64, num_kv_pairs=9)  # g = 3
+    ex = cfg.generate(800, 2)
+    hits = {"k1": 0, "k2": 0, "both": 0}
+    total = 0
+    for inputs, targets in zip(ex.inputs.tolist(), ex.targets.tolist()):
+        triplets = [tuple(inputs[i:i + 3]) for i in range(0, 27, 3)]
+        for t in (t for t in range(cfg.seq_len) if targets[t] != IGNORE):
+            k1, k2 = inputs[t - 1], inputs[t]
+            hits["k1"] += next(v for a, _, v in triplets if a == k1) == targets[t]  # the first triplet with K1
+            hits["k2"] += next(v for _, b, v in triplets if b == k2) == targets[t]
+            hits["both"] += next(v for a, b, v in triplets if (a, b) == (k1, k2)) == targets[t]
+            total += 1
+    sigma = math.sqrt((1 / 3) * (2 / 3) / total)
+    assert abs(hits["k1"] / total - 1 / 3) < 5 * sigma and abs(hits["k2"] / total - 1 / 3) < 5 * sigma
+    assert hits["both"] == total
+
+
+def test_compositional_mqar_eval_num_kv_pairs_sets_the_grid_at_each_length():
+    cfg = CompositionalMQAR(seq_len=48, num_kv_pairs=4, eval_seq_lens=(96, 192), eval_num_kv_pairs=(9, 16))
+    configs = cfg.eval_configs()
+    assert [(c.seq_len, c.num_kv_pairs, c.grid_size) for c in configs] == [(48, 4, 2), (96, 9, 3), (192, 16, 4)]
+    for c in configs:
+        ex = c.generate(4, 0)
+        assert ((ex.targets != IGNORE).sum(dim=1) == c.num_kv_pairs).all()
+        assert (ex.slices["num_kv_pairs"] == c.num_kv_pairs).all()  # one slice value labels the whole test set
 
 
 # -- phone book --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ TINY = {
     "memorization": dict(seq_len=16, vocab_size=32),
     "forgetting_mqar": dict(seq_len=20, vocab_size=32, num_kv_pairs=2, num_overwrites=1),
     "phonebook": dict(seq_len=24, vocab_size=24, name_len=2, name_vocab_size=8, number_len=2),
+    "compositional_mqar": dict(seq_len=24, vocab_size=32, num_kv_pairs=4),
 }
 
 
