@@ -4,9 +4,10 @@ bf16 inputs; on a GPU the same tests run the compiled kernels."""
 import pytest
 import torch
 
-from probe.mixers.ssm import selective_scan_ref
+from probe.ops import selective_scan_ref
+from test_ops import _selective_scan_case
 
-kernels = pytest.importorskip("probe.kernels.selective_scan")
+kernels = pytest.importorskip("probe.ops.selective_scan.kernel")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -23,19 +24,14 @@ def poisoned(monkeypatch):
 
 
 def scan_inputs(rows, length, d, n, seed):
-    g = torch.Generator().manual_seed(seed)
-    u = torch.randn(rows, length, d, generator=g, dtype=torch.float64)
-    delta = torch.rand(rows, length, d, generator=g, dtype=torch.float64) * 0.5 + 1e-3  # softplus range
-    A = -torch.rand(d, n, generator=g, dtype=torch.float64) * 4 - 0.1
-    B, C = (torch.randn(rows, length, n, generator=g, dtype=torch.float64) for _ in range(2))
-    D = torch.randn(d, generator=g, dtype=torch.float64)
-    dy = torch.randn(rows, length, d, generator=g, dtype=torch.float64)
-    return (u, delta, A, B, C, D), dy
+    """The op tests' selective-scan inputs (tests/test_ops.py), and an output gradient."""
+    inputs, _, _ = _selective_scan_case((rows, length, d, n), seed)
+    dy = torch.randn(rows, length, d, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    return tuple(inputs), dy
 
 
 def reference(u, delta, A, B, C, D):
-    t = lambda x: x.transpose(1, 2)  # noqa: E731  the reference is channel-major
-    return t(selective_scan_ref(t(u), t(delta), A, t(B), t(C), D))
+    return selective_scan_ref(u, delta, A, B, C, D)
 
 
 def rel(a, b):
@@ -65,7 +61,7 @@ def check_scan(rows, length, d, n, dtype, tol, skip):
     # the model feeds activations in its compute dtype and keeps A and D as float32 parameters
     cast = [x.detach().to(DEVICE, dtype if i in (0, 1, 3, 4) else torch.float32).requires_grad_()
             for i, x in enumerate((u, delta, A, B, C) + ((D,) if skip else ()))]
-    y = kernels.selective_scan(*cast[:5], cast[5] if skip else None)
+    y = kernels.selective_scan_kernel(*cast[:5], cast[5] if skip else None)
     assert y.dtype == dtype and y.shape == (rows, length, d)
     assert torch.isfinite(y).all(), "an output element was never written"
     # the reference on the same rounded inputs isolates the kernel's own error from the inputs' rounding
@@ -96,7 +92,7 @@ def test_selective_scan_is_what_mamba_runs_on_cuda_and_equals_its_reference():
 def test_selective_scan_without_gradients_stores_no_states():
     (u, delta, A, B, C, D), _ = scan_inputs(1, 9, 8, 4, seed=4)
     with torch.no_grad():
-        y = kernels.selective_scan(*(x.float().to(DEVICE) for x in (u, delta, A, B, C, D)))
+        y = kernels.selective_scan_kernel(*(x.float().to(DEVICE) for x in (u, delta, A, B, C, D)))
     torch.testing.assert_close(y.cpu().double(), reference(u, delta, A, B, C, D), rtol=1e-4, atol=1e-5)
 
 
@@ -110,7 +106,7 @@ def test_selective_scan_under_vmap_is_each_members_own_scan_in_one_launch(k, row
     members = [scan_inputs(rows, length, 10, 5, seed=20 + i) for i in range(k)]
     stacked = [torch.stack([m[0][j] for m in members]).float().to(DEVICE).requires_grad_() for j in range(6)]
     dy = torch.stack([m[1] for m in members]).float().to(DEVICE)
-    y = torch.func.vmap(kernels.selective_scan)(*stacked)
+    y = torch.func.vmap(kernels.selective_scan_kernel)(*stacked)
     assert launches == [(k * rows, length, 10)], "one launch for the whole pack"
     grads = torch.autograd.grad(y, stacked, dy)
     for i, ((inputs, _), dy_i) in enumerate(zip(members, dy)):
@@ -129,7 +125,7 @@ def test_selective_scan_names_a_misshapen_input(bad, name):
     args = dict(u=u, delta=delta, A=A, B=B, C=C, D=D)
     args[bad] = args[bad][:-1] if bad == "A" else args[bad][..., :-1]  # A: one channel short
     with pytest.raises(ValueError, match=name):
-        kernels.selective_scan(*(args[k].float() for k in "u delta A B C D".split()))
+        kernels.selective_scan_kernel(*(args[k].float() for k in "u delta A B C D".split()))
 
 
 @pytest.mark.gpu
@@ -144,7 +140,7 @@ def test_selective_scan_at_full_shapes_matches_an_fp32_reference_on_the_gpu(rows
                  for i, x in enumerate((u, delta, A, B, C, D))]
     ref_in = [x.detach().float().requires_grad_() for x in kernel_in]
     torch.cuda.synchronize()
-    y = kernels.selective_scan(*kernel_in)
+    y = kernels.selective_scan_kernel(*kernel_in)
     y_ref = reference(*ref_in)
     g = dy.to("cuda", dtype)
     grads = torch.autograd.grad(y, kernel_in, g)

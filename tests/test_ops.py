@@ -60,15 +60,29 @@ def _rotary_case(shape, seed):
     return [x, angles.cos(), angles.sin()], {}, [0]
 
 
+def _selective_scan_case(shape, seed):
+    rows, length, d, n = shape
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(rows, length, d, generator=g, dtype=torch.float64)
+    delta = torch.rand(rows, length, d, generator=g, dtype=torch.float64) * 0.5 + 1e-3  # softplus range
+    A = -torch.rand(d, n, generator=g, dtype=torch.float64) * 4 - 0.1
+    B, C = (torch.randn(rows, length, n, generator=g, dtype=torch.float64) for _ in range(2))
+    D = torch.randn(d, generator=g, dtype=torch.float64)
+    return [u, delta, A, B, C, D], {}, [0, 1, 2, 3, 4, 5]
+
+
 # op -> (case builder, shapes: lengths 1, 63, 64, 200, 1000 rows; odd widths; and its packed form)
 CASES = {
     "layer_norm": (_layer_norm_case, [(1, 1, 7), (2, 63, 10), (64, 33), (1, 200, 128), (1000, 5)]),
     "cross_entropy": (_cross_entropy_case, [(1, 3), (63, 100), (64, 2049), (200, 17), (1000, 64)]),
     "rotary": (_rotary_case, [(1, 1, 1, 2), (2, 3, 63, 10), (64, 6), (1, 2, 200, 32), (1000, 4)]),
+    "selective_scan": (_selective_scan_case, [(2, 1, 10, 5), (2, 63, 10, 5), (1, 64, 6, 4), (3, 200, 20, 4),
+                                              (1, 1000, 6, 16)]),
 }
 # op -> (how many leading arguments each member has its own of under vmap, the autograd.Function it launches)
 PACKABLE = {"layer_norm": (3, "probe.ops.layer_norm.kernel._LayerNorm"),
-            "rotary": (1, "probe.ops.rotary.kernel._Rotary")}
+            "rotary": (1, "probe.ops.rotary.kernel._Rotary"),
+            "selective_scan": (6, "probe.ops.selective_scan.kernel._SelectiveScan")}
 
 
 def test_every_registered_op_has_test_cases():

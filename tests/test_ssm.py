@@ -13,12 +13,19 @@ import torch.nn.functional as F
 
 from probe.mixers import ssm
 from probe.mixers.base import state_numel
+from probe.ops import selective_scan_ref
 from mixer_helpers import randn
 
 f64 = torch.float64
 
 
 # --- selective scan (Mamba) -------------------------------------------------------------------------------------
+
+
+def scan_cm(u, delta, A, B, C, D=None):
+    """probe.ops' selective-scan reference (token-major) in the channel-major layout [B, D, L] these tests write."""
+    t = lambda x: x.transpose(1, 2)  # noqa: E731
+    return t(selective_scan_ref(t(u), t(delta), A, t(B), t(C), D))
 
 
 def test_selective_scan_by_hand_on_three_steps():
@@ -30,7 +37,7 @@ def test_selective_scan_by_hand_on_three_steps():
     h1 = math.exp(-1.0) * h0 + 1.0 * 2 * 2
     h2 = math.exp(-2.0) * h1 + 2.0 * -1 * 3
     expected = torch.tensor([[[2 * h0 + 0.5, 1 * h1 + 1.0, -1 * h2 - 0.5]]], dtype=f64)
-    torch.testing.assert_close(ssm.selective_scan_ref(u, delta, A, B, C, D), expected)
+    torch.testing.assert_close(scan_cm(u, delta, A, B, C, D), expected)
 
 
 def test_selective_scan_equals_cumulative_decay_closed_form():
@@ -43,7 +50,7 @@ def test_selective_scan_equals_cumulative_decay_closed_form():
     decay = torch.exp(gap.unsqueeze(-1) * A[:, None, None, :])  # [b, d, t, s, n]
     decay = decay * torch.ones(L, L, dtype=torch.bool).tril()[..., None]
     y = torch.einsum("bdtsn,bds,bns,bnt->bdt", decay, delta * u, B, C) + D[:, None] * u
-    torch.testing.assert_close(ssm.selective_scan_ref(u, delta, A, B, C, D), y)
+    torch.testing.assert_close(scan_cm(u, delta, A, B, C, D), y)
 
 
 def test_selective_scan_accumulates_bf16_inputs_in_float32():
@@ -51,9 +58,9 @@ def test_selective_scan_accumulates_bf16_inputs_in_float32():
     args = [randn(b, d, L, seed=1), F.softplus(randn(b, d, L, seed=2)) * 0.05, -torch.rand(d, n, dtype=f64) * 0.1,
             randn(b, n, L, seed=3), randn(b, n, L, seed=4)]
     low = [t.to(torch.bfloat16) for t in args]
-    y = ssm.selective_scan_ref(*low)
+    y = scan_cm(*low)
     assert y.dtype == torch.bfloat16
-    exact = ssm.selective_scan_ref(*[t.to(f64) for t in low])  # same rounded inputs, float64 accumulation
+    exact = scan_cm(*[t.to(f64) for t in low])  # same rounded inputs, float64 accumulation
     torch.testing.assert_close(y.to(f64), exact, rtol=1e-2, atol=1e-2)
 
 
@@ -79,7 +86,7 @@ def test_ssd_with_one_channel_heads_is_the_selective_scan_with_scalar_decay():
     heads, n, L = 3, 4, 10
     x, dt, A, B, C = ssd_inputs(L, heads=heads, head_dim=1, groups=1, d_state=n)
     y = ssm.ssd_recurrent(x, dt, A, B, C)[..., 0]  # [b, L, H]
-    y_scan = ssm.selective_scan_ref(x[..., 0].transpose(1, 2), dt.transpose(1, 2), A[:, None].expand(heads, n),
+    y_scan = scan_cm(x[..., 0].transpose(1, 2), dt.transpose(1, 2), A[:, None].expand(heads, n),
                                     B[:, :, 0].transpose(1, 2), C[:, :, 0].transpose(1, 2))
     torch.testing.assert_close(y, y_scan.transpose(1, 2))
 

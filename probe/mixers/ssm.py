@@ -5,9 +5,9 @@ block. The time-varying ones (Mamba, Mamba-2) run their core op as a scan; the t
 materialise the impulse response K_l = C Ā^l B̄ and convolve with it through an FFT. All of them carry a state
 whose size does not grow with the sequence length, which is what the synthetic tasks probe.
 
-Design choices: the core ops (`selective_scan_ref`, `ssd_chunked`, `ssd_recurrent`, `fft_conv`,
-`s4d_kernel`) are module-level functions in plain PyTorch with shapes in their docstrings, so a Triton kernel
-can replace them on CUDA (Mamba's selective scan already runs on `probe.kernels.selective_scan` there); scans
+Design choices: Mamba's selective scan is an op of probe.ops (its reference beside its Triton kernel, one
+dispatch rule); the other core ops (`ssd_chunked`, `ssd_recurrent`, `fft_conv`, `s4d_kernel`) are still
+module-level functions here in plain PyTorch with shapes in their docstrings, until they move there too; scans
 and FFTs accumulate in float32, or float64 when the input is float64; complex parameters and states are stored
 as real tensors so that state sizes count complex numbers as two reals.
 """
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import selective_scan, selective_scan_step
 from .base import Mixer, MixerSpec, State
 from .conv import fft_conv  # causal long convolution, shared with the convolution family
 
@@ -71,51 +72,6 @@ def _conv_step(x_t: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor
 # ---------------------------------------------------------------------------------------------------------------
 # Mamba (selective SSM)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def selective_scan_step(h, u_t, delta_t, A, B_t, C_t):
-    """One step of the selective scan (zero-order hold on A, Euler on B, as in Mamba).
-
-    h: [B, D, N], u_t, delta_t: [B, D], A: [D, N], B_t, C_t: [B, N]  ->  (y_t: [B, D], h: [B, D, N])
-        h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t,   y_t = h_t C_t
-    """
-    dA = torch.exp(delta_t.unsqueeze(-1) * A)  # [B, D, N]
-    dBu = (delta_t * u_t).unsqueeze(-1) * B_t.unsqueeze(1)  # [B, D, N]
-    h = dA * h + dBu
-    y = (h * C_t.unsqueeze(1)).sum(-1)  # [B, D]
-    return y, h
-
-
-def selective_scan_ref(u, delta, A, B, C, D=None):
-    """Selective scan, the sequential reference a fused kernel is tested against.
-
-    u, delta: [B, D, L] (delta already positive, after softplus), A: [D, N], B, C: [B, N, L], D: [D] or None
-    -> y: [B, D, L] in u's dtype. Accumulates in float32 (float64 for float64 inputs).
-    """
-    dtype = _compute_dtype(u.dtype)
-    u_, delta_, A_, B_, C_ = (t.to(dtype) for t in (u, delta, A, B, C))
-    h = u_.new_zeros(u.shape[0], u.shape[1], A.shape[1])  # [B, D, N]
-    ys = []
-    for t in range(u.shape[-1]):
-        y_t, h = selective_scan_step(h, u_[..., t], delta_[..., t], A_, B_[..., t], C_[..., t])
-        ys.append(y_t)
-    y = torch.stack(ys, dim=-1)  # [B, D, L]
-    if D is not None:
-        y = y + D.to(dtype).unsqueeze(-1) * u_
-    return y.to(u.dtype)
-
-
-def selective_scan(u, delta, A, B, C, D=None):
-    """The selective scan in the model's token-major layout: u, delta [B, L, D], B, C [B, L, N] -> y [B, L, D].
-
-    probe's Triton kernel on CUDA (`probe.kernels.selective_scan`), the sequential reference elsewhere and for
-    float64 (the kernel computes in float32).
-    """
-    if u.is_cuda and u.dtype != torch.float64:
-        from ..kernels.selective_scan import selective_scan as kernel
-        return kernel(u, delta, A, B, C, D)
-    return selective_scan_ref(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
-                              D).transpose(1, 2)
 
 
 class Mamba(Mixer):

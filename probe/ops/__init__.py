@@ -14,13 +14,15 @@ from .cross_entropy import cross_entropy, cross_entropy_ref
 from .dispatch import backend
 from .layer_norm import layer_norm, layer_norm_ref
 from .rotary import rotary, rotary_ref
+from .selective_scan import selective_scan, selective_scan_ref, selective_scan_step
 
 #: op name -> (the op, its reference)
 OPS = {
     "layer_norm": (layer_norm, layer_norm_ref),
     "cross_entropy": (cross_entropy, cross_entropy_ref),
     "rotary": (rotary, rotary_ref),
+    "selective_scan": (selective_scan, selective_scan_ref),
 }
 
 __all__ = ["OPS", "backend", "cross_entropy", "cross_entropy_ref", "layer_norm", "layer_norm_ref", "rotary",
-           "rotary_ref"]
+           "rotary_ref", "selective_scan", "selective_scan_ref", "selective_scan_step"]

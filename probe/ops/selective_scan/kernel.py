@@ -2,9 +2,8 @@
 
     h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t,     y_t = h_t C_t + D u_t          (per batch row b)
 
-with u, Δ: [B, L, D] (Δ already positive), A: [D, N], B_t, C_t: [B, L, N], D: [D] or None. The same function as
-`probe.mixers.ssm.selective_scan_ref` (which takes the channel-major layout [B, D, L]); `Mamba` calls this one on
-CUDA and the reference elsewhere.
+with u, Δ: [B, L, D] (Δ already positive), A: [D, N], B_t, C_t: [B, L, N], D: [D] or None: the function of
+`reference.selective_scan_ref`, which the dispatch rule (probe.ops.dispatch) runs wherever this kernel does not.
 
 One program owns one batch row and a block of BLOCK_D channels and walks the sequence, its [BLOCK_D, N] state in
 registers; every step reads BLOCK_D contiguous channels and N contiguous state inputs, so the loads are
@@ -31,6 +30,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from ..dispatch import fold
+from .reference import check
 
 NUM_WARPS = 1  # a program's state is BLOCK_D x N: a few registers per thread of one warp
 CHUNK = 32  # steps between the forward's checkpoints; the backward recomputes one chunk of states at a time
@@ -174,28 +176,6 @@ def _scan_bwd(u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, ckpt_ptr, scratc
         tl.store(dskip_part_ptr + row * D + offs_d, dskip, mask=mask_d)
 
 
-def _check(u, delta, A, B, C, D):
-    if u.dim() != 3 or delta.shape != u.shape:
-        raise ValueError(f"u and delta must both be [B, L, D]; got {tuple(u.shape)} and {tuple(delta.shape)}")
-    rows, L, d = u.shape
-    if A.dim() not in (2, 3) or A.shape[-2] != d:
-        raise ValueError(f"A must be [D={d}, N] or [G, D={d}, N]; got {tuple(A.shape)}")
-    groups, n = (A.shape[0] if A.dim() == 3 else 1), A.shape[-1]
-    if rows % groups:
-        raise ValueError(f"{rows} rows do not split into A's {groups} groups")
-    for name, t in (("B", B), ("C", C)):
-        if t.shape != (rows, L, n):
-            raise ValueError(f"{name} must be [B, L, N] = {(rows, L, n)}; got {tuple(t.shape)}")
-    if D is not None and D.shape != A.shape[:-1]:
-        raise ValueError(f"D must be {list(A.shape[:-1])} (A's leading dimensions); got {tuple(D.shape)}")
-
-
-def _fold(x: torch.Tensor, bdim: int | None, k: int) -> torch.Tensor:
-    """A vmapped argument with its vmap dimension first (broadcast where it has none), folded into dim 0."""
-    x = x.movedim(bdim, 0) if bdim is not None else x.expand(k, *x.shape)
-    return x.reshape(k * x.shape[1], *x.shape[2:])
-
-
 class _SelectiveScan(torch.autograd.Function):
     """y and the backward's checkpoints from the grouped scan: A [G, D, N] and D [G, D], rows in G equal groups.
 
@@ -254,18 +234,18 @@ class _SelectiveScan(torch.autograd.Function):
     def vmap(info, in_dims, u, delta, A, B, C, D):
         k = info.batch_size
         rows = u.shape[0] if in_dims[0] is None else u.shape[1 if in_dims[0] == 0 else 0]
-        folded = [_fold(x, bdim, k) if x is not None else None for x, bdim in zip((u, delta, A, B, C, D), in_dims)]
+        folded = [fold(x, bdim, k) for x, bdim in zip((u, delta, A, B, C, D), in_dims)]
         y, ckpt = _SelectiveScan.apply(*folded)
         return (y.view(k, rows, *y.shape[1:]), ckpt.view(k, rows, *ckpt.shape[1:])), (0, 0)
 
 
-def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                   D: torch.Tensor | None = None) -> torch.Tensor:
+def selective_scan_kernel(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                          C: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
     """y [B, L, D] (u's dtype) from u, delta [B, L, D], A [D, N], B, C [B, L, N], D [D] or None.
 
     A may also be [G, D, N] (and D [G, D]): the rows come in G equal groups, group g scanning with A[g], D[g]
     (K packed models folded into the rows). Runs under torch.func.vmap (one launch for all K members)."""
-    _check(u, delta, A, B, C, D)
+    check(u, delta, A, B, C, D)
     if u.shape[1] == 0:
         return torch.empty_like(u)
     if A.dim() == 2:
