@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import signal
@@ -135,6 +136,9 @@ def train_parser(task: str | None, arch: str | None) -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help="a registered arch or a comma pattern (see `probe list archs`)")
     p.add_argument("--json", metavar="PATH", help="write the full record (metrics per length and slice) here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_logger_flag(p)
+    p.add_argument("--log-dir", metavar="DIR", default=None,
+                   help="where --logger writes (default runs/train/<task>-<arch>/<date-time>)")
     if task in TASKS:
         add_flags(p.add_argument_group(f"task {task}"), dataclass_fields(TASKS[task]))
     add_flags(p.add_argument_group("model"), dataclass_fields(ModelConfig))
@@ -168,14 +172,35 @@ def cmd_train(argv: list[str]) -> None:
     check_fits(task, args.arch, model_cfg, train_cfg, options)
     if args.json:
         check_writable(args.json, "--json")
+    log_dir = check_log_dir(args.logger, args.log_dir or os.path.join(
+        "runs", "train", f"{args.task}-{args.arch}", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")))
 
     from .train import train  # heavy imports only once the input is known to be good
     with out_of_memory_in_one_line():
-        record = train(task, args.arch, model_cfg, train_cfg, options, progress=not args.no_progress)
+        record = train(task, args.arch, model_cfg, train_cfg, options, progress=not args.no_progress,
+                       logger=args.logger, log_dir=log_dir)
     print(summary_line(record))
     if args.json:
         write_json(args.json, record)
         print(f"wrote {args.json}")
+    if args.logger:
+        print(f"learning curves ({args.logger}) in {log_dir}")
+
+
+def add_logger_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--logger", choices=["csv", "tensorboard"], default=None,
+                   help="write live learning curves (each member's loss and accuracy) with this Lightning logger")
+
+
+def check_log_dir(logger: str | None, log_dir: str) -> str | None:
+    """The folder a --logger writes to, once the logger is usable and the folder can be made; None without a
+    logger."""
+    if logger is None:
+        return None
+    from .train import check_logger
+    check_logger(logger)
+    check_writable(os.path.join(log_dir, "metrics.csv"), "--log-dir", make_parent=True)
+    return log_dir
 
 
 def summary_line(r: dict) -> str:

@@ -7,11 +7,13 @@ Killing anything is safe: run the same command again and the sweep goes on where
 trial is failed and redone). SIGINT or SIGTERM to `probe sweep` is passed on to its workers (each in a session of
 its own, so a terminal's Ctrl-C reaches them once, through the launcher), which are waited for. Worker ids are
 `<launcher pid>·1000 + slot`, unique across launchers sharing one journal (logs: runs/<sweep>/logs/worker<id>.log).
-`probe worker FILE --storage URL` joins a running sweep from another machine.
+`probe worker FILE --storage URL` joins a running sweep from another machine. `--logger csv|tensorboard` (on
+either) writes each pack's live learning curves to runs/<sweep>/curves/<cell>/trial<i>-trial<j>-...
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import subprocess
@@ -60,20 +62,40 @@ def cmd_worker(argv: list[str]) -> None:
     p.add_argument("--heartbeat", type=int, default=60, help="RDB storages: seconds between heartbeats")
     p.add_argument("--progress", action="store_true", help="a progress bar per trial")
     p.add_argument("--pack", type=int, default=None, help=PACK_HELP)
+    _add_logger_flags(p)
     args = p.parse_args(argv)
     _check_flags(args.pack, args.heartbeat)
     sweep = load_sweep(args.file)
     device = _device(args.device)
+    curves = _curves(args, sweep.name)
     storage = open_storage(args.storage or default_url(sweep.name), heartbeat=args.heartbeat)
     from .train import quiet_lightning
     from .tuning import run_worker
     quiet_lightning()
     wid = args.worker_id if args.worker_id is not None else os.getpid()
     did = run_worker(sweep, storage, device=device, worker_seed=wid, pack=args.pack,
-                     progress=args.progress,
+                     progress=args.progress, curves=curves,
                      log=lambda m: print(m, flush=True))
     print(f"[worker {wid}] done: {did['trials']} trials ({did['failed']} failed), "
           f"{did['reaped']} dead workers' trials failed for retry", flush=True)
+
+
+def _add_logger_flags(p) -> None:
+    from .cli import add_logger_flag
+    add_logger_flag(p)
+    p.add_argument("--log-dir", metavar="DIR", default=None,
+                   help="where --logger writes, a folder per pack: DIR/<cell>/trial<i>-... "
+                        "(default runs/<sweep>/curves)")
+
+
+def _curves(args, sweep_name: str):
+    """The worker's --logger settings (tuning.Curves), once the logger and its folder are known usable."""
+    from .cli import check_log_dir
+    root = check_log_dir(args.logger, args.log_dir or os.path.join("runs", sweep_name, "curves"))
+    if root is None:
+        return None
+    from .tuning import Curves
+    return Curves(args.logger, root)
 
 
 def _counts(sweep, storage_url: str) -> dict:
@@ -119,11 +141,13 @@ def cmd_sweep(argv: list[str]) -> None:
     p.add_argument("--workers", type=int, default=1, help="CPU: number of worker processes")
     p.add_argument("--heartbeat", type=int, default=60)
     p.add_argument("--pack", type=int, default=None, help=PACK_HELP)
+    _add_logger_flags(p)
     args = p.parse_args(argv)
     _check_flags(args.pack, args.heartbeat)
     sweep = load_sweep(args.file)
     device = _device(args.device)
     slots = _slots(device, args.workers_per_gpu, args.workers)
+    curves = _curves(args, sweep.name)
     url = args.storage or default_url(sweep.name)
     log_dir = os.path.join("runs", sweep.name, "logs")
     check_writable(os.path.join(log_dir, "worker.log"), "worker logs", make_parent=True)
@@ -134,7 +158,8 @@ def cmd_sweep(argv: list[str]) -> None:
         raise ProbeError(f"worker logs: cannot create {log_dir}: {e.strerror}") from None
     cells = sweep.cells()
     print(f"sweep {sweep.name}: {len(cells)} cells × {sweep.trials_per_cell} trials; {len(slots)} worker(s) on "
-          f"{device}; storage {url}", flush=True)
+          f"{device}; storage {url}; pruner {sweep.pruning_text()}"
+          + (f"; learning curves ({curves.logger}) in {curves.root}" if curves else ""), flush=True)
     procs, start = [], time.time()
     try:
         for slot, gpu in enumerate(slots):
@@ -169,6 +194,8 @@ def _start_worker(args, name: str, url: str, device: str, slot: int, gpu, n_slot
            "--worker-id", str(wid), "--heartbeat", str(args.heartbeat)]
     if args.pack is not None:
         cmd += ["--pack", str(args.pack)]
+    if args.logger is not None:
+        cmd += ["--logger", args.logger] + (["--log-dir", args.log_dir] if args.log_dir else [])
     # a session of its own: a terminal's Ctrl-C reaches the launcher only, which passes it on exactly once
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log
 
@@ -234,6 +261,8 @@ def cmd_results(argv: list[str]) -> None:
     args = p.parse_args(argv)
     if args.output is None and args.format == "parquet":
         raise ProbeError("--format parquet needs -o PATH")
+    if args.format == "parquet" and not any(importlib.util.find_spec(m) for m in ("pyarrow", "fastparquet")):
+        raise ProbeError("--format parquet needs pyarrow: pip install 'probe[parquet]'")
     from .results import collect, open_sweeps
     sweeps = open_sweeps([args.file], args.storage)
     if args.output is not None:

@@ -117,7 +117,8 @@ def collect(sweeps: list[tuple[Sweep, str]], storage_url: str | None) -> Results
                                     "trials": n_done, "expected_trials": sweep.trials_per_cell}
     trials_df = pd.DataFrame(trials)
     provenance = {
-        "sweeps": [{"name": s.name, "file": p, "sha256": file_sha256(p)} for s, p in sweeps],
+        "sweeps": [{"name": s.name, "file": p, "sha256": file_sha256(p), "stop_at": s.train.stop_at,
+                    "pruner": s.pruning_text()} for s, p in sweeps],
         "storage": ", ".join(dict.fromkeys(storages)),
         "git": versions.get("git", ""), "versions": versions, "devices": sorted(devices),
         "wall_time_s": float(trials_df["wall_time_s"].fillna(0).sum()) if len(trials_df) else 0.0,
@@ -133,9 +134,14 @@ def _collect_storage(url: str) -> Results:
     trials, tidy, curves, names, versions = [], [], [], {}, {}
     for summary in storage.get_all_studies():
         sweep_name, _, key = summary.study_name.partition(":")
-        names[sweep_name] = None
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         frozen = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+        # what the sweep file would say, as its studies and records remember it
+        said = names.setdefault(sweep_name, {"stop_at": None, "pruner": ""})
+        said["pruner"] = said["pruner"] or summary.user_attrs.get("pruner", "")
+        for t in frozen:
+            if "record" in t.user_attrs and said["stop_at"] is None:
+                said["stop_at"] = t.user_attrs["record"]["train_config"].get("stop_at")
         cell = _recorded_cell(sweep_name, key, frozen)
         for t in frozen:
             if cell is None:
@@ -149,7 +155,8 @@ def _collect_storage(url: str) -> Results:
     trials_df = pd.DataFrame(trials)
     devices = sorted({d for d in trials_df.get("device", []) if isinstance(d, str) and d})
     provenance = {
-        "sweeps": [{"name": n, "file": "(not given: read from the storage)", "sha256": ""} for n in names],
+        "sweeps": [{"name": n, "file": "(not given: read from the storage)", "sha256": "", **said}
+                   for n, said in names.items()],
         "storage": url, "git": versions.get("git", ""), "versions": versions, "devices": devices,
         "wall_time_s": float(trials_df["wall_time_s"].fillna(0).sum()) if len(trials_df) else 0.0,
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

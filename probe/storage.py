@@ -59,11 +59,12 @@ def open_storage(url: str, *, heartbeat: int = 60, create: bool = True) -> optun
     if url.startswith("sqlite"):
         raise ProbeError("storage: SQLite does not take concurrent writers well; use a journal file (a plain "
                          "path) on one machine or postgresql://... across machines")
+    engine_url = _engine_url(url)
     for attempt in range(_SCHEMA_RACE_RETRIES + 1):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5; probe relies on them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(_engine_url(url), heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                return RDBStorage(engine_url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3),
                                   engine_kwargs={"pool_pre_ping": True})
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
@@ -96,9 +97,11 @@ def _first_line(e: Exception) -> str:
 
 
 def _engine_url(url: str) -> str:
-    """SQLAlchemy reads postgresql:// as psycopg2, which probe does not install; psycopg (3) is its driver."""
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None \
-            and importlib.util.find_spec("psycopg") is not None:
+    """SQLAlchemy reads postgresql:// as psycopg2, which probe does not install; psycopg (3, the `postgres` extra)
+    is its driver. Without either, one line says what to install."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None:
+        if importlib.util.find_spec("psycopg") is None:
+            raise ProbeError("storage postgresql://...: needs a PostgreSQL driver: pip install 'probe[postgres]'")
         return "postgresql+psycopg://" + url[len("postgresql://"):]
     return url
 

@@ -115,12 +115,44 @@ class Sweep:
     #: overrides it; a pack that does not fit in GPU memory is halved
     pack_size: int | None = None
     seeds: tuple[int, ...] = (0,)
-    pruner: Literal["median", "none"] = "median"
+    #: how a cell stops its unpromising trials early (see `pruning`): "median" stops a trial below the median of
+    #: the cell's finished trials at the same step; "patient" only once it has also gone `pruner_patience`
+    #: evaluations without a new best (MQAR learns in a late jump: a trial on the plateau is not a bad one);
+    #: "none" trains every trial to its budget; "auto" picks by the number of trials per cell
+    pruner: Literal["auto", "patient", "median", "none"] = "auto"
+    #: "patient": evaluations without a new best before the median rule may stop a trial. Noise on a plateau
+    #: sets a new best now and then, so a trial is at risk only once it has gone this long without one
+    pruner_patience: int = 5
     #: a trial that raised is retried; after this many failures the cell is given up (shown as failed)
     max_failures_per_cell: int = 3
     #: training settings that depend on the task's training length, e.g. Zoology's batch sizes
     #: {64: {"batch_size": 512}, 512: {"batch_size": 128}}; applied before `epochs` turns into steps
     train_per_seq_len: dict[int, dict] = field(default_factory=dict)
+
+    #: "auto" prunes nothing below this many trials per cell
+    AUTO_PRUNE_MIN_TRIALS = 6
+
+    @property
+    def pruning(self) -> Literal["patient", "median", "none"]:
+        """The pruner the sweep's cells use, "auto" resolved: "none" below AUTO_PRUNE_MIN_TRIALS trials per cell,
+        else "patient".
+
+        Why: the median rule judges a trial against the cell's finished trials (two at least). In a cell of a
+        few trials it can act only on the last ones, against a median of two or three curves, and not at all
+        while the cell's trials train as one pack (the default: none has finished when the others are judged),
+        so it saves little; yet a trial it stops on MQAR's plateau may be the one that would have jumped, and the
+        cell loses its best learning rate. With more trials, in packs smaller than the cell, stopping the clearly
+        bad ones pays, and patience keeps a trial through a plateau that faster rates have already left."""
+        if self.pruner != "auto":
+            return self.pruner
+        return "none" if self.trials_per_cell < self.AUTO_PRUNE_MIN_TRIALS else "patient"
+
+    def pruning_text(self) -> str:
+        """The pruner in words, as the report names it: "patient median (5 evaluations)", "none (auto: 2 trials
+        per cell)"."""
+        text = {"patient": f"patient median ({self.pruner_patience} evaluations)", "median": "median",
+                "none": "none"}[self.pruning]
+        return f"{text} (auto: {self.trials_per_cell} trials per cell)" if self.pruner == "auto" else text
 
     # -- the grid ---------------------------------------------------------------------------------------
     def arch_options(self) -> dict[str, dict]:
@@ -196,7 +228,7 @@ class Sweep:
             if not isinstance(options, dict) or not isinstance(options.get("arch", label), str):
                 raise ProbeError(f"{where}: archs[{label!r}] must be a dict of mixer options (an 'arch' entry "
                                  "names the registered arch)")
-        for fname in ("trials_per_cell", "max_failures_per_cell", "n_layers"):
+        for fname in ("trials_per_cell", "max_failures_per_cell", "n_layers", "pruner_patience"):
             if getattr(self, fname) < 1:
                 raise ProbeError(f"{where}: {fname}={getattr(self, fname)} must be >= 1")
         if self.pack_size is not None and self.pack_size < 1:

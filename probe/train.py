@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning as L
 import torch
@@ -182,9 +182,11 @@ class PackModule(L.LightningModule):
     def __init__(self, pack: PackedModel, members: list[_Member], *, vocab_size: int, eval_lengths: list[int],
                  eval_slices: list[dict[str, torch.Tensor]], num_test: int, judges: list[Judge] | None,
                  schemes: tuple[str, ...] = (), train_len: int = 1,
-                 clock: "Throughput"):
+                 clock: "Throughput", log_names: list[str] | None = None):
         super().__init__()
         self.pack, self.members, self.judges, self.clock = pack, members, judges, clock
+        #: each member's name in a logger's curves (`fit(logger=...)`): "<name>/loss", "<name>/accuracy"
+        self.log_names = log_names or [f"member{m}" for m in range(len(members))]
         self.eval_lengths, self.eval_slices = eval_lengths, eval_slices
         self.train_len = train_len
         # dataloader i: (None: as trained, or a training-free scheme; the evaluation length), TaskData's order
@@ -207,8 +209,17 @@ class PackModule(L.LightningModule):
         loss = ce.sum(1) / (targets != IGNORE).sum().clamp(min=1)  # [K]: each member's mean over scored tokens
         self.nonfinite |= ~torch.isfinite(loss.detach())
         self.last_loss = loss.detach().float()
-        self.log("loss", loss.detach().mean(), prog_bar=True, on_step=True, on_epoch=False)
+        self.log("loss", loss.detach().mean(), prog_bar=True, on_step=True, on_epoch=False,
+                 logger=False)  # the progress bar's pack mean; a logger gets each member's own (on_train_batch_end)
         return loss.sum()  # members share no weights: each gets exactly its own loss's gradient
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        """With a logger: each member's training loss every `log_every_n_steps` steps (a host sync, so only
+        then), one curve per member still in the pack."""
+        if self.logger is not None and self.global_step % self.trainer.log_every_n_steps == 0:
+            self.logger.log_metrics({f"{self.log_names[m]}/loss": v for m, v in zip(self.rows,
+                                                                                   self.last_loss.tolist())},
+                                    step=self.global_step)
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         inputs, positions, targets, idx = batch
@@ -259,7 +270,15 @@ class PackModule(L.LightningModule):
                 member.pruned = verdict
             member.steps, member.train_time = entry["step"], self.clock.train_time
         if self.rows:
-            self.log("acc", max(self.members[m].history[-1]["accuracy"] for m in self.rows), prog_bar=True)
+            self.log("acc", max(self.members[m].history[-1]["accuracy"] for m in self.rows), prog_bar=True,
+                     logger=False)  # the progress bar's; a logger gets each member's own, below
+            if self.logger is not None:  # each member's accuracy at every evaluation length
+                curves = {}
+                for m in self.rows:
+                    for length, result in self.members[m].history[-1]["by_length"].items():
+                        at = "" if length == self.train_len else f"_L{length}"
+                        curves[f"{self.log_names[m]}/accuracy{at}"] = result["accuracy"]
+                self.logger.log_metrics(curves, step=self.global_step)
         if fitting and len(keep) < len(self.rows):
             self._drop(keep)
 
@@ -357,12 +376,43 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+#: the Lightning loggers fit() can write learning curves with (`--logger`)
+Logger = Literal["csv", "tensorboard"]
+
+
+def check_logger(logger: str | None) -> None:
+    """Refuse, in one line, a logger that is not known or whose package is not installed."""
+    import importlib.util
+    if logger is not None and logger not in get_args(Logger):
+        raise ProbeError(f"--logger {logger!r} is not one of {', '.join(get_args(Logger))}")
+    if logger == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise ProbeError("--logger tensorboard needs the tensorboard package: pip install 'probe[tensorboard]'")
+
+
+def make_logger(logger: Logger, log_dir: str):
+    """A Lightning logger writing into exactly `log_dir` (metrics.csv, or TensorBoard event files)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    if logger == "csv":
+        return CSVLogger(log_dir, name="", version="")
+    return TensorBoardLogger(log_dir, name="", version="", default_hp_metric=False)
+
+
 def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None = None,
-        judges: list[Judge] | None = None) -> list[RunRecord]:
+        judges: list[Judge] | None = None, logger: Logger | None = None, log_dir: str | None = None,
+        log_names: list[str] | None = None) -> list[RunRecord]:
     """Train the runs as one pack (they must differ only in lr, weight_decay and stop_at); one record per run,
-    in order. `judges[k]`, if given, is asked about run k after every evaluation (a sweep's pruner)."""
+    in order. `judges[k]`, if given, is asked about run k after every evaluation (a sweep's pruner).
+
+    `logger` ("csv" or "tensorboard") writes live learning curves into `log_dir`: each member's training loss
+    and its accuracy at every evaluation length, named `log_names[k]` (default member0, member1, ...), so a
+    pack of K shows K curves."""
     if not specs:
         raise ProbeError("fit needs at least one run")
+    check_logger(logger)
+    if logger is not None and log_dir is None:
+        raise ProbeError("fit: a logger needs a log_dir")
+    if log_names is not None and len(log_names) != len(specs):
+        raise ProbeError(f"{len(log_names)} log names for {len(specs)} runs")
     for spec in specs:
         spec.train.check()
     if any(s.pack_key() != specs[0].pack_key() for s in specs):
@@ -385,13 +435,14 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
     module = PackModule(PackedModel(models), members, vocab_size=task.vocab_size, eval_lengths=data.eval_lengths,
                         eval_slices=[t.slices for t in data.tests], num_test=cfg.num_test, judges=judges,
                         schemes=cfg.eval_position_schemes, train_len=task.seq_len,
-                        clock=clock)
+                        clock=clock, log_names=log_names)
     quiet_lightning()
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
         precision="bf16-mixed" if device.type == "cuda" else "32-true",
         max_steps=cfg.max_steps, val_check_interval=cfg.val_every, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        num_sanity_val_steps=0, logger=make_logger(logger, log_dir) if logger else False,
+        log_every_n_steps=min(50, cfg.val_every), enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=progress, callbacks=[clock, *(callbacks or [])])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -438,7 +489,8 @@ def _record(member: _Member, task: TaskConfig, common: dict) -> RunRecord:
 
 
 def train(task: TaskConfig, arch: str, model_cfg: ModelConfig = ModelConfig(), cfg: TrainConfig = TrainConfig(),
-          mixer_options: dict | None = None, *, progress: bool = False, callbacks: list | None = None) -> dict:
+          mixer_options: dict | None = None, *, progress: bool = False, callbacks: list | None = None,
+          logger: Logger | None = None, log_dir: str | None = None) -> dict:
     """Train one model (a pack of one); returns its record's JSON form (`RunRecord.as_dict()`)."""
     spec = RunSpec(task, arch, model_cfg, cfg, dict(mixer_options or {}))
-    return fit([spec], progress=progress, callbacks=callbacks)[0].as_dict()
+    return fit([spec], progress=progress, callbacks=callbacks, logger=logger, log_dir=log_dir)[0].as_dict()

@@ -8,7 +8,9 @@ Design choices:
   workers racing for one study draw distinct points of the same sequence. Later trials: GPSampler (Optuna 5
   accounts for running trials, so the members of one pack differ), TPE with the constant liar beyond 3 parameters.
 - Each member reports accuracy to its trial at every evaluation, by global step; a member the pruner stops
-  leaves the pack (its trial ends PRUNED with its record kept) and the others train on.
+  leaves the pack (its trial ends PRUNED with its record kept) and the others train on. The pruner is the
+  sweep's (`Sweep.pruning`: none for cells of a few trials, else the median rule with patience, since MQAR
+  learns in a late jump).
 - A member whose loss turns NaN/inf ends PRUNED with the reason recorded; if training raises, every trial of the
   pack ends FAILED with the error recorded; neither stops the worker. A pack that does not fit in GPU memory is
   halved and each half trained in turn.
@@ -29,12 +31,14 @@ import time
 import traceback
 import warnings
 import zlib
+from dataclasses import dataclass
 
 import optuna
 from optuna.trial import TrialState
 
 from .storage import reap_dead_workers, uses_heartbeat, worker_identity
 from .sweep import Cell, Sweep
+from .train import Logger
 
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -63,9 +67,17 @@ def make_sampler(cell: Cell, sweep: Sweep, worker_seed: int) -> optuna.samplers.
 
 
 def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
-    if sweep.pruner == "none":
+    """The sweep's pruner (`Sweep.pruning`): the median rule after two finished trials and two evaluations,
+    wrapped for "patient" so that it may stop a trial only after `pruner_patience` evaluations without a new
+    best (Optuna counts patience in reported steps, and a member reports once per evaluation)."""
+    if sweep.pruning == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2 * sweep.train.val_every)
+    median = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2 * sweep.train.val_every)
+    if sweep.pruning == "median":
+        return median
+    with warnings.catch_warnings():  # "experimental" in Optuna 5, as QMCSampler is
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.pruners.PatientPruner(median, patience=sweep.pruner_patience)
 
 
 def live_trials(study: optuna.Study, before: int | None = None) -> list:
@@ -103,40 +115,59 @@ def ask_pack(cell: Cell, sweep: Sweep, study: optuna.Study, size: int) -> tuple[
     return asked, 0
 
 
-def pruning_judge(trial: optuna.Trial):
-    """Report each evaluation's accuracy at the training length to the trial; stop the member when pruned."""
+def pruning_judge(trial: optuna.Trial, rule: str):
+    """Report each evaluation's accuracy at the training length to the trial; stop the member when pruned (the
+    reason names the rule, `Sweep.pruning_text()`)."""
     def judge(step: int, accuracy: float) -> str | None:
         trial.report(accuracy, step)
-        return f"pruned by the median rule at step {step}" if trial.should_prune() else None
+        return f"pruned by the {rule} rule at step {step}" if trial.should_prune() else None
     return judge
 
 
-def fit_halving(specs: list, judges: list, progress: bool) -> list:
-    """fit(), halving the pack (and retrying each half) when it does not fit in GPU memory."""
+@dataclass(frozen=True)
+class Curves:
+    """Live learning curves of a worker's packs (`--logger`): a Lightning logger's files in one folder per pack,
+    `<root>/<cell key>/trial<i>-trial<j>...`, each member's curves named by its trial."""
+
+    logger: Logger
+    root: str
+
+    def pack_dir(self, cell: Cell, names: list[str]) -> str:
+        return os.path.join(self.root, *cell.key.split("/"), "-".join(names))
+
+
+def fit_halving(specs: list, judges: list, progress: bool, names: list[str], curves: Curves | None = None,
+                cell: Cell | None = None) -> list:
+    """fit(), halving the pack (and retrying each half) when it does not fit in GPU memory. `names`: the
+    members' trials, which name their curves."""
     import torch
 
     from .train import fit
+    log = dict(logger=curves.logger, log_dir=curves.pack_dir(cell, names), log_names=names) if curves else {}
     try:
-        return fit(specs, judges=judges, progress=progress)
+        return fit(specs, judges=judges, progress=progress, **log)
     except torch.OutOfMemoryError:
         if len(specs) == 1:
             raise
         torch.cuda.empty_cache()
         half = len(specs) // 2
-        return (fit_halving(specs[:half], judges[:half], progress)
-                + fit_halving(specs[half:], judges[half:], progress))
+        return (fit_halving(specs[:half], judges[:half], progress, names[:half], curves, cell)
+                + fit_halving(specs[half:], judges[half:], progress, names[half:], curves, cell))
 
 
 def train_pack(cell: Cell, study: optuna.Study, asked: list[tuple[optuna.Trial, dict]], *, device: str,
-               progress: bool) -> list[tuple[int, TrialState, str]]:
+               progress: bool, rule: str = "median",
+               curves: Curves | None = None) -> list[tuple[int, TrialState, str]]:
     """Train the asked trials as one pack and tell each its result: COMPLETE with its accuracy, PRUNED (by the
-    pruner, or diverged) with the reason, or FAILED with the error if training raised. An interrupt fails the
-    pack's trials as lost, which are retried and never count as failures of the cell."""
+    pruner, whose `rule` the reason names, or diverged) with the reason, or FAILED with the error if training
+    raised. An interrupt fails the pack's trials as lost, which are retried and never count as failures of the
+    cell."""
     from .train import RunSpec
     specs = [RunSpec(cell.task, cell.arch, cell.model, dataclasses.replace(cell.train, device=device, **params),
                      cell.mixer_options) for _, params in asked]
     try:
-        records = fit_halving(specs, [pruning_judge(trial) for trial, _ in asked], progress)
+        records = fit_halving(specs, [pruning_judge(trial, rule) for trial, _ in asked], progress,
+                              [f"trial{trial.number}" for trial, _ in asked], curves, cell)
     except KeyboardInterrupt:
         for trial, _ in asked:
             trial.set_user_attr("reason", "interrupted")
@@ -169,19 +200,20 @@ def open_study(cell: Cell, sweep: Sweep, storage, worker_seed: int) -> optuna.St
                                 load_if_exists=True, sampler=make_sampler(cell, sweep, worker_seed),
                                 pruner=make_pruner(sweep))
     if "cell" not in study.user_attrs:  # the store describes itself: readable without the sweep file
-        describe_study(study, cell)
+        describe_study(study, cell, sweep.pruning_text())
     return study
 
 
-def describe_study(study: optuna.Study, cell: Cell) -> None:
-    """Record on the study what its cell is, and name its objective (optuna-dashboard shows "accuracy")."""
+def describe_study(study: optuna.Study, cell: Cell, pruner: str = "") -> None:
+    """Record on the study what its cell is and which pruner it uses (`Sweep.pruning_text()`), and name its
+    objective (optuna-dashboard shows "accuracy")."""
     with warnings.catch_warnings():  # "experimental" in Optuna 5; the name is what the dashboard shows
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["accuracy"])
     for key, value in {"sweep": cell.sweep, "cell": cell.key, "label": cell.label, "arch": cell.arch,
                        "task": cell.task.name, "task_config": dataclasses.asdict(cell.task),
                        "model_config": dataclasses.asdict(cell.model), "mixer_options": cell.mixer_options,
-                       "d_model": cell.model.d_model, "seed": cell.seed}.items():
+                       "d_model": cell.model.d_model, "seed": cell.seed, "pruner": pruner}.items():
         study.set_user_attr(key, value)
 
 
@@ -213,12 +245,14 @@ def cell_status(study: optuna.Study | None, sweep: Sweep) -> str:
 
 
 def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack: int | None = None,
-               progress: bool = False, log=print) -> dict[str, int]:
+               progress: bool = False, log=print, curves: Curves | None = None) -> dict[str, int]:
     """Work on the sweep's cells until none needs a trial. Returns counts of what this worker did.
 
     Each round asks a cell for as many trials as it still needs, up to the pack size (`pack`, else the sweep's
-    `pack_size`, else all of the cell's trials), and trains them as one pack.
+    `pack_size`, else all of the cell's trials), and trains them as one pack; `curves` logs their learning
+    curves live.
     """
+    rule = "patient median" if sweep.pruning == "patient" else "median"  # what a pruned trial's reason names
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").setLevel(logging.ERROR)
     did = {"trials": 0, "surplus": 0, "failed": 0, "reaped": 0}
@@ -241,7 +275,7 @@ def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack
                 if not asked:
                     break
                 worked = True
-                told = train_pack(cell, study, asked, device=device, progress=progress)
+                told = train_pack(cell, study, asked, device=device, progress=progress, rule=rule, curves=curves)
                 for number, state, text in told:
                     did["trials"] += 1
                     did["failed"] += state == TrialState.FAIL

@@ -25,11 +25,9 @@ encoder that pools the sequence into one vector and an MLP decoder, which probe'
 express. (5) Selective copying is probe's `copying` task (alphabet vocab - 2, as in MAD), which places the data
 tokens uniformly and teacher-forces the answer; see tasks/copying.py.
 
-The MAD score of an arch, from the tidy results (`probe results sweeps/mad.py --format parquet -o mad.parquet`):
-
-    t = pd.read_parquet("mad.parquet"); t = t[t["slice"] == "all"]
-    best = t.groupby(["arch", "task", "cell"])["accuracy"].max()   # a cell is one setting: its best learning rate
-    best.groupby(["arch", "task"]).mean().groupby("arch").mean()   # per task over its settings, then over tasks
+The MAD score of each arch is the report's "MAD score" section (`probe report sweeps/mad.py -o reports/mad.html`;
+computed by probe.report.analysis.mad_scores): per level the best trial's test accuracy (mean over seeds), per task
+the mean over its levels, per arch the mean over the tasks; beside it each task's score and each level's accuracy.
 """
 from probe.sweep import SearchSpace, Sweep
 from probe.train import TrainConfig

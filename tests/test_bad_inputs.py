@@ -2,6 +2,7 @@
 what is wrong, and nothing written. Run in-process through `probe.cli.main`, so a table of hundreds stays fast;
 the inputs (sweep files, a damaged journal) are real files in a folder of their own, which must not change."""
 import dataclasses
+import importlib.util
 import os
 import typing
 
@@ -17,6 +18,7 @@ from probe.storage import open_storage
 from tasks import TASKS
 
 NO_GPU = not torch.cuda.is_available()
+NO_TENSORBOARD = not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX"))
 IN = "{inputs}"  # the inputs folder, filled in per test
 
 # -- sweep files: one good, and bad ones made from it by one replacement each -----------------------------------
@@ -49,6 +51,8 @@ BAD_SWEEPS = {  # name: (replace, with, what the message names)
     "seeds_are_strs": ('pruner="none"', 'pruner="none", seeds=("a",)', "seeds=('a',)"),
     "seed_is_negative": ('pruner="none"', 'pruner="none", seeds=(-1,)', "seeds: -1"),
     "pruner_is_unknown": ('pruner="none"', 'pruner="hyperband"', "pruner='hyperband'"),
+    "pruner_patience_is_0": ('pruner="none"', 'pruner="patient", pruner_patience=0', "pruner_patience=0"),
+    "pruner_patience_is_a_float": ('pruner="none"', 'pruner="patient", pruner_patience=2.5', "pruner_patience=2.5"),
     "channel_mixer_is_unknown": ('pruner="none"', 'pruner="none", channel_mixer="moe"', "channel_mixer='moe'"),
     "lr_high_is_inf": ("lr=(1e-3, 1e-2)", 'lr=(1e-3, float("inf"))', "search.lr"),
     "lr_low_is_nan": ("lr=(1e-3, 1e-2)", 'lr=(float("nan"), 1e-2)', "search.lr"),
@@ -207,6 +211,11 @@ case("train-json-in-proc", train("--json", "/proc/x.json"), "--json /proc/x.json
 case("train-json-is-a-folder", train("--json", f"{IN}/folder"), "is a directory")
 case("train-json-folder-missing", train("--json", f"{IN}/missing/r.json"), "does not exist")
 case("train-json-dev-null", train("--json", "/dev/null"), "not a regular file")
+case("train-logger-unknown", train("--logger", "wandb"), "--logger")
+case("train-logger-tensorboard-not-installed", train("--logger", "tensorboard"), "--logger tensorboard needs",
+     when=NO_TENSORBOARD)
+case("train-log-dir-under-a-file", train("--logger", "csv", "--log-dir", f"{IN}/export.csv/curves"), "--log-dir")
+case("train-log-dir-in-proc", train("--logger", "csv", "--log-dir", "/proc/curves"), "--log-dir")
 
 # sample
 case("sample-unknown-task", ["sample", "nope", "--seq-len", "8"], "unknown task 'nope'")
@@ -266,6 +275,11 @@ for command in ("sweep", "worker"):
     case(f"{command}-device-tpu", [command, GOOD_FILE, "--device", "tpu"], "--device")
     case(f"{command}-cuda-without-a-gpu", [command, GOOD_FILE, "--device", "cuda"], "cuda", when=NO_GPU)
     case(f"{command}-no-sweep-file", [command], "file")
+    case(f"{command}-logger-unknown", [*cpu, "--logger", "wandb"], "--logger")
+    case(f"{command}-logger-tensorboard-not-installed", [*cpu, "--logger", "tensorboard"],
+         "--logger tensorboard needs", when=NO_TENSORBOARD)
+    case(f"{command}-log-dir-under-a-file", [*cpu, "--logger", "csv", "--log-dir", f"{IN}/export.csv/curves"],
+         "--log-dir")
 case("sweep-workers-0", ["sweep", GOOD_FILE, "--device", "cpu", "--workers", "0"], "--workers")
 case("sweep-workers-per-gpu-0", ["sweep", GOOD_FILE, "--device", "cpu", "--workers-per-gpu", "0"], "--workers")
 case("sweep-workers-1000", ["sweep", GOOD_FILE, "--device", "cpu", "--workers", "1000"], "1000 workers")

@@ -322,6 +322,121 @@ def test_a_task_field_swept_at_one_length_splits_problems_but_one_that_follows_t
     assert set(A.problem_labels(both)) == {"mqar num_kv_pairs=4", "mqar num_kv_pairs=8", "mqar num_kv_pairs=99"}
 
 
+# -- MAD's aggregate ---------------------------------------------------------------------------------------------
+#: a MAD store: level (a cell key's task part) -> task, training length, task fields; four of MAD's five tasks
+MAD_LEVELS = {
+    "in_context_recall-L128-vocab_size16": ("in_context_recall", 128, {"vocab_size": 16}),
+    "in_context_recall-L128-vocab_size32": ("in_context_recall", 128, {"vocab_size": 32}),
+    "in_context_recall-L256-vocab_size16": ("in_context_recall", 256, {"vocab_size": 16}),
+    "noisy_recall-L128-frac_noise0.2": ("noisy_recall", 128, {"frac_noise": 0.2}),
+    "noisy_recall-L128-frac_noise0.4": ("noisy_recall", 128, {"frac_noise": 0.4}),
+    "copying-L256-num_tokens16": ("copying", 256, {"mode": "selective", "num_tokens": 16}),
+    "copying-L256-num_tokens32": ("copying", 256, {"mode": "selective", "num_tokens": 32}),
+    "memorization-L32-vocab_size256": ("memorization", 32, {"vocab_size": 256}),
+}
+#: in the same store, not MAD's: plain copying and MQAR
+NOT_MAD = {"copying-L64-modecopy": ("copying", 64, {"mode": "copy", "num_tokens": 16}),
+           "mqar-L64": ("mqar", 64, {})}
+MAD_ARCHS = ("attention", "mamba", "hyena")
+MAD_PENDING = "in_context_recall-L256-vocab_size16/mamba/d32"  # a setting: both seeds
+MAD_PRUNED = "noisy_recall-L128-frac_noise0.2/attention/d32/seed0"
+
+
+def mad_trials() -> tuple[list[dict], dict]:
+    """Two seeds × two trials per cell, accuracies drawn at random; a pruned trial that scores higher than any
+    complete one, and one level of mamba not started."""
+    import random
+    trials, cells = [], {}
+    for level, (task, L, fields) in {**MAD_LEVELS, **NOT_MAD}.items():
+        for arch, seed in itertools.product(MAD_ARCHS, (0, 1)):
+            key = f"{level}/{arch}/d32/seed{seed}"
+            pending = key.startswith(MAD_PENDING + "/")
+            cells[key] = {"sweep": "unit", "arch": arch, "status": "pending" if pending else "complete",
+                          "trials": 0 if pending else 2, "expected_trials": 2}
+            if pending:
+                continue
+            for k in range(3 if key == MAD_PRUNED else 2):
+                state = "PRUNED" if k == 2 else "COMPLETE"
+                acc = 0.999 if k == 2 else round(random.Random(f"{key}/{k}").uniform(0.05, 0.95), 4)
+                t = make_trial(arch, L, 32, seed, k, state, acc=acc, lr=(1e-3, 1e-2, 3e-3)[k])
+                trials.append(t | {"task": task, "cell": key, "study": f"unit:{key}", "mode": None, **fields})
+    return trials, cells
+
+
+def expected_mad_scores(trials: list[dict]) -> dict[str, tuple[float, dict[str, float]]]:
+    """arch -> (MAD score, task -> score), recomputed from the trials with loops: per seed the best complete
+    trial, the mean over seeds per level, over levels per task, over tasks per arch."""
+    best = {}
+    for t in trials:
+        level = t["cell"].split("/")[0]
+        if t["state"] == "COMPLETE" and level in MAD_LEVELS:
+            k = (t["arch"], level, t["seed"])
+            best[k] = max(best.get(k, 0.0), t["accuracy"])
+    out = {}
+    for arch in MAD_ARCHS:
+        per_task = {}
+        for level, (task, _, _) in MAD_LEVELS.items():
+            seeds = [v for (a, lv, _), v in best.items() if (a, lv) == (arch, level)]
+            if seeds:
+                per_task.setdefault(task, []).append(sum(seeds) / len(seeds))
+        per_task = {task: sum(v) / len(v) for task, v in per_task.items()}
+        out[arch] = (sum(per_task.values()) / len(per_task), per_task)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mad_report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("report") / "mad.html"
+    write_report(assemble(*mad_trials(), times=(1,), pairs=None), str(path))
+    return path
+
+
+def test_mad_score_is_the_mean_over_tasks_of_the_mean_over_levels():
+    trials, cells = mad_trials()
+    res = assemble(trials, cells, times=(1,), pairs=None)
+    trials_df, tidy, _ = A.conform(res.trials, res.tidy, res.curves)
+    levels = A.mad_levels(tidy, A.cell_table(trials_df, res.provenance), trials_df)
+    assert set(levels["level"]) == set(MAD_LEVELS)  # plain copying and MQAR are not MAD's
+    scores = A.mad_scores(levels).set_index("arch")
+    assert list(scores.columns[4:]) == ["in_context_recall", "noisy_recall", "copying", "memorization"]
+    for arch, (score, per_task) in expected_mad_scores(trials).items():
+        assert scores.loc[arch, "score"] == pytest.approx(score, abs=1e-12), arch
+        for task, value in per_task.items():
+            assert scores.loc[arch, task] == pytest.approx(value, abs=1e-12), (arch, task)
+        assert scores.loc[arch, "levels"] == len(MAD_LEVELS)
+        assert scores.loc[arch, "levels_done"] == len(MAD_LEVELS) - (arch == "mamba")  # its pending level
+
+
+def test_results_without_a_mad_task_have_no_mad_section(full_report):
+    res = make_results()
+    assert A.mad_levels(res.tidy, A.cell_table(res.trials, res.provenance), res.trials).empty
+    assert '<section id="mad">' not in full_report.read_text()
+
+
+def test_mad_section_follows_the_summary_with_scores_per_arch_and_task(mad_report):
+    html = mad_report.read_text()
+    assert re.findall(r'<section id="([^"]+)">', html)[:2] == ["summary", "mad"]
+    mad = section(html, "mad")
+    assert "hold 4 of MAD&#39;s 5 tasks (not here: fuzzy_recall)" in mad and "selective copying" in mad
+    tables = re.findall(r"<table.*?</table>", mad, re.S)
+    assert len(tables) == 2
+    body = re.findall(r"<tr>(.*?)</tr>", tables[0])[1:]
+    rows = {re.sub(r"<[^>]+>", "", r.split("</td>")[0]).strip(): re.findall(r"<td[^>]*>(.*?)</td>", r) for r in body}
+    marks = {re.sub(r"<[^>]+>", "", r.split("</td>")[0]).strip(): re.findall(r"<td([^>]*)>", r) for r in body}
+    expected = expected_mad_scores(mad_trials()[0])
+    assert set(rows) == set(MAD_ARCHS)
+    for arch, (score, per_task) in expected.items():
+        assert rows[arch][2] == f"{score:.3f}"
+        assert rows[arch][3] == f"{len(MAD_LEVELS) - (arch == 'mamba')}/{len(MAD_LEVELS)}"
+        assert rows[arch][4:] == [f"{per_task[t]:.3f}" for t in
+                                  ("in_context_recall", "noisy_recall", "copying", "memorization")]
+    marked = [arch for arch, r in marks.items() if 'class="best-acc"' in r[2]]
+    assert marked == [max(expected, key=lambda a: expected[a][0])]  # the best score at the one width
+    levels = tables[1]
+    assert all(level in levels for level in MAD_LEVELS) and "modecopy" not in levels and "mqar" not in levels
+    assert "fewer levels done" in mad  # mamba's pending level
+
+
 # -- colours and order ---------------------------------------------------------------------------------------------
 def hue_of(colour: str) -> tuple[float, float]:
     """(hue in degrees, saturation) of a #rrggbb colour."""
@@ -690,6 +805,88 @@ def test_report_from_a_real_sweep(real_sweep):
     assert "num_kv_pairs takes one value in each test set" in section(html, "slices")
 
 
+#: tiny configurations of the shipped MAD and state-tracking sweeps: their tasks (a subset of MAD's levels) and
+#: their protocol (MAD's learning-rate grid, state tracking's lengths), at d_model 16 for a few steps
+TINY_SUITES = {
+    "mad_tiny": '''
+import dataclasses, runpy
+from probe.sweep import SearchSpace
+from probe.train import TrainConfig
+
+MAD = runpy.run_path({path!r})
+
+
+def sweep():
+    kept = {{}}
+    for t in MAD["TASKS"]:  # each task's baseline; in_context_recall's first harder level too
+        kept.setdefault(t.name, [])
+        if len(kept[t.name]) < (2 if t.name == "in_context_recall" else 1):
+            kept[t.name].append(t)
+    return dataclasses.replace(
+        MAD["sweep"](), name="mad_tiny", tasks=[t for ts in kept.values() for t in ts], archs=["attention", "mamba"],
+        d_models=(16,), epochs=None, train_per_seq_len={{}}, search=SearchSpace(lr_grid=(1e-3, 1e-2)),
+        trials_per_cell=2, train=TrainConfig(batch_size=16, max_steps=3, warmup_steps=1, num_train=32, num_test=32,
+                                             val_every=3, stop_at=None, weight_decay=0.0, device="cpu"))
+''',
+    "state_tracking_tiny": '''
+import dataclasses, runpy
+from probe.sweep import SearchSpace
+from probe.train import TrainConfig
+
+
+def sweep():
+    return dataclasses.replace(
+        runpy.run_path({path!r})["sweep"](), name="state_tracking_tiny", archs=["attention", "mamba"],
+        d_models=(16,), epochs=None, search=SearchSpace(lr=(1e-3, 1e-2)), trials_per_cell=1,
+        train=TrainConfig(batch_size=16, max_steps=3, warmup_steps=1, num_train=32, num_test=32, val_every=3,
+                          stop_at=None, device="cpu"))
+''',
+}
+SUITE_FILES = {"mad_tiny": "mad.py", "state_tracking_tiny": "state_tracking.py"}
+
+
+@pytest.fixture(scope="module")
+def real_suites(tmp_path_factory) -> Path:
+    """Both suites trained for real into one journal (12 + 8 tiny cells, about 40 s on 2 cores), then one
+    report of the two: the folder holds suites.html."""
+    tmp = tmp_path_factory.mktemp("suites")
+    repo = Path(__file__).resolve().parents[1] / "sweeps"
+    storage = str(tmp / "journal.log")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    files = []
+    for name, body in TINY_SUITES.items():
+        files.append(tmp / f"{name}.py")
+        files[-1].write_text(body.format(path=str(repo / SUITE_FILES[name])))
+        run = subprocess.run([sys.executable, "-m", "probe", "sweep", str(files[-1]), "--storage", storage,
+                              "--device", "cpu", "--workers", "1"], capture_output=True, text=True, env=env,
+                             timeout=300, cwd=tmp)
+        assert run.returncode == 0, run.stderr[-2000:]
+    main([*map(str, files), "--storage", storage, "-o", str(tmp / "suites.html")])
+    return tmp
+
+
+@pytest.mark.slow
+def test_tiny_mad_and_state_tracking_sweeps_render_in_one_report(real_suites):
+    from probe.results import load_results
+    html = (real_suites / "suites.html").read_text()
+    assert "No holes" in section(html, "provenance")
+    # MAD: one row per arch over all 6 levels of the 5 tasks, each score the mean over tasks of the mean over levels
+    mad = section(html, "mad")
+    assert "over 6 levels of 5 tasks" in mad
+    res = load_results([str(real_suites / f"{n}.py") for n in TINY_SUITES], str(real_suites / "journal.log"))
+    t = res.trials[(res.trials["state"] == "COMPLETE") & (res.trials["sweep"] == "mad_tiny")]
+    for arch in ("attention", "mamba"):
+        best = t[t["arch"] == arch].groupby(["task", "cell"])["accuracy"].max()
+        score = best.groupby("task").mean().mean()
+        row = re.search(rf"</span>{arch}</td>(.*?)</tr>", mad).group(1)
+        assert re.findall(r"<td[^>]*>(.*?)</td>", row)[1:3] == [f"{score:.3f}", "6/6"]
+    # state tracking: trained at 64, tested to 512, one curve per group
+    groups = {"parity", "modular", "s3", "s5"}
+    lengths = set(re.findall(r'<figure id="fig-length-state-tracking-[^"]*group-([a-z0-9]+)"', html))
+    assert lengths == groups
+    assert '<section id="mad">' in html and html.index('<section id="mad">') < html.index('<section id="width">')
+
+
 # -- in a browser -------------------------------------------------------------------------------------------------
 CHROMIUM = "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs /usr/bin/chromium")
@@ -765,6 +962,22 @@ def test_real_sweep_report_renders_in_chromium(real_sweep, tmp_path):
     dom = rendered(real_sweep / "reports" / "tiny.html", tmp_path)
     assert_every_promised_figure_drawn(dom, PROMISED["real"])
     assert_families_have_their_own_colours(dom, {"attention": "attention", "mamba2": "mamba2"})
+
+
+@needs_chromium
+def test_mad_report_renders_in_chromium(mad_report, tmp_path):
+    dom = rendered(mad_report, tmp_path)
+    mad = section(dom, "mad")
+    assert len(re.findall(r"<table\b", mad)) == 2 and mad.count("<tr>") == 1 + len(MAD_ARCHS) + 1 + len(MAD_LEVELS)
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_tiny_suites_report_renders_in_chromium(real_suites, tmp_path):
+    dom = rendered(real_suites / "suites.html", tmp_path)
+    figures = set(re.findall(r'<figure id="fig-([^"]+)"', (real_suites / "suites.html").read_text()))
+    assert_every_promised_figure_drawn(dom, figures)
+    assert len(re.findall(r"<table\b", section(dom, "mad"))) == 2
 
 
 @needs_chromium

@@ -371,3 +371,92 @@ def test_the_zoology_figure2_replica_validates_and_each_of_its_archs_trains_a_ce
                  for lr in sweep.search.lr_grid]
         records = fit(specs)
         assert [r.steps for r in records] == [2] * 4, cell.key
+
+
+# -- pruning: MQAR learns in a late jump -------------------------------------------------------------------------
+def pruned_at(sweep, curve: list[float], finished: float = 0.9) -> int | None:
+    """The step at which the sweep's pruner stops a trial whose evaluations read `curve`, in a cell whose two
+    finished trials held `finished` at every evaluation; None if it never does."""
+    from probe.tuning import make_pruner, pruning_judge
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(sweep))
+    steps = [(i + 1) * sweep.train.val_every for i in range(len(curve))]
+    for _ in range(2):
+        done = study.ask()
+        for step in steps:
+            done.report(finished, step)
+        study.tell(done, finished)
+    judge = pruning_judge(study.ask(), "test")
+    return next((step for step, accuracy in zip(steps, curve) if judge(step, accuracy)), None)
+
+
+PLATEAU_THEN_JUMP = [0.30, 0.29, 0.30, 0.31, 0.30, 0.32, 0.99]  # still creeping up when it jumps
+STUCK = [0.35, 0.30, 0.30, 0.29, 0.30, 0.30, 0.30]  # its best evaluation was its first
+
+
+def test_the_median_rule_stops_a_trial_on_the_plateau_before_its_jump():
+    sweep = grid_sweep(pruner="median")
+    assert pruned_at(sweep, PLATEAU_THEN_JUMP) == 2 * sweep.train.val_every
+
+
+def test_the_patient_rule_keeps_a_trial_through_the_plateau_and_stops_one_that_is_stuck():
+    sweep = grid_sweep(pruner="patient", pruner_patience=3)
+    assert pruned_at(sweep, PLATEAU_THEN_JUMP) is None
+    # no new best in its last 3 + 1 evaluations, and below the median: stopped at the fifth
+    assert pruned_at(sweep, STUCK) == 5 * sweep.train.val_every
+    assert pruned_at(grid_sweep(pruner="patient", pruner_patience=5), STUCK) == 7 * sweep.train.val_every
+
+
+def test_auto_pruning_trains_every_trial_of_a_small_cell_and_is_patient_in_a_larger_one():
+    from probe.sweep import SearchSpace
+    small = grid_sweep(pruner="auto", search=SearchSpace(), trials_per_cell=2)
+    assert small.pruning == "none" and pruned_at(small, STUCK) is None
+    assert small.pruning_text() == "none (auto: 2 trials per cell)"
+    large = grid_sweep(pruner="auto", search=SearchSpace(), trials_per_cell=6)
+    assert large.pruning == "patient" and pruned_at(large, STUCK) is not None
+    assert large.pruning_text() == f"patient median ({large.pruner_patience} evaluations) (auto: 6 trials per cell)"
+    assert grid_sweep(pruner="median").pruning_text() == "median"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(pruner="hyperband"), "pruner='hyperband' must be one of 'auto', 'patient', 'median', 'none'"),
+    (dict(pruner_patience=0), "pruner_patience=0 must be >= 1"),
+    (dict(pruner_patience=2.5), "pruner_patience=2.5 must be int"),
+])
+def test_bad_pruner_settings_are_refused_naming_the_field(overrides, message):
+    from probe.errors import ProbeError
+    with pytest.raises(ProbeError, match=re.escape(message)):
+        grid_sweep(**overrides).check()
+
+
+# -- what a sweep records about itself, and its live curves -----------------------------------------------------
+@pytest.fixture(scope="module")
+def logged_sweep(tmp_path_factory):
+    """A tiny sweep (stop_at 0.95, pruner auto) run in-process by one worker with --logger csv: its file, its
+    journal and its curves folder."""
+    from probe.tuning import Curves, run_worker
+    where = tmp_path_factory.mktemp("logged")
+    body = TINY.format(name="logged", archs=["attention"], steps=10, lr=(1e-3, 1e-2), trials=2)
+    path = write_sweep(where, body=body.replace("stop_at=None", "stop_at=0.95").replace('"none"', '"auto"'))
+    journal, curves = str(where / "journal.log"), str(where / "curves")
+    run_worker(load_sweep(path), open_storage(journal), device="cpu", log=lambda m: None,
+               curves=Curves("csv", curves))
+    return path, journal, curves
+
+
+def test_provenance_names_each_sweeps_stop_at_and_pruner_with_or_without_the_file(logged_sweep):
+    from probe.results import load_results
+    path, journal, _ = logged_sweep
+    for files in ([path], []):  # from the sweep file, and from the storage alone
+        (said,) = load_results(files, journal).provenance["sweeps"]
+        assert said["name"] == "logged" and said["stop_at"] == 0.95, files
+        assert said["pruner"] == "none (auto: 2 trials per cell)", files
+
+
+def test_a_logger_writes_each_packs_curves_one_per_trial_under_its_cell(logged_sweep):
+    import pandas as pd
+    path, journal, curves = logged_sweep
+    for key, study in studies(journal, path).items():
+        names = [f"trial{t.number}" for t in live(study)]
+        metrics = pd.read_csv(os.path.join(curves, *key.split("/"), "-".join(names), "metrics.csv"))
+        for name in names:
+            assert metrics[f"{name}/loss"].notna().any() and metrics[f"{name}/accuracy"].notna().any(), key

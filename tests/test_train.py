@@ -107,3 +107,33 @@ def test_an_unknown_evaluation_scheme_is_refused():
     from probe.errors import ProbeError
     with pytest.raises(ProbeError, match="eval_position_schemes"):
         TrainConfig(eval_position_schemes=("yarn",)).check()
+
+
+def test_a_csv_logger_draws_one_loss_and_one_accuracy_curve_per_member_of_a_pack(tmp_path):
+    import dataclasses
+
+    import pandas as pd
+
+    from probe.train import RunSpec, fit
+    task = MQAR(seq_len=16, vocab_size=32, num_kv_pairs=2, eval_seq_lens=(32,))
+    cfg = TrainConfig(max_steps=20, val_every=10, batch_size=16, num_train=64, num_test=16, stop_at=None,
+                      device="cpu")
+    fit([RunSpec(task, "attention", ModelConfig(d_model=16), dataclasses.replace(cfg, lr=lr))
+         for lr in (1e-3, 1e-2)], logger="csv", log_dir=str(tmp_path / "pack"), log_names=["slow", "fast"])
+    metrics = pd.read_csv(tmp_path / "pack" / "metrics.csv")
+    for name in ("slow", "fast"):
+        for curve in ("loss", "accuracy", "accuracy_L32"):  # accuracy_L32: at the evaluation length
+            assert metrics[f"{name}/{curve}"].notna().sum() == 2, (name, curve)  # at steps 10 and 20
+
+
+def test_probe_train_with_a_csv_logger_writes_a_metrics_file(tmp_path, capsys):
+    import pandas as pd
+
+    from probe.cli import main
+    main(["train", "--task", "mqar", "--arch", "attention", "--seq-len", "16", "--vocab-size", "16",
+          "--num-kv-pairs", "2", "--d-model", "8", "--max-steps", "10", "--val-every", "5", "--num-train", "32",
+          "--num-test", "8", "--batch-size", "8", "--device", "cpu", "--no-progress", "--logger", "csv",
+          "--log-dir", str(tmp_path / "curves")])
+    assert f"learning curves (csv) in {tmp_path / 'curves'}" in capsys.readouterr().out
+    metrics = pd.read_csv(tmp_path / "curves" / "metrics.csv")
+    assert metrics["member0/loss"].notna().sum() == 2 and metrics["member0/accuracy"].notna().sum() == 2

@@ -12,6 +12,8 @@ Words used throughout:
   `baseconv_short,based`) is the trials' `arch_built`. A label's family (arch_family) orders every legend.
 - solved: a setting's accuracy is at least the sweep's stop_at (0.99 where the sweep sets none).
 - flat panel: a panel whose x axis would hold one value; it is dropped, not drawn (drop_flat_panels).
+- MAD level: a cell's task config when its task is one of MAD's suite (MAD_TASKS); the cells of one level share
+  the key's task part, and MAD's score averages levels per task, then tasks (mad_scores).
 """
 from __future__ import annotations
 
@@ -437,3 +439,62 @@ def solved_table(settings: pd.DataFrame, threshold: float, order: list[str]) -> 
     rank = {a: i for i, a in enumerate(order)}
     return out.sort_values(["arch", "seq_len"], key=lambda c: c.map(rank) if c.name == "arch" else c,
                            ignore_index=True)
+
+
+# -- MAD's aggregate ----------------------------------------------------------------------------------------------
+#: MAD's synthetic suite (Poli et al. 2024) as probe's tasks, in MAD's order; its compression task has no probe
+#: counterpart (sweeps/mad.py says why). `copying` counts only in selective mode: MAD's selective copying.
+MAD_TASKS = ("in_context_recall", "fuzzy_recall", "noisy_recall", "copying", "memorization")
+
+
+def mad_cells(cells: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """The cells that are levels of MAD's suite, with their `level`: the cell key's task part (task, length and
+    the fields that vary), one difficulty setting of one task, shared by every arch, width and seed.
+
+    A cell is recognised by its task's name (MAD_TASKS), not by the sweep it came from, so any sweep that runs
+    MAD's tasks gets the score. A copying level is MAD's when a trial of it ran in selective mode; a copying level
+    no trial has reached yet cannot be told apart from plain copying and is left out."""
+    parsed = cells["cell"].map(parse_cell_key)
+    out = cells.assign(level=[p["task_key"] if p else s for p, s in zip(parsed, cells["setting"])])
+    out = out[out["task"].isin(MAD_TASKS)]
+    if "mode" in trials and (out["task"] == "copying").any():
+        copying = trials[(trials["task"] == "copying") & (trials["mode"] == "selective")]
+        selective = {p["task_key"] for p in copying["cell"].map(parse_cell_key) if p}
+        out = out[(out["task"] != "copying") | out["level"].isin(selective)]
+    elif "mode" not in trials:
+        out = out[out["task"] != "copying"]
+    return out.reset_index(drop=True)
+
+
+def mad_levels(tidy: pd.DataFrame, cells: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy of every arch and width at every MAD level: the test accuracy at the training length of each
+    seed's best trial (its tuned learning rate, as MAD keeps the best of its grid), mean over the seeds; NaN
+    where no seed has a result yet. Columns: arch, d_model, task, level, accuracy, seeds_done."""
+    columns = ["arch", "d_model", "task", "level", "accuracy", "seeds_done"]
+    mad = mad_cells(cells, trials)
+    if mad.empty:
+        return pd.DataFrame(columns=columns)
+    at_train = tidy[(tidy["slice"] == "all") & (tidy["eval_seq_len"] == tidy["seq_len"])]
+    best = best_rows(at_train, cells)[["cell", "accuracy"]]
+    rows = mad.drop(columns="accuracy").merge(best, on="cell", how="left")
+    out = rows.groupby(["arch", "d_model", "task", "level"], as_index=False, sort=False).agg(
+        accuracy=("accuracy", "mean"), seeds_done=("accuracy", "count"))
+    return out[columns]
+
+
+def mad_scores(levels: pd.DataFrame) -> pd.DataFrame:
+    """MAD's aggregate per arch and width, from mad_levels: each task's score is the mean over its levels, the
+    arch's MAD score the mean over the tasks (sweeps/mad.py's protocol). Levels without a result are left out of
+    the means; `levels_done` of `levels` (every level the results hold) says how complete a score is.
+
+    Columns: arch, d_model, score, levels_done, levels, then one per MAD task present (its score)."""
+    tasks = [t for t in MAD_TASKS if t in set(levels["task"])]
+    columns = ["arch", "d_model", "score", "levels_done", "levels", *tasks]
+    if levels.empty:
+        return pd.DataFrame(columns=columns)
+    per_task = levels.groupby(["arch", "d_model", "task"], sort=False)["accuracy"].mean().unstack("task")
+    out = per_task.reindex(columns=tasks)
+    out["score"] = out[tasks].mean(axis=1)  # over the tasks with a result
+    out["levels_done"] = levels.groupby(["arch", "d_model"], sort=False)["accuracy"].count()
+    out["levels"] = levels["level"].nunique()
+    return out.reset_index()[columns]

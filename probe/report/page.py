@@ -244,6 +244,72 @@ def _holes_line(d: Data) -> Markup:
                   '<a href="#provenance">why, per cell</a>.')
 
 
+# -- MAD's aggregate ----------------------------------------------------------------------------------------------
+#: how the tables name a MAD task: probe's `copying` runs MAD's selective copying there (analysis.mad_cells)
+MAD_NAMES = {"copying": "selective copying"}
+
+
+def mad_section(d: Data) -> Section | None:
+    """MAD's score per arch and width, and each level's accuracy; None when the results hold no MAD task (a
+    Zoology report has nothing to say here, so it has no such section)."""
+    levels = A.mad_levels(d.tidy, d.cells, d.trials)
+    if levels.empty:
+        return None
+    s = Section("mad", "MAD score")
+    s.notes.append("MAD's aggregate (Poli et al. 2024, the protocol of sweeps/mad.py): a level is one difficulty "
+                   "setting of one of MAD's tasks, and its accuracy the test accuracy at the training length of the "
+                   "best trial over the tuned learning rates (mean over seeds). A task's score is the mean over its "
+                   "levels; an arch's MAD score is the mean over the tasks.")
+    tasks = [t for t in A.MAD_TASKS if t in set(levels["task"])]
+    missing = [MAD_NAMES.get(t, t) for t in A.MAD_TASKS if t not in tasks]
+    if missing:
+        s.notes.append(f"These results hold {len(tasks)} of MAD's {len(A.MAD_TASKS)} tasks (not here: "
+                       f"{', '.join(missing)}), so the score is the mean over those {len(tasks)}.")
+    if levels["accuracy"].isna().all():
+        s.notes.append(NO_RESULT)
+        return s
+    scores = A.mad_scores(levels)
+    if (scores["levels_done"] < scores["levels"]).any():
+        s.notes.append("An arch with fewer levels done than the results hold is scored over the levels done (the "
+                       "missing cells are under Provenance): compare it with a complete one with care.")
+    s.blocks.append(mad_score_table(d, scores, tasks))
+    s.blocks.append(mad_level_table(d, levels))
+    return s
+
+
+def mad_score_table(d: Data, scores: pd.DataFrame, tasks: list[str]) -> Table:
+    """One row per arch and width: the MAD score (the best at each width marked), levels done, each task's score."""
+    scores = scores.assign(order=scores["arch"].map({a: i for i, a in enumerate(d.palette.sorted(scores["arch"]))}))
+    best = scores.groupby("d_model")["score"].transform("max")
+    rows = []
+    for i, r in scores.sort_values(["order", "d_model"]).iterrows():
+        top = "best-acc" if not _nan(r["score"]) and r["score"] == best[i] else ""
+        rows.append([arch_cell(d, r["arch"]), Cell(fmt_int(r["d_model"]), r["d_model"]),
+                     Cell(fmt_acc(r["score"]), _sort(r["score"]), top),
+                     Cell(f"{int(r['levels_done'])}/{int(r['levels'])}", r["levels_done"]),
+                     *[Cell(fmt_acc(r[t]), _sort(r[t])) for t in tasks]])
+    columns = ["arch", "d_model", "MAD score", "levels done", *[MAD_NAMES.get(t, t) for t in tasks]]
+    return Table(columns, rows, f"MAD score per arch and width, over {int(scores['levels'].iloc[0])} levels of "
+                                f"{len(tasks)} tasks; marked: the best score at each width.")
+
+
+def mad_level_table(d: Data, levels: pd.DataFrame) -> Table:
+    """One row per level, one column per arch (and width, where several ran): the accuracy behind the scores."""
+    archs = d.palette.sorted(levels["arch"])
+    widths = sorted(levels["d_model"].unique())
+    columns = [(a, w) for a in archs for w in widths if ((levels["arch"] == a) & (levels["d_model"] == w)).any()]
+    acc = levels.set_index(["task", "level", "arch", "d_model"])["accuracy"]
+    rank = {t: i for i, t in enumerate(A.MAD_TASKS)}
+    keys = sorted(set(zip(levels["task"], levels["level"])), key=lambda k: (rank[k[0]], A.natural_key(k[1])))
+    rows = []
+    for task, level in keys:
+        values = [acc.get((task, level, a, w), math.nan) for a, w in columns]
+        rows.append([Cell(MAD_NAMES.get(task, task)), Cell(level), *[Cell(fmt_acc(v), _sort(v)) for v in values]])
+    names = [a if len(widths) == 1 else f"{a} d{int(w)}" for a, w in columns]
+    return Table(["task", "level", *names], rows, f"Accuracy per level: {len(keys)} levels. Click a column header "
+                                                  "to sort.")
+
+
 # -- figures ------------------------------------------------------------------------------------------------------
 def width_section(d: Data) -> Section:
     s = Section("width", "Accuracy vs width (Zoology's Figure 2)")
@@ -472,8 +538,9 @@ def provenance_section(d: Data) -> Section:
     if not n_cells:
         s.notes.append("The storage holds no trial and the sweep files list no cell: an empty report. "
                        "Run `probe sweep SWEEP_FILE` first, or check --storage.")
-    sweeps = pd.DataFrame(p.get("sweeps", []), columns=["name", "file", "sha256"])
-    s.blocks.append(plain_table(sweeps, "Sweep files and their SHA-256."))
+    sweeps = pd.DataFrame(p.get("sweeps", []), columns=["name", "file", "sha256", "stop_at", "pruner"])
+    s.blocks.append(plain_table(sweeps, "Sweep files and their SHA-256, the accuracy that stops a trial "
+                                        "(stop_at) and the pruner that stops unpromising ones early."))
     run = [("storage", p.get("storage", "")), ("git revision", p.get("git", "") or "unknown"),
            ("devices", ", ".join(p.get("devices", [])) or "none recorded"),
            ("wall time (sum over trials)", fmt_seconds(float(p.get("wall_time_s", 0.0) or 0.0)))]
@@ -498,7 +565,7 @@ def data_section(d: Data, stem: str) -> Section:
     return s
 
 
-SECTIONS = [summary_section, width_section, best_section, heatmap_section, state_section, length_section,
+SECTIONS = [summary_section, mad_section, width_section, best_section, heatmap_section, state_section, length_section,
             slice_section, lr_section, curves_section, importance_section, provenance_section]
 
 #: about one screen: a section shows its blocks while they fit, and folds the rest
@@ -520,7 +587,8 @@ def fold(s: Section) -> Section:
 
 def build(trials, tidy, curves, provenance, stem: str) -> list[Section]:
     d = data(trials, tidy, curves, provenance)
-    return [fold(make(d)) for make in SECTIONS] + [data_section(d, stem)]
+    built = (make(d) for make in SECTIONS)  # a section with nothing to say for these results is None
+    return [fold(s) for s in built if s is not None] + [data_section(d, stem)]
 
 
 def render(sections: list[Section], title: str, provenance: dict) -> str:
