@@ -37,7 +37,6 @@ its g values scores 1/g, and one that guesses among the N values in the context 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -46,6 +45,7 @@ import torch
 
 from . import rng
 from .base import IGNORE, Examples, TaskConfig, TaskConfigError, at_least, positive
+from .mqar import check_eval_pairs, pairs_at_length
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,7 @@ class CompositionalMQAR(TaskConfig):
                 f"(the context takes 3N tokens and the N queries 3N more: seq_len must be >= {need})")
         if not self.power_a > 0:
             raise TaskConfigError(f"compositional_mqar: power_a={self.power_a} must be > 0")
-        if self.eval_num_kv_pairs and len(self.eval_num_kv_pairs) != len(self.eval_seq_lens):
-            raise TaskConfigError(
-                f"compositional_mqar: eval_num_kv_pairs={self.eval_num_kv_pairs} has {len(self.eval_num_kv_pairs)} "
-                f"entries but eval_seq_lens={self.eval_seq_lens} has {len(self.eval_seq_lens)}: give one pair count "
-                "per evaluation length")
+        check_eval_pairs(self)
 
     @property
     def grid_size(self) -> int:
@@ -96,11 +92,7 @@ class CompositionalMQAR(TaskConfig):
         return math.isqrt(self.num_kv_pairs)
 
     def at_length(self, seq_len: int) -> "CompositionalMQAR":
-        pairs = dict(zip(self.eval_seq_lens, self.eval_num_kv_pairs)).get(seq_len, self.num_kv_pairs)
-        if seq_len == self.seq_len:
-            pairs = self.num_kv_pairs
-        return dataclasses.replace(self, seq_len=seq_len, num_kv_pairs=pairs, eval_seq_lens=(),
-                                   eval_num_kv_pairs=())
+        return pairs_at_length(self, seq_len)
 
     def _generate(self, n: int, seed: int, device: torch.device) -> Examples:
         N, g, L, V = self.num_kv_pairs, self.grid_size, self.seq_len, self.vocab_size

@@ -56,18 +56,10 @@ class MQAR(TaskConfig):
                 f"(the context takes 2N tokens and the N queries 2N more: seq_len must be >= {need})")
         if not self.power_a > 0:
             raise TaskConfigError(f"mqar: power_a={self.power_a} must be > 0")
-        if self.eval_num_kv_pairs and len(self.eval_num_kv_pairs) != len(self.eval_seq_lens):
-            raise TaskConfigError(
-                f"mqar: eval_num_kv_pairs={self.eval_num_kv_pairs} has {len(self.eval_num_kv_pairs)} entries but "
-                f"eval_seq_lens={self.eval_seq_lens} has {len(self.eval_seq_lens)}: give one pair count per "
-                f"evaluation length")
+        check_eval_pairs(self)
 
     def at_length(self, seq_len: int) -> "MQAR":
-        pairs = dict(zip(self.eval_seq_lens, self.eval_num_kv_pairs)).get(seq_len, self.num_kv_pairs)
-        if seq_len == self.seq_len:
-            pairs = self.num_kv_pairs
-        return dataclasses.replace(self, seq_len=seq_len, num_kv_pairs=pairs, eval_seq_lens=(),
-                                   eval_num_kv_pairs=())
+        return pairs_at_length(self, seq_len)
 
     def _generate(self, n: int, seed: int, device: torch.device) -> Examples:
         N, L, V = self.num_kv_pairs, self.seq_len, self.vocab_size
@@ -95,3 +87,21 @@ class MQAR(TaskConfig):
         targets.scatter_(1, query_pos, values)
         slices = {"num_kv_pairs": torch.full((n,), N, dtype=torch.int64, device=device)}
         return Examples(inputs, targets, slices)
+
+
+def check_eval_pairs(task) -> None:
+    """A recall task's `eval_num_kv_pairs`: empty, or one pair count per `eval_seq_lens` entry."""
+    if task.eval_num_kv_pairs and len(task.eval_num_kv_pairs) != len(task.eval_seq_lens):
+        raise TaskConfigError(
+            f"{task.name}: eval_num_kv_pairs={task.eval_num_kv_pairs} has {len(task.eval_num_kv_pairs)} entries but "
+            f"eval_seq_lens={task.eval_seq_lens} has {len(task.eval_seq_lens)}: give one pair count per "
+            "evaluation length")
+
+
+def pairs_at_length(task, seq_len: int):
+    """The task at one evaluation length, with that length's pair count (`eval_num_kv_pairs`; the training
+    length keeps num_kv_pairs)."""
+    pairs = dict(zip(task.eval_seq_lens, task.eval_num_kv_pairs)).get(seq_len, task.num_kv_pairs)
+    if seq_len == task.seq_len:
+        pairs = task.num_kv_pairs
+    return dataclasses.replace(task, seq_len=seq_len, num_kv_pairs=pairs, eval_seq_lens=(), eval_num_kv_pairs=())

@@ -11,18 +11,6 @@ kernels = pytest.importorskip("probe.ops.selective_scan.kernel")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every uninitialised float tensor starts as NaN, so an element a kernel never writes shows up."""
-    empty, empty_like, new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
-
-    def fill(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: fill(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: fill(empty_like(*a, **k)))
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: fill(new_empty(self, *a, **k)))
-
-
 def scan_inputs(rows, length, d, n, seed):
     """The op tests' selective-scan inputs (tests/test_ops.py), and an output gradient."""
     inputs, _, _ = _selective_scan_case((rows, length, d, n), seed)
