@@ -7,7 +7,8 @@ import torch
 
 from probe.mixers.base import state_numel
 from probe.mixers.conv import (BaseConv, Hyena, HyenaFilter, ImplicitFilter, causal_conv_step, fft_conv,
-                               positional_table, short_conv)
+                               positional_table)
+from probe.ops import short_conv
 from probe.model import build_model
 from mixer_helpers import randn, run_steps
 
@@ -46,10 +47,12 @@ def test_fft_conv_upcasts_bf16_and_casts_back():
 
 
 @pytest.mark.parametrize("seq_len,taps", [(1, 3), (63, 3), (100, 4), (5, 1)])
-def test_short_conv_equals_direct_convolution(seq_len, taps):
+def test_short_conv_of_the_flipped_filter_is_the_filter_order_convolution(seq_len, taps):
+    # the mixers store short filters in filter order (k[:, s] meets u_{t-s}) and call the op, which takes
+    # Conv1d's order (its last tap meets u_t) on token-major [B, L, D], with k flipped
     u, k, bias = randn(2, D, seq_len, seed=1), randn(D, taps, seed=2), randn(D, seed=3)
-    torch.testing.assert_close(short_conv(u, k, bias), direct_causal_conv(u, k) + bias[:, None],
-                               rtol=1e-12, atol=1e-12)
+    y = short_conv(u.transpose(1, 2), k.flip(-1), bias).transpose(1, 2)
+    torch.testing.assert_close(y, direct_causal_conv(u, k) + bias[:, None], rtol=1e-12, atol=1e-12)
 
 
 def test_causal_conv_step_reproduces_the_convolution():

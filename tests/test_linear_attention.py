@@ -1,6 +1,7 @@
 """Linear attention family: the shared core's two forms agree, the feature maps are what their papers say, and
 each variant keeps its defining property (what tests/test_mixers.py, generated from the registry, cannot know).
 """
+import importlib
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from probe.mixers.linear_attention import (
     ScalarGatedLinearAttention,
     favor_plus_features,
     gated_linear_attention_chunked,
-    linear_attention_chunked,
+    linear_attention,
     linear_attention_recurrent,
     orthogonal_gaussian_features,
     rotate,
@@ -25,9 +26,10 @@ B, H, DK, DV = 2, 3, 5, 7
 
 
 def qkv(length, positive=False, seed=0):
+    """q, k: [B, L, H, DK], v: [B, L, H, DV] (token-major, as the mixers produce them)."""
     g = torch.Generator().manual_seed(seed)
-    q, k = (torch.randn(B, H, length, DK, generator=g, dtype=torch.float64) for _ in range(2))
-    v = torch.randn(B, H, length, DV, generator=g, dtype=torch.float64)
+    q, k = (torch.randn(B, length, H, DK, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, length, H, DV, generator=g, dtype=torch.float64)
     if positive:  # feature maps of normalised variants are positive, so the denominator is
         q, k = q.exp() / 4, k.exp() / 4
     return q, k, v
@@ -39,31 +41,31 @@ def log_decay(kind, length, seed=1):
         return None
     if kind == "per_head":
         return -torch.rand(H, generator=g, dtype=torch.float64)
-    return -2 * torch.rand(B, H, length, generator=g, dtype=torch.float64)  # per step, decays down to e^-2
+    return -2 * torch.rand(B, length, H, generator=g, dtype=torch.float64)  # per step, decays down to e^-2
 
 
 def quadratic_form(q, k, v, g, normalize):
     """The definition written out: o_i = Σ_{j≤i} (Π_{j<s≤i} a_s) (q_i·k_j) v_j, optionally over its row sum."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, ·]
     L = q.shape[2]
-    b = torch.zeros(B, H, L, dtype=q.dtype) if g is None else g.expand(B, H, L) if g.dim() == 3 else \
+    b = torch.zeros(B, H, L, dtype=q.dtype) if g is None else g.transpose(1, 2) if g.dim() == 3 else \
         g[None, :, None].expand(B, H, L)
     b = b.cumsum(-1)
     causal = torch.ones(L, L, dtype=torch.bool).tril()
     weights = (q @ k.transpose(-1, -2)) * torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, -math.inf))
     o = weights @ v
-    return o / weights.sum(-1, keepdim=True) if normalize else o
+    return (o / weights.sum(-1, keepdim=True) if normalize else o).transpose(1, 2)
 
 
 # --- the shared core ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("normalize", [False, True], ids=["plain", "normalised"])
 @pytest.mark.parametrize("decay", ["none", "per_head", "per_step"])
-@pytest.mark.parametrize("chunk", [16, 64], ids=lambda c: f"C{c}")
 @pytest.mark.parametrize("length", [1, 63, 100], ids=lambda n: f"L{n}")
-def test_chunked_form_equals_recurrent_form(length, chunk, decay, normalize):
+def test_chunked_form_equals_recurrent_form(length, decay, normalize):
     q, k, v = qkv(length, positive=normalize)
     g = log_decay(decay, length)
-    o_chunked, S_chunked = linear_attention_chunked(q, k, v, g, chunk, normalize=normalize, output_final_state=True)
+    o_chunked, S_chunked = linear_attention(q, k, v, g, normalize=normalize, output_final_state=True)
     o_rec, S_rec = linear_attention_recurrent(q, k, v, g, normalize=normalize, output_final_state=True)
     torch.testing.assert_close(o_chunked, o_rec, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(S_chunked, S_rec, rtol=1e-9, atol=1e-10)
@@ -76,45 +78,44 @@ def test_chunked_form_equals_the_quadratic_definition(decay, normalize):
     q, k, v = qkv(37, positive=normalize)
     g = log_decay(decay, 37)
     expected = quadratic_form(q, k, v, g, normalize)
-    torch.testing.assert_close(linear_attention_chunked(q, k, v, g, 16, normalize=normalize, eps=0.0), expected)
+    torch.testing.assert_close(linear_attention(q, k, v, g, normalize=normalize, eps=0.0), expected)
 
 
 @pytest.mark.parametrize("normalize", [False, True], ids=["plain", "normalised"])
 def test_chunked_form_resumes_from_a_state(normalize):
     q, k, v = qkv(100, positive=normalize)
     g = log_decay("per_step", 100)
-    whole = linear_attention_chunked(q, k, v, g, 16, normalize=normalize)
-    first, S = linear_attention_chunked(q[:, :, :41], k[:, :, :41], v[:, :, :41], g[..., :41], 16,
-                                        normalize=normalize, output_final_state=True)
-    rest = linear_attention_chunked(q[:, :, 41:], k[:, :, 41:], v[:, :, 41:], g[..., 41:], 16,
-                                    normalize=normalize, initial_state=S)
-    torch.testing.assert_close(torch.cat([first, rest], dim=2), whole)
+    whole = linear_attention(q, k, v, g, normalize=normalize)
+    first, S = linear_attention(q[:, :41], k[:, :41], v[:, :41], g[:, :41], normalize=normalize,
+                                output_final_state=True)
+    rest = linear_attention(q[:, 41:], k[:, 41:], v[:, 41:], g[:, 41:], normalize=normalize, initial_state=S)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), whole)
 
 
 def test_zero_log_decay_is_no_decay():
     q, k, v = qkv(50)
-    torch.testing.assert_close(linear_attention_chunked(q, k, v, torch.zeros(B, H, 50, dtype=torch.float64)),
-                               linear_attention_chunked(q, k, v, None))
+    torch.testing.assert_close(linear_attention(q, k, v, torch.zeros(B, 50, H, dtype=torch.float64)),
+                               linear_attention(q, k, v, None))
 
 
 def test_core_accumulates_in_float32_under_bf16_autocast():
     q, k, v = (t.to(torch.bfloat16) for t in qkv(100))
     g = log_decay("per_step", 100).float()
-    plain, S = linear_attention_chunked(q, k, v, g, 16, output_final_state=True)
+    plain, S = linear_attention(q, k, v, g, output_final_state=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = linear_attention_chunked(q, k, v, g, 16)
+        autocast = linear_attention(q, k, v, g)
     assert plain.dtype == torch.bfloat16 and S.dtype == torch.float32
     assert torch.equal(plain, autocast), "autocast reached the core's matmuls"
-    exact = linear_attention_chunked(q.double(), k.double(), v.double(), g.double(), 16)
+    exact = linear_attention(q.double(), k.double(), v.double(), g.double())
     torch.testing.assert_close(plain.double(), exact, rtol=1e-2, atol=1e-2)
 
 
 # --- GLA's chunked form (a gate per key dimension) ---------------------------------------------------------------
 
 def key_gates(length, low=-2.0, seed=1):
-    """log α: [B, H, length, DK], uniform in [low, 0]."""
+    """log α: [B, length, H, DK], uniform in [low, 0]."""
     g = torch.Generator().manual_seed(seed)
-    return low * torch.rand(B, H, length, DK, generator=g, dtype=torch.float64)
+    return low * torch.rand(B, length, H, DK, generator=g, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("chunk", [16, 64], ids=lambda c: f"C{c}")
@@ -137,11 +138,11 @@ def test_gla_tiny_case_by_hand():
     #   S_1 = k_1ᵀ v_1 = [1, 2]ᵀ·3 = [3, 6]ᵀ                         o_1 = q_1·S_1 = [1, 1]·[3, 6] = 9
     #   S_2 = diag(1/2, 1/4) S_1 + k_2ᵀ v_2 = [1.5 + 1, 1.5 + 0]ᵀ   o_2 = q_2·S_2 = [2, 4]·[2.5, 1.5] = 11
     # (α_1 multiplies the zero initial state, so its value cannot matter.)
-    q = torch.tensor([[1.0, 1.0], [2.0, 4.0]], dtype=torch.float64)[None, None]  # [1, 1, 2, 2]
-    k = torch.tensor([[1.0, 2.0], [1.0, 0.0]], dtype=torch.float64)[None, None]
-    v = torch.tensor([[3.0], [1.0]], dtype=torch.float64)[None, None]  # [1, 1, 2, 1]
-    alpha = torch.tensor([[0.9, 0.1], [0.5, 0.25]], dtype=torch.float64)[None, None]
-    expected_o = torch.tensor([9.0, 11.0], dtype=torch.float64)[None, None, :, None]
+    q = torch.tensor([[1.0, 1.0], [2.0, 4.0]], dtype=torch.float64)[None, :, None]  # [B, L, H, Dk] = [1, 2, 1, 2]
+    k = torch.tensor([[1.0, 2.0], [1.0, 0.0]], dtype=torch.float64)[None, :, None]
+    v = torch.tensor([[3.0], [1.0]], dtype=torch.float64)[None, :, None]  # [1, 2, 1, 1]
+    alpha = torch.tensor([[0.9, 0.1], [0.5, 0.25]], dtype=torch.float64)[None, :, None]
+    expected_o = torch.tensor([9.0, 11.0], dtype=torch.float64)[None, :, None, None]
     expected_S = torch.tensor([[2.5], [1.5]], dtype=torch.float64)[None, None]
     for chunk in (1, 2):
         o, S = gated_linear_attention_chunked(q, k, v, alpha.log(), chunk, output_final_state=True)
@@ -178,10 +179,9 @@ def test_gla_chunked_form_accumulates_in_float32_under_bf16_autocast():
 
 def test_gla_with_a_gate_tied_across_key_dimensions_is_the_scalar_decay_form():
     q, k, v = qkv(50)
-    g = log_decay("per_step", 50)  # [B, H, L]
-    tied = g[..., None].expand(B, H, 50, DK)
-    torch.testing.assert_close(gated_linear_attention_chunked(q, k, v, tied, 16),
-                               linear_attention_chunked(q, k, v, g, 16))
+    g = log_decay("per_step", 50)  # [B, L, H]
+    tied = g[..., None].expand(B, 50, H, DK)
+    torch.testing.assert_close(gated_linear_attention_chunked(q, k, v, tied, 16), linear_attention(q, k, v, g))
 
 
 # --- feature maps -------------------------------------------------------------------------------------------------
@@ -221,10 +221,10 @@ def test_based_state_is_153_features_per_value_channel_at_feature_dim_16():
 @pytest.mark.parametrize("length", [1, 63, 100])
 def test_taylor_quadratic_form_equals_the_chunked_form_on_its_features(length):
     g = torch.Generator().manual_seed(length)
-    q, k = (torch.randn(B, H, length, 4, generator=g, dtype=torch.float64) for _ in range(2))
-    v = torch.randn(B, H, length, DV, generator=g, dtype=torch.float64)
+    q, k = (torch.randn(B, length, H, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(B, length, H, DV, generator=g, dtype=torch.float64)
     quadratic = taylor_attention_quadratic(q, k, v)
-    chunked = linear_attention_chunked(taylor_feature_map(q), taylor_feature_map(k), v, None, 16, normalize=True)
+    chunked = linear_attention(taylor_feature_map(q), taylor_feature_map(k), v, None, normalize=True)
     torch.testing.assert_close(quadratic, chunked, rtol=1e-9, atol=1e-10)
 
 
@@ -364,7 +364,7 @@ def test_gla_scalar_with_decay_one_is_unnormalised_linear_attention():
     with torch.no_grad():
         gla.A_log.fill_(-math.inf)  # A = 0, so a_t = exp(-dt·0) = 1 at every step
     x = torch.randn(2, 40, 32, dtype=torch.float64)
-    q, k, v, g = gla._qkv(x)
+    q, k, v, g = (t.transpose(1, 2) for t in gla._qkv(x))  # [B, H, L, ·]
     assert torch.equal(g, torch.zeros_like(g))
     causal = torch.ones(40, 40, dtype=torch.bool).tril()
     o = ((q @ k.transpose(-1, -2)).masked_fill(~causal, 0) @ v).transpose(1, 2)  # [B, L, H, Dv]
@@ -376,18 +376,18 @@ def test_gla_decay_depends_on_the_input_and_lies_in_0_1(name):
     torch.manual_seed(0)
     gla = MIXERS[name].build(32).double()
     x = torch.randn(2, 10, 32, dtype=torch.float64)
-    a = gla._qkv(x)[3].exp()  # [B, H, L] (gla_scalar) or [B, H, L, d_k] (gla)
+    a = gla._qkv(x)[3].exp()  # [B, L, H] (gla_scalar) or [B, L, H, d_k] (gla)
     assert ((a > 0) & (a < 1)).all()
-    assert a.std(2).min() > 0, "the decay does not change along the sequence"
+    assert a.std(1).min() > 0, "the decay does not change along the sequence"
 
 
 def test_gla_gate_is_a_low_rank_sigmoid_to_the_power_one_over_16_per_key_dimension():
     torch.manual_seed(0)
     gla = MIXERS["gla"].build(32).double()  # 4 heads, d_k = 32/2/4 = 4
     x = torch.randn(2, 10, 32, dtype=torch.float64)
-    alpha = gla._qkv(x)[3].exp()  # [B, H, L, d_k]
+    alpha = gla._qkv(x)[3].exp()  # [B, L, H, d_k]
     assert gla.gate_down.weight.shape == (16, 32) and gla.gate_up.weight.shape == (16, 16)
-    logits = gla.gate_up(gla.gate_down(x)).reshape(2, 10, 4, 4).transpose(1, 2)
+    logits = gla.gate_up(gla.gate_down(x)).reshape(2, 10, 4, 4)
     torch.testing.assert_close(alpha, torch.sigmoid(logits) ** (1 / 16))
     assert alpha.std(-1).min() > 0, "one gate shared by every key dimension"
     assert alpha.min() > 0.9, "τ = 16 should keep α near 1 at init"
@@ -399,7 +399,7 @@ def test_gla_with_gates_one_is_unnormalised_linear_attention():
     with torch.no_grad():
         gla.gate_up.bias.fill_(1e4)  # σ(10⁴) = 1 in float64: α_t = 1 at every step
     x = torch.randn(2, 40, 32, dtype=torch.float64)
-    q, k, v, g = gla._qkv(x)
+    q, k, v, g = (t.transpose(1, 2) for t in gla._qkv(x))  # [B, H, L, ·]
     assert torch.equal(g, torch.zeros_like(g))
     causal = torch.ones(40, 40, dtype=torch.bool).tril()
     o = ((q @ k.transpose(-1, -2)).masked_fill(~causal, 0) @ v).transpose(1, 2)  # [B, L, H, Dv]
@@ -497,3 +497,29 @@ def test_gla_without_output_gate_has_no_gate_weights(cls):
     gla = cls(32, output_gate=False)
     assert gla.g_proj is None
     assert gla(torch.randn(1, 5, 32)).shape == (1, 5, 32)
+
+
+@pytest.mark.parametrize("name", ["performer", "based", "retnet", "gla_scalar"])
+def test_mixer_through_the_kernel_matches_the_reference(name, monkeypatch, poisoned):
+    # the op's Triton kernel (on a CPU through Triton's interpreter) against its reference, inside the mixer
+    kernel = importlib.import_module("probe.ops.linear_attention.kernel")  # the op's name hides its package
+    torch.manual_seed(0)
+    mixer = MIXERS[name].build(16)
+    if name == "based":
+        mixer.quadratic_max_len = 0  # the linear form, which runs the op, at any length
+    x = torch.randn(2, 70, 16, requires_grad=True)  # past one 64-step chunk
+    wrt = [x, *mixer.parameters()]
+    monkeypatch.setenv("PROBE_OPS", "ref")
+    expected = mixer(x)
+    grads_ref = torch.autograd.grad(expected.square().sum(), wrt, allow_unused=True)
+    launches = []
+    original = kernel.linear_attention_kernel
+    monkeypatch.setattr(kernel, "linear_attention_kernel", lambda *a: launches.append(1) or original(*a))
+    monkeypatch.setenv("PROBE_OPS", "triton")
+    y = mixer(x)
+    grads = torch.autograd.grad(y.square().sum(), wrt, allow_unused=True)
+    assert launches, "the mixer did not reach the kernel"
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref):
+        if g_ref is not None:
+            torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-5)

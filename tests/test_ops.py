@@ -60,6 +60,27 @@ def _selective_scan_case(shape, seed):
     return [u, delta, A, B, C, D], {}, [0, 1, 2, 3, 4, 5]
 
 
+def _linear_attention_case(shape, seed):
+    batch, length, heads, dk, dv, decay, initial = shape  # decay, initial: 0 or 1 (an initial state needs a decay
+    assert decay or not initial  # here, being positional; test_linear_attention_final_state_* covers the rest)
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(batch, length, heads, dk, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(batch, length, heads, dv, generator=g, dtype=torch.float64)
+    extra = [-0.5 * torch.rand(batch, length, heads, generator=g, dtype=torch.float64)] if decay else []
+    extra += [torch.randn(batch, heads, dk, dv, generator=g, dtype=torch.float64)] if initial else []
+    return [q, k, v, *extra], {}, list(range(3 + len(extra)))
+
+
+def _short_conv_case(shape, seed):
+    rows, length, c, taps, bias, silu, gate = shape  # bias, silu, gate: 0 or 1 (a gate comes with a bias)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, length, c, generator=g, dtype=torch.float64)
+    w = torch.randn(c, taps, generator=g, dtype=torch.float64) / taps**0.5
+    extra = [torch.randn(c, generator=g, dtype=torch.float64)] if bias or gate else []
+    extra += [torch.randn(rows, length, c, generator=g, dtype=torch.float64)] if gate else []
+    return [x, w, *extra], {"activation": "silu" if silu else "none"}, list(range(2 + len(extra)))
+
+
 # op -> (case builder, shapes: lengths 1, 63, 64, 200, 1000 rows; odd widths; and its packed form)
 CASES = {
     "layer_norm": (_layer_norm_case, [(1, 1, 7), (2, 63, 10), (64, 33), (1, 200, 128), (1000, 5)]),
@@ -67,11 +88,20 @@ CASES = {
     "rotary": (_rotary_case, [(1, 1, 1, 2), (2, 3, 63, 10), (64, 6), (1, 2, 200, 32), (1000, 4)]),
     "selective_scan": (_selective_scan_case, [(2, 1, 10, 5), (2, 63, 10, 5), (1, 64, 6, 4), (3, 200, 20, 4),
                                               (1, 1000, 6, 16)]),
+    # (B, L, H, Dk, Dv, decay, initial state)
+    "linear_attention": (_linear_attention_case, [(2, 1, 3, 10, 6, 1, 1), (2, 63, 3, 10, 6, 1, 1),
+                                                  (1, 64, 2, 16, 32, 0, 0), (2, 200, 2, 33, 17, 1, 0),
+                                                  (1, 1000, 1, 8, 5, 1, 1), (1, 130, 1, 256, 153, 1, 1)]),
+    # (rows, L, C, taps, bias, silu, gate)
+    "short_conv": (_short_conv_case, [(2, 1, 10, 3, 1, 1, 1), (2, 63, 10, 4, 1, 1, 1), (1, 64, 33, 2, 0, 1, 0),
+                                      (3, 200, 7, 8, 1, 0, 0), (1, 1000, 5, 1, 0, 0, 0), (1, 200, 130, 3, 1, 0, 1)]),
 }
 # op -> (how many leading arguments each member has its own of under vmap, the autograd.Function it launches)
 PACKABLE = {"layer_norm": (3, "probe.ops.layer_norm.kernel._LayerNorm"),
             "rotary": (1, "probe.ops.rotary.kernel._Rotary"),
-            "selective_scan": (6, "probe.ops.selective_scan.kernel._SelectiveScan")}
+            "selective_scan": (6, "probe.ops.selective_scan.kernel._SelectiveScan"),
+            "linear_attention": (5, "probe.ops.linear_attention.kernel._LinearAttention"),
+            "short_conv": (4, "probe.ops.short_conv.kernel._ShortConv")}
 
 
 def test_every_registered_op_has_test_cases():
@@ -166,6 +196,17 @@ def test_dispatch_rule(monkeypatch):
     ("cross_entropy", lambda: (torch.zeros(2, 4), torch.zeros(3, dtype=torch.long)), "targets"),
     ("rotary", lambda: (torch.zeros(2, 5, 4), torch.zeros(5, 3), torch.zeros(5, 3)), "cos, sin"),
     ("rotary", lambda: (torch.zeros(2, 5, 3), torch.zeros(5, 1), torch.zeros(5, 1)), "D even"),
+    ("linear_attention", lambda: (torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 6), torch.zeros(2, 5, 3, 4)),
+     "q and k"),
+    ("linear_attention", lambda: (torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 4)), "v must"),
+    ("linear_attention", lambda: (torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 4),
+                                  torch.zeros(2, 3, 5)), "log_decay"),
+    ("linear_attention", lambda: (torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 4), None,
+                                  torch.zeros(2, 3, 4, 5)), "initial_state"),
+    ("short_conv", lambda: (torch.zeros(2, 5, 3), torch.zeros(4, 2)), "weight must be"),
+    ("short_conv", lambda: (torch.zeros(3, 5, 4), torch.zeros(2, 4, 2)), "groups"),
+    ("short_conv", lambda: (torch.zeros(2, 5, 4), torch.zeros(4, 2), torch.zeros(3)), "bias must be"),
+    ("short_conv", lambda: (torch.zeros(2, 5, 4), torch.zeros(4, 2), None, torch.zeros(2, 4, 4)), "gate must be"),
 ])
 def test_ops_name_a_misshapen_input(name, args, message):
     with pytest.raises(ValueError, match=message):
@@ -189,3 +230,65 @@ def test_rotary_of_a_tensor_with_strided_rows(kernel, poisoned):
     assert view.stride(-1) == 2
     out = ops.rotary(view, cos.float().to(DEVICE), sin.float().to(DEVICE))
     assert _rel(out.cpu(), ops.rotary_ref(x, cos, sin)) < 1e-5
+
+
+def _linear_attention_inputs(length, decay, initial, heads=3, dk=10, dv=6, seed=0):
+    """q, k, v, log_decay (None, [H] or [B, L, H]) and initial state (or None), float64, for 2 batch rows."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(2, length, heads, dk, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(2, length, heads, dv, generator=g, dtype=torch.float64)
+    log_decay = {"none": None, "per_head": -torch.rand(heads, generator=g, dtype=torch.float64),
+                 "per_step": -torch.rand(2, length, heads, generator=g, dtype=torch.float64)}[decay]
+    s0 = torch.randn(2, heads, dk, dv, generator=g, dtype=torch.float64) if initial else None
+    return [q, k, v, log_decay, s0]
+
+
+@pytest.mark.parametrize("initial", [False, True], ids=["from_zero", "from_a_state"])
+@pytest.mark.parametrize("decay", ["none", "per_head", "per_step"])
+@pytest.mark.parametrize("length", [1, 100])
+def test_linear_attention_final_state_and_every_gradient_match_the_reference(length, decay, initial, kernel,
+                                                                             poisoned):
+    inputs = _linear_attention_inputs(length, decay, initial)
+    exact = [x.clone().requires_grad_() if x is not None else None for x in inputs]
+    cast = [x.float().to(DEVICE).requires_grad_() if x is not None else None for x in inputs]
+    o_ref, s_ref = ops.linear_attention_ref(*exact, output_final_state=True)
+    o, s = ops.linear_attention(*cast, output_final_state=True)
+    assert s.dtype == torch.float32 and s.shape == s_ref.shape
+    assert _rel(o.cpu(), o_ref) < TOL[torch.float32] and _rel(s.cpu(), s_ref) < TOL[torch.float32]
+    g = torch.Generator().manual_seed(1)
+    do, ds = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (o_ref, s_ref))
+    wanted = [i for i, x in enumerate(inputs) if x is not None]
+    grads = torch.autograd.grad((o * do.float().to(DEVICE)).sum() + (s * ds.float().to(DEVICE)).sum(),
+                                [cast[i] for i in wanted])
+    grads_ref = torch.autograd.grad((o_ref * do).sum() + (s_ref * ds).sum(), [exact[i] for i in wanted])
+    for i, grad, grad_ref in zip(wanted, grads, grads_ref):
+        assert torch.isfinite(grad).all(), f"input {i}"
+        if i == 3:  # the decay's gradient sums q·dq − k·dk, so its error scales with those terms (the whole of
+            # it cancels where a_0 multiplies a zero state, at L = 1)
+            scale = max(grad_ref.norm(), (exact[0] * grads_ref[0]).sum(-1).norm())
+            assert (grad.cpu().double() - grad_ref).norm() / scale < 4 * TOL[torch.float32], "the decay"
+        else:
+            assert _rel(grad.cpu(), grad_ref) < 4 * TOL[torch.float32], f"input {i}"
+
+
+def test_linear_attention_reference_is_the_recurrence_step_by_step():
+    from probe.ops.linear_attention.reference import linear_attention_recurrent
+    for length in (1, 63, 64, 130):
+        for decay in ("none", "per_head", "per_step"):
+            inputs = _linear_attention_inputs(length, decay, initial=True, seed=length)
+            o, s = ops.linear_attention_ref(*inputs, output_final_state=True)
+            o_rec, s_rec = linear_attention_recurrent(*inputs, output_final_state=True)
+            torch.testing.assert_close(o, o_rec, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(s, s_rec, rtol=1e-10, atol=1e-10)
+
+
+def test_linear_attention_stays_finite_where_decays_sum_far_below_float32s_range(kernel, poisoned):
+    # log a down to -30 per step: a chunk's decays sum to about -1000, so e^{-b} would overflow; e^{b_i - b_j}
+    # masked before exp never does
+    q, k, v, _, s0 = _linear_attention_inputs(150, "none", True)
+    log_decay = -30 * torch.rand(2, 150, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    cast = [x.float().to(DEVICE).requires_grad_() for x in (q, k, v, log_decay, s0)]
+    o = ops.linear_attention(*cast)
+    grads = torch.autograd.grad(o.square().sum(), cast)
+    assert torch.isfinite(o).all() and all(torch.isfinite(g).all() for g in grads)
+    assert _rel(o.cpu(), ops.linear_attention_ref(q, k, v, log_decay, s0)) < TOL[torch.float32]

@@ -49,6 +49,8 @@ def attention_mask(lq: int, lk: int, *, causal: bool = True, window: int | None 
 
 def repeat_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """[B, H_kv, L, D] -> [B, H, L, D]: query head h reads kv head h // (H / H_kv) (GQA groups)."""
+    if x.shape[1] == n_heads:
+        return x  # MHA: repeat_interleave would copy
     return x.repeat_interleave(n_heads // x.shape[1], dim=1)
 
 
@@ -322,6 +324,7 @@ class Attention(Mixer):
             raise ValueError(f"dropout={dropout} must be in [0, 1)")
 
         self.dropout = dropout
+        self.projects_input = pos != "learned"  # learned positions are added to the input first
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.pos, self.window = pos, window
         self.rope_base, self.xpos_scale_base = rope_base, xpos_scale_base
@@ -348,9 +351,15 @@ class Attention(Mixer):
     def _project(self, x: torch.Tensor):
         """x: [B, L, D] -> q [B, H, L, hd], k [B, H_kv, L, hd or hd/2 (coca t)], v [B, H_kv, L, hd]."""
         b, l, _ = x.shape
-        q = self.q_proj(x).view(b, l, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, l, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, l, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # one matmul for the three projections (their weights concatenated; the parameters stay separate): x is
+        # read once, and its gradient is one product, not a sum of three (in bf16 under autocast)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weight = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections]) if self.q_proj.bias is not None else None
+        q, k, v = F.linear(x, weight, bias).split([p.out_features for p in projections], dim=-1)
+        q = q.view(b, l, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, l, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, l, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.pos == "coca":
             k = F.relu((k[..., 0::2] + k[..., 1::2]) / 2)  # one non-negative t per rotary pair
         return q, k, v

@@ -36,6 +36,10 @@ class Mixer(nn.Module):
     formula: ClassVar[str] = "?"
     #: the full inference cache's formula, where it holds more than the state the papers count
     cache_formula: ClassVar[str | None] = None
+    #: whether every use of the (normalised) input is a projection, so that under autocast it may arrive in bf16
+    #: (autocast would cast it there anyway; `probe.model.LayerNorm`); False where the mixer computes on it
+    #: directly (a convolution of the raw input, a skip term, an added position embedding)
+    projects_input: bool = True
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048):
         super().__init__()

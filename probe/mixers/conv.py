@@ -3,13 +3,14 @@
 Both mix a sequence with a causal convolution y_t = Σ_{s≤t} h_s · u_{t-s} whose filter h is as long as the
 sequence, gated elementwise by a projection of the input. The long convolution runs as a zero-padded FFT
 (`fft_conv`: pad to 2L so the circular convolution of the FFT cannot wrap the future onto the past); the short
-convolutions (a few taps) run as a depthwise `conv1d`.
+convolutions (a few taps) run as probe.ops.short_conv, token-major, with their bias (and BaseConv's gate) fused.
 
 Recurrent form: a long filter has no finite state, so `step` keeps the past inputs of every long convolution
 in a buffer and takes one dot product per channel with the reversed filter (`causal_conv_step`); this is what
 a convolution must hold to produce the next token, so it is what `state_size` counts.
 
-Filters are stored in "filter order": k[:, s] multiplies u_{t-s}, for short and long filters alike.
+Filters are stored in "filter order": k[:, s] multiplies u_{t-s}, for short and long filters alike; the op
+takes nn.Conv1d's order (its last tap meets u_t), so a short filter is flipped where it is called.
 
 Implicit filters: `ImplicitFilter` is probe's reading of Hyena §3.3 (kept for Monarch Mixer and for the paper
 form of BaseConv(implicit=True)); `HyenaFilter` is the filter as Hyena's reference code computes it (safari,
@@ -22,9 +23,9 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..ops import short_conv, short_conv_step
 from .base import Mixer, MixerSpec, State
 
 
@@ -45,17 +46,6 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None)
     if bias is not None:
         y = y + u.to(compute) * bias.to(compute)[:, None]
     return y.to(u.dtype)
-
-
-def short_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal depthwise convolution with a few taps: y[b, d, t] = Σ_{s<K} k[d, s] · u[b, d, t-s] + bias[d].
-
-    u: [B, D, L], k: [D, K] in filter order, bias: [D] or None -> [B, D, L].
-    """
-    taps = k.shape[-1]
-    # conv1d cross-correlates, so the filter is flipped; K-1 zeros on the left keep it causal
-    return F.conv1d(F.pad(u, (taps - 1, 0)), k.flip(-1).unsqueeze(1).to(u.dtype),
-                    bias.to(u.dtype) if bias is not None else None, groups=k.shape[0])
 
 
 def causal_conv_step(u_t: torch.Tensor, past: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,6 +243,7 @@ class BaseConv(Mixer):
     """
 
     formula = "d_model·L (long; explicit filter: L ≤ max_seq_len−1), d_model·(kernel_size−1) (short)"
+    projects_input = False  # it convolves the raw input
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048,
                  filter: Literal["long", "short"] = "long", kernel_size: int = 3, implicit: bool = False,
@@ -300,13 +291,16 @@ class BaseConv(Mixer):
         return self.h
 
     def gate(self, x: torch.Tensor, conv: torch.Tensor) -> torch.Tensor:  # x, conv: [..., D] -> [..., D]
-        y = self.projection(x) * (conv + (x if self.feed_through else self.conv_bias))
+        return self.residual(x, self.projection(x) * (conv + (x if self.feed_through else self.conv_bias)))
+
+    def residual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return y + x if self.form == "zoology" else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
-        u = x.transpose(1, 2)                                           # [B, D, L]
-        k = self.filter_taps(x.shape[1])
-        conv = short_conv(u, k) if self.filter == "short" else fft_conv(u, k)
+        if self.filter == "short":
+            # (x W + b) ⊙ (h ∗ x + b') in one pass: the projection is the op's gate, b' its bias
+            return self.residual(x, short_conv(x, self.h.flip(-1), self.conv_bias, self.projection(x)))
+        conv = fft_conv(x.transpose(1, 2), self.filter_taps(x.shape[1]))   # [B, D, L]
         return self.gate(x, conv.transpose(1, 2))
 
     def state_size(self, seq_len: int) -> int:
@@ -318,6 +312,9 @@ class BaseConv(Mixer):
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # [B, D] -> [B, D]
         past = state["past"]                                            # [B, D, T]
+        if self.filter == "short":
+            y_t, past = short_conv_step(x_t, past, self.h.flip(-1), self.conv_bias, self.projection(x_t))
+            return self.residual(x_t, y_t), {"past": past}
         conv, window = causal_conv_step(x_t, past, self.filter_taps(past.shape[-1] + 1))
         reach = self.reach
         if reach is not None:
@@ -373,9 +370,8 @@ class Hyena(Mixer):
         return self.implicit_filter(seq_len).view(self.order - 1, self.d_model, seq_len)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
-        u = self.in_proj(x).transpose(1, 2)                                  # [B, (N+1)·D, L]
-        u = short_conv(u, self.short_filter, self.short_bias)
-        x0, *gates, z = u.split(self.d_model, dim=1)                         # N+1 × [B, D, L]
+        u = short_conv(self.in_proj(x), self.short_filter.flip(-1), self.short_bias)   # [B, L, (N+1)·D]
+        x0, *gates, z = u.transpose(1, 2).split(self.d_model, dim=1)         # N+1 × [B, D, L]
         h = self.long_filters(x.shape[1])                                    # [N-1, D, L]
         # the innermost convolution is gated by the last projection before v, as in the reference
         for n, gate in enumerate(reversed(gates)):
@@ -397,9 +393,9 @@ class Hyena(Mixer):
         return state
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # [B, D] -> [B, D]
-        u_t, window = causal_conv_step(self.in_proj(x_t), state["short"], self.short_filter)
-        u_t = u_t + self.short_bias                                          # [B, (N+1)·D]
-        new = {"short": keep_last(window, self.short_filter_order - 1)}
+        u_t, short = short_conv_step(self.in_proj(x_t), state["short"], self.short_filter.flip(-1),
+                                     self.short_bias)                        # [B, (N+1)·D]
+        new = {"short": short}
         x0, *gates, z_t = u_t.split(self.d_model, dim=-1)
         h = self.long_filters(state["long0"].shape[-1] + 1)                  # [N-1, D, t+1]
         for n, gate in enumerate(reversed(gates)):

@@ -7,11 +7,12 @@
 The state is the [Dk, Dv] matrix per head (plus the normaliser z where used), whatever the sequence length:
 this is what the recall tasks measure against attention's growing KV cache.
 
-One shared core, two plain-PyTorch references of it (a Triton kernel may later stand in for the chunked one):
-`linear_attention_chunked` (the training form: quadratic inside a chunk, recurrent across chunks) and
-`linear_attention_recurrent` (a loop over `linear_attention_step`, which the mixers' `step` also uses).
-Both accumulate in float32 or higher with autocast off. The normaliser rides along as an extra value column of
-ones, so the state is [Dk, Dv+1] with z in the last column, and one code path serves both.
+One shared core: `linear_attention` (the training form) runs the op `probe.ops.linear_attention` (chunked:
+quadratic inside a chunk, recurrent across chunks; a Triton kernel on a GPU, its plain PyTorch reference
+elsewhere); `linear_attention_recurrent` is a loop over `linear_attention_step`, which the mixers' `step` also
+uses. Both accumulate in float32 or higher with autocast off. Tensors are token-major, [B, L, H, D], as the
+projections produce them. The normaliser rides along as an extra value column of ones, so the state is
+[Dk, Dv+1] with z in the last column, and one code path serves both.
 
 Registered variants differ only in φ, the decay and the read-out:
   performer  FAVOR+ positive orthogonal random features, normalised          (Choromanski et al. 2021)
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import ops
 from .base import Mixer, MixerSpec, State
 
 
@@ -63,77 +65,41 @@ def _divide_by_normaliser(o: torch.Tensor, eps: float) -> torch.Tensor:
     return o[..., :-1] / (o[..., -1:] + eps)
 
 
-def _log_decay_per_step(log_decay: torch.Tensor | None, B: int, H: int, L: int, like: torch.Tensor) -> torch.Tensor:
-    """None (no decay), [H] (fixed per head), [B, H, L] (per step) -> [B, H, L] in like's dtype and device;
-    [B, H, L, Dk] (a gate per step and key dimension) is kept as it is."""
+def _log_decay_per_step(log_decay: torch.Tensor | None, B: int, L: int, H: int, like: torch.Tensor) -> torch.Tensor:
+    """None (no decay), [H] (fixed per head), [B, L, H] (per step) -> [B, L, H] in like's dtype and device;
+    [B, L, H, Dk] (a gate per step and key dimension) is kept as it is."""
     if log_decay is None:
-        return like.new_zeros(B, H, L)
+        return like.new_zeros(B, L, H)
     if log_decay.dim() == 1:
-        return log_decay.to(like)[None, :, None].expand(B, H, L)
+        return log_decay.to(like).expand(B, L, H)
     return log_decay.to(like)
 
 
-def linear_attention_chunked(
+def linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     log_decay: torch.Tensor | None = None,
-    chunk: int = 64,
     *,
     normalize: bool = False,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     eps: float = 1e-6,
 ):
-    """Causal (decayed) linear attention, chunked: exact, quadratic within a chunk, recurrent across chunks.
+    """Causal (decayed) linear attention through the op `probe.ops.linear_attention` (its Triton kernel on a GPU,
+    its exact chunked reference elsewhere), with the normaliser where the variant has one.
 
-    q, k: [B, H, L, Dk] (already feature-mapped), v: [B, H, L, Dv],
-    log_decay: None, [H] or [B, H, L], the log of a_t (≤ 0) applied at step t before k_t v_tᵀ is added,
+    q, k: [B, L, H, Dk] (already feature-mapped), v: [B, L, H, Dv],
+    log_decay: None, [H] or [B, L, H], the log of a_t (≤ 0) applied at step t before k_t v_tᵀ is added,
     initial_state: [B, H, Dk, Dv] ([B, H, Dk, Dv+1] with normalize: z in the last column).
-    Returns o: [B, H, L, Dv] in v's dtype, and the final state (accumulation dtype) if output_final_state.
-
-    With b_i = Σ_{s≤i} log a_s inside a chunk (cumulative from the chunk start), position i of a chunk reads
-        o_i = e^{b_i} q_iᵀ S_0 + Σ_{j≤i} e^{b_i - b_j} (q_i·k_j) v_j,
-        S_C = e^{b_C} S_0 + Σ_j e^{b_C - b_j} k_j v_jᵀ,
-    and every exponent is ≤ 0, so nothing overflows and no decay is ever divided by.
+    Returns o: [B, L, H, Dv] in v's dtype, and the final state (float32 or wider) if output_final_state.
+    With normalize, v gains a column of ones: its output is φ(q_t)·z_t, which the other columns are divided by.
     """
-    B, H, L, Dk = q.shape
-    out_dtype = v.dtype
-    acc = _accumulation_dtype(q, k, v)
-    with _full_precision(q.device):
-        q, k, v = q.to(acc), k.to(acc), v.to(acc)
-        if normalize:
-            v = _append_ones(v)
-        Dv = v.shape[-1]
-        g = _log_decay_per_step(log_decay, B, H, L, q)  # [B, H, L]
-
-        chunk = max(1, min(chunk, L))  # a short sequence is one chunk: padding it to 64 would only waste work
-        # Pad to whole chunks at the end: padded steps have k = 0 (add nothing) and log a = 0 (keep the state).
-        n = -(-L // chunk)
-        pad = n * chunk - L
-        q = F.pad(q, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dk)
-        k = F.pad(k, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dk)
-        v = F.pad(v, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dv)
-        b = F.pad(g, (0, pad)).reshape(B, H, n, chunk).cumsum(-1)  # [B, H, n, C]
-
-        causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
-        # Mask before exp: above the diagonal b_i - b_j > 0 could overflow.
-        decay = torch.exp((b[..., :, None] - b[..., None, :]).masked_fill(~causal, float("-inf")))  # [B,H,n,C,C]
-        o_intra = ((q @ k.transpose(-1, -2)) * decay) @ v  # [B, H, n, C, Dv]
-
-        q_from_start = q * b.exp()[..., None]  # [B, H, n, C, Dk]  reads S_0 decayed to position i
-        k_to_end = k * (b[..., -1:] - b).exp()[..., None]  # [B, H, n, C, Dk]  written decayed to chunk end
-        chunk_decay = b[..., -1].exp()[..., None, None]  # [B, H, n, 1, 1]
-
-        S = q.new_zeros(B, H, Dk, Dv) if initial_state is None else initial_state.to(acc)
-        outs = []
-        for c in range(n):
-            outs.append(o_intra[:, :, c] + q_from_start[:, :, c] @ S)  # [B, H, C, Dv]
-            S = chunk_decay[:, :, c] * S + k_to_end[:, :, c].transpose(-1, -2) @ v[:, :, c]
-        o = torch.stack(outs, dim=2).reshape(B, H, n * chunk, Dv)[:, :, :L]
-        if normalize:
-            o = _divide_by_normaliser(o, eps)
-    o = o.to(out_dtype)
+    out = ops.linear_attention(q, k, _append_ones(v) if normalize else v, log_decay, initial_state,
+                               output_final_state=output_final_state)
+    o, S = out if output_final_state else (out, None)
+    if normalize:
+        o = _divide_by_normaliser(o.to(_accumulation_dtype(o)), eps).to(v.dtype)
     return (o, S) if output_final_state else o
 
 
@@ -181,20 +147,20 @@ def linear_attention_recurrent(
     output_final_state: bool = False,
     eps: float = 1e-6,
 ):
-    """The same map as `linear_attention_chunked`, one step at a time (the oracle; same arguments and returns).
+    """The same map as `linear_attention`, one step at a time (the oracle; same arguments and returns).
 
-    log_decay may also be [B, H, L, Dk], a gate per key dimension: then it is the oracle of
+    log_decay may also be [B, L, H, Dk], a gate per key dimension: then it is the oracle of
     `gated_linear_attention_chunked`.
     """
-    B, H, L, Dk = q.shape
+    B, L, H, Dk = q.shape
     Dv = v.shape[-1] + (1 if normalize else 0)
     S = q.new_zeros(B, H, Dk, Dv, dtype=_accumulation_dtype(q, k, v)) if initial_state is None else initial_state
-    g = _log_decay_per_step(log_decay, B, H, L, S)  # [B, H, L] or [B, H, L, Dk]
+    g = _log_decay_per_step(log_decay, B, L, H, S)  # [B, L, H] or [B, L, H, Dk]
     outs = []
     for t in range(L):
-        o_t, S = linear_attention_step(q[:, :, t], k[:, :, t], v[:, :, t], S, g[:, :, t], normalize=normalize, eps=eps)
+        o_t, S = linear_attention_step(q[:, t], k[:, t], v[:, t], S, g[:, t], normalize=normalize, eps=eps)
         outs.append(o_t)
-    o = torch.stack(outs, dim=2)
+    o = torch.stack(outs, dim=1)
     return (o, S) if output_final_state else o
 
 
@@ -211,8 +177,8 @@ def gated_linear_attention_chunked(
     """GLA's recurrence S_t = diag(α_t) S_{t-1} + k_t v_tᵀ, o_t = S_tᵀ q_t, chunked: exact, quadratic within a
     chunk, recurrent across chunks (Yang et al. 2024, the chunkwise form).
 
-    q, k: [B, H, L, Dk], v: [B, H, L, Dv], log_gate: [B, H, L, Dk] = log α_t ≤ 0, initial_state: [B, H, Dk, Dv].
-    Returns o: [B, H, L, Dv] in v's dtype, and the final state (accumulation dtype) if output_final_state.
+    q, k: [B, L, H, Dk], v: [B, L, H, Dv], log_gate: [B, L, H, Dk] = log α_t ≤ 0, initial_state: [B, H, Dk, Dv].
+    Returns o: [B, L, H, Dv] in v's dtype, and the final state (accumulation dtype) if output_final_state.
 
     With b_i = Σ_{s≤i} log α_s per key dimension, cumulative from the chunk start, position i of a chunk reads
         o_i = (q_i ⊙ e^{b_i})ᵀ S_0 + Σ_{j≤i} Σ_d q_id k_jd e^{b_id - b_jd} v_j,
@@ -222,12 +188,13 @@ def gated_linear_attention_chunked(
     Splitting it as (q ⊙ e^{b})·(k ⊙ e^{-b}) would save that but overflows once a chunk's log-gates sum below
     about -88 in float32 (fla's kernel uses sub-chunks of 16 for the same reason).
     """
-    B, H, L, Dk = q.shape
+    B, L, H, Dk = q.shape
     Dv = v.shape[-1]
     out_dtype = v.dtype
     acc = _accumulation_dtype(q, k, v, log_gate)
     with _full_precision(q.device):
-        q, k, v, g = q.to(acc), k.to(acc), v.to(acc), log_gate.to(acc)
+        # computed head-major, [B, H, L, ·]
+        q, k, v, g = (t.to(acc).transpose(1, 2) for t in (q, k, v, log_gate))
 
         chunk = max(1, min(chunk, L))
         # Pad to whole chunks at the end: padded steps have k = 0 (add nothing) and log α = 0 (keep the state).
@@ -253,7 +220,7 @@ def gated_linear_attention_chunked(
         for c in range(n):
             outs.append(o_intra[:, :, c] + q_from_start[:, :, c] @ S)  # [B, H, C, Dv]
             S = chunk_gate[:, :, c] * S + k_to_end[:, :, c].transpose(-1, -2) @ v[:, :, c]
-        o = torch.stack(outs, dim=2).reshape(B, H, n * chunk, Dv)[:, :, :L]
+        o = torch.stack(outs, dim=2).reshape(B, H, n * chunk, Dv)[:, :, :L].transpose(1, 2)  # [B, L, H, Dv]
     o = o.to(out_dtype)
     return (o, S) if output_final_state else o
 
@@ -261,21 +228,21 @@ def gated_linear_attention_chunked(
 def taylor_attention_quadratic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Based's normalised Taylor linear attention in its quadratic (attention-like) form.
 
-    q, k: [B, H, L, d'] *before* the feature map, v: [B, H, L, Dv] -> o: [B, H, L, Dv] in v's dtype.
+    q, k: [B, L, H, d'] *before* the feature map, v: [B, L, H, Dv] -> o: [B, L, H, Dv] in v's dtype.
         A_ts = 1 + s + s²/2  (s = q_t·k_s/√d', s ≤ t),   o_t = Σ_s A_ts v_s / Σ_s A_ts
-    The same map as `linear_attention_chunked(taylor_feature_map(q), taylor_feature_map(k), v, normalize=True)`,
+    The same map as `linear_attention(taylor_feature_map(q), taylor_feature_map(k), v, normalize=True)`,
     since φ(q)·φ(k) = 1 + s + s²/2, but it never builds the 1+d'+d'(d'+1)/2 features: O(L²·(d'+Dv)) work and
     O(L²) memory per head instead of O(L·(1+d'+d'(d'+1)/2)·(chunk+Dv)). Cheaper at short lengths, which is where the
     recall tasks train.
     """
-    out_dtype, L = v.dtype, q.shape[2]
+    out_dtype, L = v.dtype, q.shape[1]
     acc = _accumulation_dtype(q, k, v)
     with _full_precision(q.device):
         q, k, v = q.to(acc), k.to(acc), v.to(acc)
-        s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, H, L, L]
+        s = torch.einsum("bihd,bjhd->bhij", q, k) * q.shape[-1] ** -0.5  # [B, H, L, L]
         causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
         a = (1 + s + 0.5 * s * s).masked_fill(~causal, 0.0)
-        o = (a @ v) / (a.sum(-1, keepdim=True) + eps)
+        o = torch.einsum("bhij,bjhv->bihv", a, v) / (a.sum(-1).transpose(1, 2)[..., None] + eps)  # [B, L, H, Dv]
     return o.to(out_dtype)
 
 
@@ -347,7 +314,8 @@ def taylor_feature_count(feature_dim: int) -> int:
 def rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x_j, x_{j+d/2}) by angle_j, i.e. multiply z_j = x_j + i·x_{j+d/2} by e^{i·angle_j}.
 
-    x: [B, H, L, d], angle: [L, d/2] (position n times θ_j). Then rotate(q, nθ)·rotate(k, mθ) depends on n - m only.
+    x: [B, L, H, d], angle: [L, 1, d/2] (position n times θ_j), or any shape that broadcasts against x's pairs.
+    Then rotate(q, nθ)·rotate(k, mθ) depends on n - m only.
     """
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
@@ -391,9 +359,8 @@ def retention_step(
 # ----------------------------------------------------------------------------------------------------------------
 
 def _split_heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """[B, L, H·d] -> [B, H, L, d]."""
-    B, L, _ = t.shape
-    return t.reshape(B, L, n_heads, -1).transpose(1, 2)
+    """[B, L, H·d] -> [B, L, H, d] (a view: token-major, as the op takes it)."""
+    return t.unflatten(-1, (n_heads, -1))
 
 
 def _check_heads(d_model: int, n_heads: int) -> None:
@@ -417,14 +384,13 @@ class _LinearAttentionMixer(Mixer):
     """
 
     normalize: ClassVar[bool] = False
-    chunk_size: ClassVar[int] = 64  # the chunked form's block; not a model choice, so not a flag
 
     n_heads: int
     d_key: int
     d_value: int
 
     def _qkv(self, x: torch.Tensor):
-        """x: [B, L, D] -> q, k: [B, H, L, Dk], v: [B, H, L, Dv], log_decay: None, [H], [B, H, L] or [B, H, L, Dk]."""
+        """x: [B, L, D] -> q, k: [B, L, H, Dk], v: [B, L, H, Dv], log_decay: None, [H], [B, L, H] or [B, L, H, Dk]."""
         raise NotImplementedError
 
     def _readout(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -433,8 +399,8 @@ class _LinearAttentionMixer(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
         q, k, v, log_decay = self._qkv(x)
-        o = linear_attention_chunked(q, k, v, log_decay, self.chunk_size, normalize=self.normalize)
-        return self._readout(o.transpose(1, 2).to(x.dtype), x)
+        o = linear_attention(q, k, v, log_decay, normalize=self.normalize)
+        return self._readout(o.to(x.dtype), x)
 
     def state_size(self, seq_len: int) -> int:
         return self.n_heads * self.d_key * (self.d_value + (1 if self.normalize else 0))
@@ -449,9 +415,9 @@ class _LinearAttentionMixer(Mixer):
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # [B, D] -> [B, D]
         q, k, v, log_decay = self._qkv(x_t[:, None])
         if log_decay is not None and log_decay.dim() >= 3:
-            log_decay = log_decay[:, :, 0]  # [B, H] (scalar decay) or [B, H, Dk] (gate per key dimension)
+            log_decay = log_decay[:, 0]  # [B, H] (scalar decay) or [B, H, Dk] (gate per key dimension)
         S = torch.cat([state["S"], state["z"][..., None]], -1) if self.normalize else state["S"]
-        o_t, S = linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], S, log_decay, normalize=self.normalize)
+        o_t, S = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], S, log_decay, normalize=self.normalize)
         new_state = {"S": S[..., :-1], "z": S[..., -1]} if self.normalize else {"S": S}
         return self._readout(o_t[:, None].to(x_t.dtype), x_t[:, None])[:, 0], new_state
 
@@ -497,8 +463,8 @@ class Performer(_LinearAttentionMixer):
         omega = orthogonal_gaussian_features(self.d_key, self.head_dim, device=self.omega.device,
                                              dtype=self.omega.dtype)  # [m, head_dim], this pass only
         q, k, v, _ = self._qkv(x, omega)
-        o = linear_attention_chunked(q, k, v, None, self.chunk_size, normalize=True)
-        return self._readout(o.transpose(1, 2).to(x.dtype), x)
+        o = linear_attention(q, k, v, None, normalize=True)
+        return self._readout(o.to(x.dtype), x)
 
     def _qkv(self, x, omega: torch.Tensor | None = None):
         # `step` always reads with the buffer: a state summed under changing ω would mix different kernels
@@ -547,18 +513,18 @@ class Based(_LinearAttentionMixer):
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
     def _project(self, x):
-        """x: [B, L, D] -> q, k: [B, H, L, d'] (before the feature map), v: [B, H, L, head_dim]."""
+        """x: [B, L, D] -> q, k: [B, L, H, d'] (before the feature map), v: [B, L, H, head_dim]."""
         return tuple(_split_heads(proj(x), self.n_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
 
     def _qkv(self, x):
         q, k, v = self._project(x)
-        return taylor_feature_map(q), taylor_feature_map(k), v, None  # q, k: [B, H, L, 1+d'+d'(d'+1)/2]
+        return taylor_feature_map(q), taylor_feature_map(k), v, None  # q, k: [B, L, H, 1+d'+d'(d'+1)/2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] > self.quadratic_max_len:
             return super().forward(x)
         q, k, v = self._project(x)
-        return self._readout(taylor_attention_quadratic(q, k, v).transpose(1, 2).to(x.dtype), x)
+        return self._readout(taylor_attention_quadratic(q, k, v).to(x.dtype), x)
 
     def _readout(self, o, x):
         return self.out_proj(o.flatten(-2))
@@ -603,7 +569,7 @@ class RetNet(_LinearAttentionMixer):
         self.register_buffer("theta", 10000.0 ** (-torch.arange(self.head_dim // 2) * 2 / self.head_dim))
 
     def _project(self, x):
-        """x: [B, L, D] -> unrotated q, k: [B, H, L, head_dim], v: [B, H, L, expand_v·head_dim]."""
+        """x: [B, L, D] -> unrotated q, k: [B, L, H, head_dim], v: [B, L, H, expand_v·head_dim]."""
         q = _split_heads(self.q_proj(x), self.n_heads)
         k = _split_heads(self.k_proj(x), self.n_heads) * self.head_dim**-0.5
         return q, k, _split_heads(self.v_proj(x), self.n_heads)
@@ -611,13 +577,13 @@ class RetNet(_LinearAttentionMixer):
     def _qkv(self, x):
         q, k, v = self._project(x)
         positions = torch.arange(x.shape[1], device=x.device, dtype=self.theta.dtype)
-        angle = positions[:, None] * self.theta  # [L, head_dim/2]
+        angle = (positions[:, None] * self.theta)[:, None]  # [L, 1, head_dim/2]: the same for every head
         return rotate(q, angle), rotate(k, angle), v, self.log_gamma
 
     def _readout(self, o, x):
         B, L, H, Dv = o.shape
         acc = torch.promote_types(o.dtype, self.group_norm.weight.dtype)
-        y = self.group_norm(o.reshape(B * L, H * Dv).to(acc)).reshape(B, L, H * Dv).to(x.dtype)
+        y = self.group_norm(o.reshape(B * L, H * Dv).to(acc)).reshape(B, L, H * Dv)  # kept in acc: x may be bf16
         return self.out_proj(F.silu(self.g_proj(x)) * y)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
@@ -628,7 +594,7 @@ class RetNet(_LinearAttentionMixer):
 
     def step(self, x_t, state):
         q, k, v = self._project(x_t[:, None])
-        o_t, U_re, U_im = retention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], state["U_re"], state["U_im"],
+        o_t, U_re, U_im = retention_step(q[:, 0], k[:, 0], v[:, 0], state["U_re"], state["U_im"],
                                          self.log_gamma, self.theta)
         return self._readout(o_t[:, None].to(x_t.dtype), x_t[:, None])[:, 0], {"U_re": U_re, "U_im": U_im}
 
@@ -680,7 +646,7 @@ class ScalarGatedLinearAttention(_LinearAttentionMixer):
         k = _split_heads(self.k_proj(x), self.n_heads)
         acc = _accumulation_dtype(x)  # the decay compounds over many steps: compute it in float32 or higher
         dt = F.softplus(self.dt_proj(x).to(acc) + self.dt_bias.to(acc))  # [B, L, H]
-        log_decay = -(dt * self.A_log.to(dt.dtype).exp()).transpose(1, 2)  # [B, H, L], log a_t ≤ 0
+        log_decay = -(dt * self.A_log.to(dt.dtype).exp())  # [B, L, H], log a_t ≤ 0
         return q, k, _split_heads(self.v_proj(x), self.n_heads), log_decay
 
     def _readout(self, o, x):
@@ -688,7 +654,7 @@ class ScalarGatedLinearAttention(_LinearAttentionMixer):
         acc = torch.promote_types(o.dtype, torch.float32)
         o = o.to(acc)
         y = (o * torch.rsqrt(o.square().mean(-1, keepdim=True) + 1e-6)).reshape(B, L, H * Dv)  # RMSNorm per head
-        y = (y * self.norm_weight.to(acc)).to(x.dtype)
+        y = y * self.norm_weight.to(acc)  # kept in acc: x may be bf16 (autocast)
         if self.output_gate:
             y = y * F.silu(self.g_proj(x))
         return self.out_proj(y)
@@ -746,18 +712,18 @@ class GatedLinearAttention(_LinearAttentionMixer):
         k = _split_heads(self.k_proj(x), self.n_heads)
         acc = _accumulation_dtype(x)  # the gates compound over many steps: compute them in float32 or higher
         logits = self.gate_up(self.gate_down(x)).to(acc)  # [B, L, H·d_k]
-        log_gate = _split_heads(F.logsigmoid(logits) / self.gate_logit_normalizer, self.n_heads)  # [B, H, L, d_k]
+        log_gate = _split_heads(F.logsigmoid(logits) / self.gate_logit_normalizer, self.n_heads)  # [B, L, H, d_k]
         return q, k, _split_heads(self.v_proj(x), self.n_heads), log_gate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
         q, k, v, log_gate = self._qkv(x)
         o = gated_linear_attention_chunked(q, k, v, log_gate, self.chunk_size)
-        return self._readout(o.transpose(1, 2).to(x.dtype), x)
+        return self._readout(o.to(x.dtype), x)
 
     def _readout(self, o, x):
         B, L, H, Dv = o.shape
         acc = torch.promote_types(o.dtype, self.group_norm.weight.dtype)
-        y = self.group_norm(o.reshape(B * L, H * Dv).to(acc)).reshape(B, L, H * Dv).to(x.dtype)
+        y = self.group_norm(o.reshape(B * L, H * Dv).to(acc)).reshape(B, L, H * Dv)  # kept in acc: x may be bf16
         if self.output_gate:
             y = F.silu(self.g_proj(x)) * y
         return self.out_proj(y)

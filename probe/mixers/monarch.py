@@ -24,8 +24,9 @@ import math
 import torch
 from torch import nn
 
+from ..ops import short_conv, short_conv_step
 from .base import Mixer, MixerSpec, State
-from .conv import ImplicitFilter, causal_conv_step, short_conv
+from .conv import ImplicitFilter, causal_conv_step
 
 
 def monarch_multiply(x: torch.Tensor, blocks1: torch.Tensor, blocks2: torch.Tensor) -> torch.Tensor:
@@ -134,8 +135,9 @@ class MonarchMixer(Mixer):
         self.out_proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
-        u = short_conv(self.in_proj(x).transpose(1, 2), self.short_filter, self.short_bias)   # [B, 3D, L]
-        q, k, v = u.split(self.d_model, dim=1)                               # 3 × [B, D, L]
+        # the short filter is stored in filter order (k[:, s] meets u_{t−s}); the op takes Conv1d's, flipped
+        u = short_conv(self.in_proj(x), self.short_filter.flip(-1), self.short_bias)   # [B, L, 3D]
+        q, k, v = u.transpose(1, 2).split(self.d_model, dim=1)               # 3 × [B, D, L]
         y = q * monarch_conv(k * v, self.implicit_filter(x.shape[1]), self.filter_bias)
         return self.out_proj(y.transpose(1, 2))
 
@@ -148,13 +150,13 @@ class MonarchMixer(Mixer):
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # [B, D] -> [B, D]
         # one output needs one dot product with the reversed filter; no transform is worth it for a single t
-        u_t, window = causal_conv_step(self.in_proj(x_t), state["short"], self.short_filter)
-        keep = min(self.short_filter_order - 1, window.shape[-1])
-        q, k, v = (u_t + self.short_bias).split(self.d_model, dim=-1)     # 3 × [B, D]
+        u_t, short = short_conv_step(self.in_proj(x_t), state["short"], self.short_filter.flip(-1),
+                                     self.short_bias)
+        q, k, v = u_t.split(self.d_model, dim=-1)                         # 3 × [B, D]
         z_t = k * v
         conv, past = causal_conv_step(z_t, state["past"], self.implicit_filter(state["past"].shape[-1] + 1))
         y_t = self.out_proj(q * (conv + self.filter_bias * z_t))
-        return y_t, {"short": window[..., window.shape[-1] - keep:], "past": past}
+        return y_t, {"short": short, "past": past}
 
 
 ARCHS: dict[str, MixerSpec] = {

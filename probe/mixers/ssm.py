@@ -5,11 +5,12 @@ block. The time-varying ones (Mamba, Mamba-2) run their core op as a scan; the t
 materialise the impulse response K_l = C Ā^l B̄ and convolve with it through an FFT. All of them carry a state
 whose size does not grow with the sequence length, which is what the synthetic tasks probe.
 
-Design choices: Mamba's selective scan is an op of probe.ops (its reference beside its Triton kernel, one
-dispatch rule); the other core ops (`ssd_chunked`, `ssd_recurrent`, `fft_conv`, `s4d_kernel`) are still
-module-level functions here in plain PyTorch with shapes in their docstrings, until they move there too; scans
-and FFTs accumulate in float32, or float64 when the input is float64; complex parameters and states are stored
-as real tensors so that state sizes count complex numbers as two reals.
+Design choices: Mamba's selective scan and the short convolution of Mamba and Mamba-2 (with its SiLU fused) are
+ops of probe.ops (each reference beside its Triton kernel, one dispatch rule), and Mamba-2's SSD runs as the op
+probe.ops.linear_attention (`ssd`); the other core ops (`fft_conv`, `s4d_kernel`) are still module-level
+functions here in plain PyTorch with shapes in their docstrings, until they move there too; scans and FFTs
+accumulate in float32, or float64 when the input is float64; complex parameters and states are stored as real
+tensors so that state sizes count complex numbers as two reals.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import selective_scan, selective_scan_step
+from .. import ops
+from ..ops import selective_scan, selective_scan_step, short_conv, short_conv_step
 from .base import Mixer, MixerSpec, State
 from .conv import fft_conv  # causal long convolution, shared with the convolution family
 
@@ -49,24 +51,6 @@ def _check_positive(**kwargs) -> None:
 def _check_dt_range(dt_min: float, dt_max: float) -> None:
     if not 0 < dt_min <= dt_max:
         raise ValueError(f"dt_min={dt_min}, dt_max={dt_max} must satisfy 0 < dt_min <= dt_max")
-
-
-def _causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Causal depthwise 1-D convolution. x: [B, C, L], weight: [C, 1, W], bias: [C] -> [B, C, L]."""
-    width = weight.shape[-1]
-    # the weights in x's dtype: under autocast in a pack (vmap) conv1d is not autocast and would mix bf16/fp32
-    return F.conv1d(F.pad(x, (width - 1, 0)), weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None,
-                    groups=x.shape[1])
-
-
-def _conv_step(x_t: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
-    """One step of the causal depthwise conv. x_t: [B, C], conv_state: [B, C, W-1] (the last W-1 inputs).
-
-    Returns (out_t: [B, C], new conv_state: [B, C, W-1]).
-    """
-    window = torch.cat([conv_state, x_t.unsqueeze(-1)], dim=-1)  # [B, C, W]
-    out = (window * weight.squeeze(1)).sum(-1) + bias
-    return out, window[:, :, 1:]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -133,8 +117,8 @@ class Mamba(Mixer):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
         x, z = self.in_proj(u).chunk(2, dim=-1)  # [B, L, d_inner] each
-        x = F.silu(_causal_depthwise_conv(x.transpose(1, 2), self.conv1d.weight, self.conv1d.bias))
-        x = x.transpose(1, 2)  # [B, L, d_inner]
+        # the Conv1d's [d_inner, 1, d_conv] weight in the op's tap order, SiLU fused
+        x = short_conv(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")  # [B, L, d_inner]
         delta, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.to(_compute_dtype(x.dtype)))  # [d_inner, N]
         y = selective_scan(x, delta, A, B, C, self.D)  # [B, L, d_inner]
@@ -155,8 +139,7 @@ class Mamba(Mixer):
 
     def step(self, u_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # [B, D] -> [B, D]
         x, z = self.in_proj(u_t).chunk(2, dim=-1)  # [B, d_inner] each
-        x, conv = _conv_step(x, state["conv"], self.conv1d.weight, self.conv1d.bias)
-        x = F.silu(x)
+        x, conv = short_conv_step(x, state["conv"], self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         delta, B, C = self._ssm_inputs(x)
         dtype = state["ssm"].dtype
         A = -torch.exp(self.A_log.to(dtype))
@@ -168,19 +151,6 @@ class Mamba(Mixer):
 # ---------------------------------------------------------------------------------------------------------------
 # Mamba-2 (state space duality)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _segsum(a: torch.Tensor) -> torch.Tensor:
-    """Segment sums a: [..., T] -> [..., T, T] with out[..., i, j] = a_{j+1} + ... + a_i for j <= i, −inf above.
-
-    Summed directly (masked cumsum) rather than as cumsum_i − cumsum_j, which loses precision for long chunks.
-    """
-    T = a.shape[-1]
-    a = a.unsqueeze(-1).expand(*a.shape, T)  # [..., T (k), T (j)], entry a_k
-    below = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), diagonal=-1)  # k > j
-    s = a.masked_fill(~below, 0).cumsum(dim=-2)  # [..., T (i), T (j)] = sum over j < k <= i
-    on_or_below = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device))
-    return s.masked_fill(~on_or_below, float("-inf"))
 
 
 def ssd_step(h, x_t, dt_t, A, B_t, C_t):
@@ -198,7 +168,7 @@ def ssd_step(h, x_t, dt_t, A, B_t, C_t):
 
 
 def ssd_recurrent(x, dt, A, B, C):
-    """SSD as a sequential scan, the reference for `ssd_chunked`.
+    """SSD as a sequential scan, the reference for `ssd`.
 
     x: [B, L, H, P], dt: [B, L, H] (positive), A: [H] (negative), B, C: [B, L, G, N]  ->  y: [B, L, H, P]
     """
@@ -212,43 +182,18 @@ def ssd_recurrent(x, dt, A, B, C):
     return torch.stack(ys, dim=1).to(x.dtype)
 
 
-def ssd_chunked(x, dt, A, B, C, chunk: int = 64):
-    """SSD in its chunked (block-decomposed) form: Dao & Gu (2024), Section 6.
+def ssd(x, dt, A, B, C):
+    """SSD through the op `probe.ops.linear_attention` (its Triton kernel on a GPU, its exact chunked reference
+    elsewhere): the state space duality of Dao & Gu (2024), read as scalar-decay linear attention.
 
     x: [B, L, H, P], dt: [B, L, H] (positive), A: [H] (negative), B, C: [B, L, G, N]  ->  y: [B, L, H, P]
-    Within a chunk, the quadratic (attention-like) form y = (C Bᵀ ∘ decay) (Δ x); across chunks, states are
-    passed by a scan over chunk boundaries. L need not be a multiple of chunk: the tail is zero-padded
-    (Δ = 0 there, so padding neither decays nor feeds the state).
+        h_t = exp(Δ_t a) h_{t-1} + Δ_t x_t B_tᵀ,  y_t = h_t C_t    is    S_t = a_t S_{t-1} + k_t v_tᵀ,  o_t = S_tᵀ q_t
+    with q = C, k = B (each group's, repeated over its heads), v = Δ·x, log a_t = Δ_t·a, and S = hᵀ: [N, P].
     """
-    dtype = _compute_dtype(x.dtype)
-    batch, length, heads, _ = x.shape
-    pad = (-length) % chunk
-    # zero-pad dim 1 (L) at its end; F.pad lists dims from the last one backwards
-    x_, dt_, B_, C_ = (F.pad(t.to(dtype), (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
-    n_chunks = (length + pad) // chunk
-    heads_per_group = heads // B.shape[2]
-    x_ = x_.reshape(batch, n_chunks, chunk, heads, -1)  # [b, c, l, h, p]
-    dt_ = dt_.reshape(batch, n_chunks, chunk, heads)  # [b, c, l, h]
-    B_ = B_.reshape(batch, n_chunks, chunk, -1, B.shape[-1]).repeat_interleave(heads_per_group, dim=3)
-    C_ = C_.reshape(batch, n_chunks, chunk, -1, C.shape[-1]).repeat_interleave(heads_per_group, dim=3)
-    xdt = x_ * dt_.unsqueeze(-1)  # [b, c, l, h, p]
-    a = (dt_ * A.to(dtype)).permute(0, 3, 1, 2)  # [b, h, c, l], log-decay per step
-    a_cum = a.cumsum(dim=-1)  # [b, h, c, l]
-
-    # 1. within chunks: y_i = Σ_{j<=i} C_i·B_j exp(a_{j+1} + ... + a_i) Δ_j x_j
-    decay = torch.exp(_segsum(a))  # [b, h, c, l, s]
-    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", C_, B_, decay, xdt)
-    # 2. each chunk's contribution to the state at its end
-    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # [b, h, c, l]
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B_, decay_to_end, xdt)  # [b, c, h, p, n]
-    # 3. pass states across chunk boundaries: the state entering chunk c
-    states = torch.cat([torch.zeros_like(states[:, :1]), states], dim=1)  # [b, c+1, h, p, n]
-    decay_chunk = torch.exp(_segsum(F.pad(a_cum[..., -1], (1, 0))))  # [b, h, c+1, c+1]
-    states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)[:, :-1]  # [b, c, h, p, n]
-    # 4. the entering state's contribution to each output in the chunk
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C_, states, torch.exp(a_cum))
-    y = (y_diag + y_off).reshape(batch, n_chunks * chunk, heads, -1)[:, :length]
-    return y.to(x.dtype)
+    heads_per_group = x.shape[2] // B.shape[2]
+    q, k = (t.repeat_interleave(heads_per_group, dim=2) for t in (C, B))  # [B, L, H, N]
+    v = (x * dt.unsqueeze(-1)).to(x.dtype)  # [B, L, H, P], in x's dtype: the op's dots read it as they read x
+    return ops.linear_attention(q, k, v, dt * A.to(dt.dtype))  # log a [B, L, H] in dt's dtype (float32+)
 
 
 def gated_rms_norm(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, ngroups: int = 1,
@@ -296,13 +241,11 @@ class Mamba2(Mixer):
         expand: int = 2,
         head_dim: int = 16,
         ngroups: int = 1,
-        chunk_size: int = 64,
         dt_min: float = 1e-3,
         dt_max: float = 0.1,
     ):
         super().__init__(d_model, layer_idx=layer_idx, max_seq_len=max_seq_len)
-        _check_positive(d_state=d_state, d_conv=d_conv, expand=expand, head_dim=head_dim, ngroups=ngroups,
-                        chunk_size=chunk_size)
+        _check_positive(d_state=d_state, d_conv=d_conv, expand=expand, head_dim=head_dim, ngroups=ngroups)
         _check_dt_range(dt_min, dt_max)
         self.d_inner = expand * d_model
         if self.d_inner % head_dim:
@@ -311,7 +254,6 @@ class Mamba2(Mixer):
         if self.n_heads % ngroups:
             raise ValueError(f"ngroups={ngroups} must divide the number of heads d_inner/head_dim={self.n_heads}")
         self.d_state, self.d_conv, self.head_dim, self.ngroups = d_state, d_conv, head_dim, ngroups
-        self.chunk_size = chunk_size
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
 
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.n_heads, bias=False)
@@ -334,11 +276,11 @@ class Mamba2(Mixer):
     def forward(self, u: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
         batch, length, _ = u.shape
         z, xBC, dt = self.in_proj(u).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        xBC = F.silu(_causal_depthwise_conv(xBC.transpose(1, 2), self.conv1d.weight, self.conv1d.bias))
-        x, B, C = self._split(xBC.transpose(1, 2))  # [B, L, H, P], [B, L, G, N] x2
+        xBC = short_conv(xBC, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")  # [B, L, conv_dim]
+        x, B, C = self._split(xBC)  # [B, L, H, P], [B, L, G, N] x2
         dt = F.softplus(dt + self.dt_bias)  # [B, L, H]
         A = -torch.exp(self.A_log.to(_compute_dtype(x.dtype)))  # [H]
-        y = ssd_chunked(x, dt, A, B, C, chunk=self.chunk_size)  # [B, L, H, P]
+        y = ssd(x, dt, A, B, C)  # [B, L, H, P]
         y = y + self.D.unsqueeze(-1) * x
         y = gated_rms_norm(y.reshape(batch, length, self.d_inner), z, self.norm_weight, self.ngroups)
         return self.out_proj(y)
@@ -359,8 +301,9 @@ class Mamba2(Mixer):
 
     def step(self, u_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # [B, D] -> [B, D]
         z, xBC, dt = self.in_proj(u_t).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        xBC, conv = _conv_step(xBC, state["conv"], self.conv1d.weight, self.conv1d.bias)
-        x, B, C = self._split(F.silu(xBC))  # [B, H, P], [B, G, N] x2
+        xBC, conv = short_conv_step(xBC, state["conv"], self.conv1d.weight[:, 0], self.conv1d.bias,
+                                    activation="silu")
+        x, B, C = self._split(xBC)  # [B, H, P], [B, G, N] x2
         dt = F.softplus(dt + self.dt_bias)  # [B, H]
         dtype = state["ssm"].dtype
         A = -torch.exp(self.A_log.to(dtype))
@@ -458,6 +401,7 @@ class S4D(Mixer):
     """
 
     formula = "d_model·d_state"
+    projects_input = False  # its skip term D·u and long convolution act on the raw input
 
     def __init__(
         self,

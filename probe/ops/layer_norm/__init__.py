@@ -15,12 +15,14 @@ from .reference import layer_norm_ref
 MAX_D = 16384  # wider rows go to the reference (a row must fit one program's registers)
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5, *,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
     d = x.shape[-1]
     if weight.shape != (d,) or bias.shape != (d,):
         raise ValueError(f"weight and bias must be [{d}] (x's last dimension); got {tuple(weight.shape)} and "
                          f"{tuple(bias.shape)}")
-    out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
+    if out_dtype is None:
+        out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
     if backend(x) == "ref" or d > MAX_D:
         return layer_norm_ref(x, weight, bias, eps, out_dtype)
     from .kernel import layer_norm_grouped

@@ -2,11 +2,12 @@
 
 x is read through its strides as [A, H, L, D] (attention's q and k are transposed views of a projection, so
 no copy is made first; only the last dimension must be contiguous), y is written contiguous. Each program
-rotates a tile of whole rows (positions × D) of one (a, h) slice, loading each element's pair partner with a
-second, permuted load of the same cache lines; cos and sin [L, D/2] are shared by every row. The arithmetic is
-float32. The first version loaded even and odd elements as two stride-2 tiles and stored them interleaved: on the
-H200 it took 4.6 ms per call at a K = 32 pack's [8192, 1, 256, 128] bf16 q, about 20x the bytes' time. Against the reference's slices, casts,
-four products and stack (about ten passes over x), it reads x once and writes y once.
+rotates a tile of whole rows (positions × D) of one (a, h) slice: one contiguous load of the tile, reshaped to
+[rows, D/2, 2] and split into the pairs' even and odd elements in registers, rotated in float32, joined back
+and stored contiguous; cos and sin [L, D/2] are shared by every row. On the H200, at a K = 32 pack's
+[8192, 1, 256, 128] bf16 q this runs at 3.9 TB/s (0.27 ms a call, a plain copy's 0.26 ms). Two earlier forms
+were 12-17× slower at the same shape: even and odd elements as two stride-2 loads with interleaved stores
+(4.6 ms), and each element's partner from a second, permuted load at d ^ 1 (3.3 ms).
 """
 from __future__ import annotations
 
@@ -21,22 +22,21 @@ from .reference import rotary_ref
 @triton.jit
 def _rotate(x_ptr, cos_ptr, sin_ptr, y_ptr, H, L, D, sx0, sx1, sx2, sign,
             BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    # whole rows as one contiguous tile; each element's partner (2p <-> 2p + 1) is a second load at d ^ 1
     row = tl.program_id(0).to(tl.int64)
     a, h = row // H, row % H
     ls = tl.program_id(1).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
     ds = tl.arange(0, BLOCK_D)
+    ps = tl.arange(0, BLOCK_D // 2)
     mask = (ls < L)[:, None] & (ds < D)[None, :]
-    base = a * sx0 + h * sx1 + ls[:, None] * sx2
-    x = tl.load(x_ptr + base + ds[None, :], mask=mask, other=0.0).to(tl.float32)
-    partner = tl.load(x_ptr + base + (ds ^ 1)[None, :], mask=mask, other=0.0).to(tl.float32)
-    cs = ls[:, None] * (D // 2) + (ds // 2)[None, :]
-    c = tl.load(cos_ptr + cs, mask=mask, other=0.0)
-    s = tl.load(sin_ptr + cs, mask=mask, other=0.0) * sign
-    # y_2p = x_2p c − x_2p+1 s,  y_2p+1 = x_2p+1 c + x_2p s
-    s = tl.where((ds % 2 == 0)[None, :], -s, s)
-    out = (row * L + ls[:, None]) * D + ds[None, :]
-    tl.store(y_ptr + out, (x * c + partner * s).to(y_ptr.dtype.element_ty), mask=mask)
+    pmask = (ls < L)[:, None] & (ps < D // 2)[None, :]
+    x = tl.load(x_ptr + a * sx0 + h * sx1 + ls[:, None] * sx2 + ds[None, :], mask=mask, other=0.0)
+    x1, x2 = tl.split(tl.reshape(x.to(tl.float32), [BLOCK_L, BLOCK_D // 2, 2]))  # x_2p, x_2p+1
+    cs = ls[:, None] * (D // 2) + ps[None, :]
+    c = tl.load(cos_ptr + cs, mask=pmask, other=0.0)
+    s = tl.load(sin_ptr + cs, mask=pmask, other=0.0) * sign
+    # y_2p = x_2p c − x_2p+1 s,  y_2p+1 = x_2p s + x_2p+1 c
+    y = tl.reshape(tl.join(x1 * c - x2 * s, x1 * s + x2 * c), [BLOCK_L, BLOCK_D])
+    tl.store(y_ptr + (row * L + ls[:, None]) * D + ds[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def _launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
@@ -47,8 +47,9 @@ def _launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) 
     x4 = x.reshape(-1, *x.shape[-3:]) if x.dim() > 4 else x[(None,) * (4 - x.dim())]
     if x4.stride(-1) != 1:  # rows must be contiguous for coalesced loads
         x4 = x4.contiguous()
-    block_d = triton.next_power_of_2(d)
-    block_l = max(1, min(64, 4096 // block_d))
+    block_d = max(2, triton.next_power_of_2(d))
+    # H200, bf16: 16-64 rows of 128 (or 64 of 16) per program all reach ~3.9 TB/s with 4 warps
+    block_l = max(16, min(64, 4096 // block_d))
     _rotate[(x4.shape[0] * x4.shape[1], triton.cdiv(length, block_l))](
         x4, cos, sin, y, x4.shape[1], length, d, *x4.stride()[:3], sign, BLOCK_L=block_l, BLOCK_D=block_d,
         num_warps=4)

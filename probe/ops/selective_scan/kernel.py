@@ -35,16 +35,20 @@ from ..dispatch import fold
 from .reference import check
 
 NUM_WARPS = 1  # a program's state is BLOCK_D x N: a few registers per thread of one warp
-CHUNK = 32  # steps between the forward's checkpoints; the backward recomputes one chunk of states at a time
+CHUNK = 8  # steps between the forward's checkpoints; the backward recomputes one chunk of states at a time
 
 
 def block_d(rows: int, d: int) -> int:
-    """Channels per program. 16 where that still gives ≥ 512 programs; otherwise 4, so short batches still
-    spread over the H100's 132 SMs. Chosen with the kernel's first version (states stored, no checkpoints),
-    fwd+bwd on the H100 (bf16, N = 16, BLOCK_D x warps in
-    {4, 8, 16, 32} x {1, 2, 4}): [16, 1024, 256] best at 4 x 1 (1.38 ms; 16 x 1: 1.63 ms), [256, 256, 256] and
-    [256, 512, 1024] best at 16 x 1 (1.73 and 13.4 ms)."""
-    return 16 if rows * triton.cdiv(d, 16) >= 512 else 4
+    """Channels per program: the widest of 32, 16, 8 that still gives >= 1024 programs, else 4 (short batches
+    still spread over the SMs). Measured on the H200 (bf16, N = 16, fwd+bwd, `scratch` grid of CHUNK in
+    {8, 16, 32} x BLOCK_D in {4, 8, 16, 32} x warps in {1, 2}): at [2048, 256, 256] one warp with 32 channels and
+    8-step chunks is fastest (7.35 ms; the previous 32-step chunks with 16 channels 10.6 ms, 4 channels 22.5 ms),
+    and at a K = 32 pack's [8192, 256, 256] 28.5 ms against 41.7 ms: wider blocks load B_t, C_t once for more
+    channels and halve the partial sums of dB, dC; shorter chunks keep the backward's scratch states in L2."""
+    for width in (32, 16, 8):
+        if rows * triton.cdiv(d, width) >= 1024:
+            return width
+    return 4
 
 
 @triton.jit
