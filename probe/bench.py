@@ -96,7 +96,7 @@ def flops_per_token(arch: str, task, model_cfg, device: torch.device) -> float:
     from .pack import ScoredLogits
     model = ScoredLogits(build_model(arch, vocab_size=task.vocab_size, max_seq_len=task.max_seq_len,
                                      d_model=model_cfg.d_model, n_layers=model_cfg.n_layers,
-                                     channel_mixer=model_cfg.channel_mixer)).to(device)
+                                     channel_mixer=model_cfg.channel_mixer, decoder=task.decoder)).to(device)
     ex = task.generate(8, seed=1, device=device)
     scored = Scored(ex.targets)
     with FlopCounterMode(display=False) as counter:

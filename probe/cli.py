@@ -101,7 +101,7 @@ def check_fits(task, arch: str, model: ModelConfig, train: TrainConfig, options:
     import torch
     with torch.device("meta"):
         params = build_model(arch, vocab_size=task.vocab_size, max_seq_len=task.max_seq_len,
-                             **dataclasses.asdict(model), **options).num_params()
+                             decoder=task.decoder, **dataclasses.asdict(model), **options).num_params()
     tokens = train.num_train * task.seq_len + train.num_test * sum(t.seq_len for t in task.eval_configs())
     check_bytes("this run", {
         "data set": 24 * tokens, "weights with gradients and AdamW state": 16 * params * pack,

@@ -39,8 +39,7 @@ class ScoredLogits(nn.Module):
         self.model = model
 
     def forward(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = self.model.features(inputs)  # [B, L, D]; the final norm acts per position, so it runs after the gather
-        return self.model.logits(self.model.norm(x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))))
+        return self.model.logits(self.model.hidden(inputs, positions))  # through the model's decoder, if any
 
 
 class PackedModel(nn.Module):

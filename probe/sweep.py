@@ -128,6 +128,9 @@ class Sweep:
     #: training settings that depend on the task's training length, e.g. Zoology's batch sizes
     #: {64: {"batch_size": 512}, 512: {"batch_size": 128}}; applied before `epochs` turns into steps
     train_per_seq_len: dict[int, dict] = field(default_factory=dict)
+    #: training settings of one task, by its name, applied after train_per_seq_len, e.g. MAD's memorization
+    #: {"memorization": {"num_train": 256}} (it shares its length with compression, which trains on 12,800)
+    train_per_task: dict[str, dict] = field(default_factory=dict)
 
     #: "auto" prunes nothing below this many trials per cell
     AUTO_PRUNE_MIN_TRIALS = 6
@@ -163,14 +166,16 @@ class Sweep:
             return self.search
         return self.search.get(arch, self.search.get("default", SearchSpace()))
 
-    def train_config(self, seq_len: int | None = None) -> TrainConfig:
-        """The training config of a cell whose task trains at seq_len (None: the sweep's own)."""
+    def train_config(self, seq_len: int | None = None, task: str | None = None) -> TrainConfig:
+        """The training config of a cell whose task (by name) trains at seq_len (None: the sweep's own)."""
         train = self.train
-        if seq_len is not None and seq_len in self.train_per_seq_len:
-            try:
-                train = dataclasses.replace(train, **self.train_per_seq_len[seq_len])
-            except TypeError as e:
-                raise ProbeError(f"train_per_seq_len[{seq_len}]: {e}") from None
+        for where, table, key in (("train_per_seq_len", self.train_per_seq_len, seq_len),
+                                  ("train_per_task", self.train_per_task, task)):
+            if key is not None and key in table:
+                try:
+                    train = dataclasses.replace(train, **table[key])
+                except TypeError as e:
+                    raise ProbeError(f"{where}[{key!r}]: {e}") from None
         if self.epochs is None:
             return train
         train.check()  # sizes are known good before they divide
@@ -181,7 +186,7 @@ class Sweep:
         tkeys = task_keys(self.tasks)
         out = []
         for task, tkey in zip(self.tasks, tkeys):
-            train = self.train_config(task.seq_len)
+            train = self.train_config(task.seq_len, task.name)
             for label, options in self.arch_options().items():
                 options = {k: task.seq_len if v is SEQ_LEN else v for k, v in options.items()}
                 arch = options.pop("arch", label)
@@ -238,11 +243,13 @@ class Sweep:
         bad_seeds = [s for s in self.seeds if not 0 <= s < 2**32]
         if bad_seeds:
             raise ProbeError(f"{where}: seeds: {bad_seeds[0]} must be in [0, 2**32)")
-        for seq_len in [None, *{t.seq_len for t in self.tasks}]:
+        for seq_len, task in [(None, None), *dict.fromkeys((t.seq_len, t.name) for t in self.tasks)]:
             try:
-                self.train_config(seq_len).check()
+                self.train_config(seq_len, task).check()
             except ProbeError as e:
-                raise ProbeError(f"{where}: train{'' if seq_len is None else f' at L={seq_len}'}: {e}") from None
+                at = "" if seq_len is None else f" at L={seq_len}"
+                at += f" for {task}" if task in self.train_per_task else ""
+                raise ProbeError(f"{where}: train{at}: {e}") from None
         for arch in self.arch_options():
             space = self.search_for(arch)
             space.check(f"{where}: arch {arch}")

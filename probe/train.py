@@ -426,7 +426,7 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
     for spec in specs:  # each member starts from its seed's weights, exactly as a run of its own would
         L.seed_everything(spec.train.seed, workers=False, verbose=False)
         models.append(build_model(first.arch, vocab_size=task.vocab_size, max_seq_len=task.max_seq_len,
-                                  **dataclasses.asdict(first.model), **first.mixer_options))
+                                  decoder=task.decoder, **dataclasses.asdict(first.model), **first.mixer_options))
     data = TaskData(task, num_train=cfg.num_train, num_test=cfg.num_test, batch_size=cfg.batch_size,
                     seed=cfg.seed, device=device, repeats=1 + len(cfg.eval_position_schemes))
     data.setup()

@@ -4,6 +4,7 @@ The package imports nothing from `probe`, so tasks can be generated and tested w
 """
 from .base import IGNORE, Examples, TaskConfig, TaskConfigError
 from .compositional_mqar import CompositionalMQAR
+from .compression import Compression
 from .copying import Copying
 from .forgetting_mqar import ForgettingMQAR
 from .fuzzy_recall import FuzzyRecall
@@ -24,6 +25,7 @@ TASKS: dict[str, type[TaskConfig]] = {
     "in_context_recall": InContextRecall,
     "noisy_recall": NoisyRecall,
     "fuzzy_recall": FuzzyRecall,
+    "compression": Compression,
     "memorization": Memorization,
     "forgetting_mqar": ForgettingMQAR,
     "phonebook": PhoneBook,
@@ -32,4 +34,4 @@ TASKS: dict[str, type[TaskConfig]] = {
 
 __all__ = ["TASKS", "IGNORE", "Examples", "TaskConfig", "TaskConfigError", "MQAR", "Passkey", "Copying", "Order",
            "StateTracking", "InContextRecall", "NoisyRecall", "FuzzyRecall", "Memorization", "ForgettingMQAR",
-           "PhoneBook", "CompositionalMQAR"]
+           "PhoneBook", "CompositionalMQAR", "Compression"]

@@ -9,6 +9,9 @@ Conventions shared by all tasks:
   (next-token prediction), IGNORE (-100) where nothing is scored.
 - slices: per-example labels, name -> [n] int64 (e.g. "num_kv_pairs", "depth"), used to break accuracy down.
 - every task trains at `seq_len` and is evaluated at each of `eval_seq_lens` (train short, test long).
+- `decoder` names the output stage the task needs on top of the mixer stack (None: the language model's own
+  head reads each position; "compression": MAD's autoencoder decoder reads every output position from the last
+  position alone, see tasks/compression.py). probe builds every model for a task with `decoder=task.decoder`.
 """
 from __future__ import annotations
 
@@ -49,6 +52,9 @@ class TaskConfig:
     name: ClassVar[str]
     #: accuracy a model that guesses uniformly (among plausible answers) would get; stated per task.
     chance: ClassVar[str]
+    #: the model-level decoder the task is scored through, by name (probe.model's DECODERS); None: the target at
+    #: position p is read from the model's own hidden state at p. A property of the task, not a CLI flag.
+    decoder: ClassVar[str | None] = None
 
     seq_len: int = 64
     vocab_size: int = 8192
@@ -112,6 +118,16 @@ def at_least(cfg: TaskConfig, field: str, low, why: str = "") -> None:
     value = getattr(cfg, field)
     if value < low:
         raise TaskConfigError(f"{cfg.name}: {field}={value} must be >= {low}{' ' + why if why else ''}")
+
+
+def check_noise(cfg: TaskConfig) -> None:
+    """A task's `frac_noise` in [0, 1) and its `noise_vocab_size` (>= 0, and >= 1 when there is noise)."""
+    at_least(cfg, "noise_vocab_size", 0)
+    if not 0 <= cfg.frac_noise < 1:
+        raise TaskConfigError(f"{cfg.name}: frac_noise={cfg.frac_noise} must be in [0, 1)")
+    if cfg.frac_noise > 0 and cfg.noise_vocab_size < 1:
+        raise TaskConfigError(f"{cfg.name}: noise_vocab_size={cfg.noise_vocab_size} must be >= 1 when "
+                              f"frac_noise={cfg.frac_noise} > 0")
 
 
 def in_range(cfg: TaskConfig, field: str, low, high) -> None:

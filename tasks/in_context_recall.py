@@ -37,7 +37,7 @@ from typing import ClassVar
 import torch
 
 from . import rng
-from .base import IGNORE, Examples, TaskConfig, TaskConfigError, at_least
+from .base import IGNORE, Examples, TaskConfig, TaskConfigError, at_least, check_noise
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,7 @@ class InContextRecall(TaskConfig):
 
     def check(self) -> None:
         super().check()
-        at_least(self, "noise_vocab_size", 0)
-        if not 0 <= self.frac_noise < 1:
-            raise TaskConfigError(f"{self.name}: frac_noise={self.frac_noise} must be in [0, 1)")
-        if self.frac_noise > 0 and self.noise_vocab_size < 1:
-            raise TaskConfigError(f"{self.name}: noise_vocab_size={self.noise_vocab_size} must be >= 1 when "
-                                  f"frac_noise={self.frac_noise} > 0")
+        check_noise(self)
         special = 0 if self.multi_query else 1
         at_least(self, "vocab_size", 2 + special + self.noise_vocab_size,
                  f"(at least one key and one value token besides {self.noise_vocab_size} noise "

@@ -47,6 +47,26 @@ def test_every_arch_in_a_pack_computes_each_members_own_outputs_and_gradients(ar
             torch.testing.assert_close(stacked.grad[k], p.grad, rtol=1e-7, atol=1e-9, msg=name)
 
 
+def test_a_pack_of_compression_models_computes_each_members_own_outputs_and_gradients():
+    members = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        members.append(build_model("attention", vocab_size=16, d_model=16, n_layers=2, max_seq_len=64,
+                                   decoder="compression").double())
+    pack = PackedModel(members)
+    inputs = torch.randint(0, 16, (2, 12), generator=torch.Generator().manual_seed(1))
+    positions = torch.tensor([[0, 5, 10], [3, 4, 11]])
+    out = pack.scored_logits(inputs, positions)  # [K, B, M, V], decoded from each member's last position
+    out.square().sum().backward()
+    for k, model in enumerate(members):
+        own = model(inputs).gather(1, positions[..., None].expand(-1, -1, 16))
+        torch.testing.assert_close(out[k], own, rtol=1e-9, atol=1e-9)
+        own.square().sum().backward()
+        for name, p, stacked in zip(pack.param_names, model.parameters(), pack.stacked):
+            torch.testing.assert_close(stacked.grad[k], p.grad, rtol=1e-7, atol=1e-9, msg=name)
+    assert any(name.startswith("model.decoder.") for name in pack.param_names)
+
+
 def test_packed_adamw_steps_each_member_as_torch_adamw_would():
     torch.manual_seed(0)
     lrs, wds = [1e-3, 1e-2, 3e-2], [0.0, 0.1, 0.5]

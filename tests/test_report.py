@@ -417,7 +417,7 @@ def test_mad_section_follows_the_summary_with_scores_per_arch_and_task(mad_repor
     html = mad_report.read_text()
     assert re.findall(r'<section id="([^"]+)">', html)[:2] == ["summary", "mad"]
     mad = section(html, "mad")
-    assert "hold 4 of MAD&#39;s 5 tasks (not here: fuzzy_recall)" in mad and "selective copying" in mad
+    assert "hold 4 of MAD&#39;s 6 tasks (not here: fuzzy_recall, compression)" in mad and "selective copying" in mad
     tables = re.findall(r"<table.*?</table>", mad, re.S)
     assert len(tables) == 2
     body = re.findall(r"<tr>(.*?)</tr>", tables[0])[1:]
@@ -824,9 +824,10 @@ def sweep():
             kept[t.name].append(t)
     return dataclasses.replace(
         MAD["sweep"](), name="mad_tiny", tasks=[t for ts in kept.values() for t in ts], archs=["attention", "mamba"],
-        d_models=(16,), epochs=None, train_per_seq_len={{}}, search=SearchSpace(lr_grid=(1e-3, 1e-2)),
-        trials_per_cell=2, train=TrainConfig(batch_size=16, max_steps=3, warmup_steps=1, num_train=32, num_test=32,
-                                             val_every=3, stop_at=None, weight_decay=0.0, device="cpu"))
+        d_models=(16,), epochs=None, train_per_seq_len={{}}, train_per_task={{}},
+        search=SearchSpace(lr_grid=(1e-3, 1e-2)), trials_per_cell=2,
+        train=TrainConfig(batch_size=16, max_steps=3, warmup_steps=1, num_train=32, num_test=32, val_every=3,
+                          stop_at=None, weight_decay=0.0, device="cpu"))
 ''',
     "state_tracking_tiny": '''
 import dataclasses, runpy
@@ -847,7 +848,7 @@ SUITE_FILES = {"mad_tiny": "mad.py", "state_tracking_tiny": "state_tracking.py"}
 
 @pytest.fixture(scope="module")
 def real_suites(tmp_path_factory) -> Path:
-    """Both suites trained for real into one journal (12 + 8 tiny cells, about 40 s on 2 cores), then one
+    """Both suites trained for real into one journal (14 + 8 tiny cells, about 40 s on 2 cores), then one
     report of the two: the folder holds suites.html."""
     tmp = tmp_path_factory.mktemp("suites")
     repo = Path(__file__).resolve().parents[1] / "sweeps"
@@ -870,16 +871,16 @@ def test_tiny_mad_and_state_tracking_sweeps_render_in_one_report(real_suites):
     from probe.results import load_results
     html = (real_suites / "suites.html").read_text()
     assert "No holes" in section(html, "provenance")
-    # MAD: one row per arch over all 6 levels of the 5 tasks, each score the mean over tasks of the mean over levels
+    # MAD: one row per arch over all 7 levels of the 6 tasks, each score the mean over tasks of the mean over levels
     mad = section(html, "mad")
-    assert "over 6 levels of 5 tasks" in mad
+    assert "over 7 levels of 6 tasks" in mad
     res = load_results([str(real_suites / f"{n}.py") for n in TINY_SUITES], str(real_suites / "journal.log"))
     t = res.trials[(res.trials["state"] == "COMPLETE") & (res.trials["sweep"] == "mad_tiny")]
     for arch in ("attention", "mamba"):
         best = t[t["arch"] == arch].groupby(["task", "cell"])["accuracy"].max()
         score = best.groupby("task").mean().mean()
         row = re.search(rf"</span>{arch}</td>(.*?)</tr>", mad).group(1)
-        assert re.findall(r"<td[^>]*>(.*?)</td>", row)[1:3] == [f"{score:.3f}", "6/6"]
+        assert re.findall(r"<td[^>]*>(.*?)</td>", row)[1:3] == [f"{score:.3f}", "7/7"]
     # state tracking: trained at 64, tested to 512, one curve per group
     groups = {"parity", "modular", "s3", "s5"}
     lengths = set(re.findall(r'<figure id="fig-length-state-tracking-[^"]*group-([a-z0-9]+)"', html))

@@ -302,12 +302,25 @@ def test_settings_per_training_length_and_seq_len_options_reach_each_cell():
     assert cells[8].mixer_options == {"d_state": 8} and cells[16].mixer_options == {"d_state": 16}
 
 
+def test_settings_per_task_reach_only_that_tasks_cells():
+    # MAD's memorization trains on 256 examples, its compression on 12,800, both at 32 tokens
+    import runpy
+    from pathlib import Path
+    mad = runpy.run_path(str(Path(__file__).resolve().parents[1] / "sweeps" / "mad.py"))["sweep"]()
+    num_train = {(c.task.name, c.task.seq_len, c.train.num_train) for c in mad.cells() if c.task.seq_len == 32}
+    assert {(t, n) for t, _, n in num_train} == {("memorization", 256), ("compression", 12_800)}
+    steps = {c.task.name: c.train.max_steps for c in mad.cells() if c.task.seq_len == 32}
+    assert steps == {"memorization": 200 * 256 // 128, "compression": 200 * 12_800 // 128}  # 200 epochs of each
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(trials_per_cell=2), "lr_grid has 3 rates but trials_per_cell=2"),
     (dict(search=__import__("probe.sweep", fromlist=["SearchSpace"]).SearchSpace(lr_grid=(1e-3, -1.0))),
      "lr_grid"),
     (dict(train_per_seq_len={16: {"batch_sizes": 8}}), "train_per_seq_len\\[16\\]"),
     (dict(train_per_seq_len={16: {"batch_size": 0}}), "at L=16: batch_size=0"),
+    (dict(train_per_task={"mqar": {"num_trains": 8}}), "train_per_task\\['mqar'\\]"),
+    (dict(train_per_task={"mqar": {"num_train": 0}}), "at L=8 for mqar: num_train=0"),
     (dict(pack_size=0), "pack_size=0"),
 ])
 def test_bad_protocol_settings_are_refused_naming_the_field(overrides, message):

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from tasks import IGNORE, TASKS, TaskConfigError
 from tasks import rng
 from tasks.compositional_mqar import CompositionalMQAR
+from tasks.compression import Compression
 from tasks.copying import Copying
 from tasks.forgetting_mqar import ForgettingMQAR
 from tasks.fuzzy_recall import FuzzyRecall
@@ -147,12 +148,20 @@ def compositional_mqar_configs(draw):
                              random_non_queries=draw(st.booleans()))
 
 
+@st.composite
+def compression_configs(draw):
+    noise = draw(st.sampled_from([0, 0, 1, 4]))
+    frac = draw(st.sampled_from([0.0, 0.3, 0.9])) if noise else 0.0
+    return Compression(seq_len=draw(st.integers(2, 40)), vocab_size=draw(st.integers(2 + noise, 12 + noise)),
+                       noise_vocab_size=noise, frac_noise=frac)
+
+
 CONFIGS = {"mqar": mqar_configs(), "passkey": passkey_configs(), "copying": copying_configs(),
            "order": order_configs(), "state_tracking": state_tracking_configs(),
            "in_context_recall": in_context_recall_configs(), "noisy_recall": in_context_recall_configs(noisy=True),
            "fuzzy_recall": fuzzy_recall_configs(), "memorization": memorization_configs(),
            "forgetting_mqar": forgetting_mqar_configs(), "phonebook": phonebook_configs(),
-           "compositional_mqar": compositional_mqar_configs()}
+           "compositional_mqar": compositional_mqar_configs(), "compression": compression_configs()}
 NAMES = sorted(TASKS)
 
 
@@ -324,6 +333,14 @@ BAD = [
     (CompositionalMQAR, dict(eval_num_kv_pairs=(16,)), "eval_num_kv_pairs"),
     (CompositionalMQAR, dict(eval_seq_lens=(128,), eval_num_kv_pairs=(10,)), "eval_seq_lens"),
     (CompositionalMQAR, dict(eval_seq_lens=(128,), eval_num_kv_pairs=(25,)), "eval_seq_lens"),
+    (Compression, dict(seq_len=1), "seq_len"),
+    (Compression, dict(vocab_size=1), "vocab_size"),
+    (Compression, dict(noise_vocab_size=-1), "noise_vocab_size"),
+    (Compression, dict(noise_vocab_size=15), "vocab_size"),
+    (Compression, dict(frac_noise=1.0, noise_vocab_size=4), "frac_noise"),
+    (Compression, dict(frac_noise=-0.1, noise_vocab_size=4), "frac_noise"),
+    (Compression, dict(frac_noise=0.2), "noise_vocab_size"),
+    (Compression, dict(eval_seq_lens=(1,)), "eval_seq_lens"),
 ]
 
 
@@ -495,6 +512,8 @@ CHANCE = [
     (ForgettingMQAR(seq_len=40, vocab_size=20, num_kv_pairs=4, num_overwrites=3), set(range(10, 20))),
     (PhoneBook(seq_len=64, vocab_size=30, name_vocab_size=16), set(range(4, 14))),
     (CompositionalMQAR(seq_len=48, vocab_size=31, num_kv_pairs=4), set(range(20, 31))),
+    (Compression(seq_len=32, vocab_size=16), set(range(15))),
+    (Compression(seq_len=32, vocab_size=16, noise_vocab_size=5, frac_noise=0.4), set(range(10))),
 ]
 
 
@@ -692,6 +711,37 @@ def test_memorization_map_changes_with_map_seed_only():
     assert not torch.equal(a, b)
     for m in (a, b):  # 127 keys onto 127 of the 128 values, distinct
         assert len(set(m.tolist())) == 127 and m.min() >= 127 and m.max() < 255
+
+
+# -- MAD's compression --------------------------------------------------------------------------------------
+@FEW
+@given(cfg=compression_configs(), n=sizes, seed=seeds)
+def test_compression_targets_are_the_content_tokens_and_noise_and_the_compression_token_are_ignored(cfg, n, seed):
+    C, compress = cfg.num_content, cfg.vocab_size - 1
+    ex = cfg.generate(n, seed)
+    for inputs, targets, noise in zip(ex.inputs.tolist(), ex.targets.tolist(), ex.slices["noise_tokens"].tolist()):
+        assert inputs[-1] == compress and compress not in inputs[:-1], "the compression token ends the sequence"
+        expected = [t if t < C else IGNORE for t in inputs[:-1]] + [IGNORE]  # every answer is read off the input
+        assert targets == expected
+        assert noise == sum(C <= t < compress for t in inputs) and (noise == 0 or cfg.frac_noise > 0)
+
+
+def test_compression_noise_replaces_about_frac_noise_of_the_content_uniformly():
+    cfg = Compression(seq_len=257, vocab_size=24, noise_vocab_size=8, frac_noise=0.4)
+    ex = cfg.generate(200, 0)
+    body = ex.inputs[:, :-1]
+    noise = body >= cfg.num_content
+    assert 0.37 < noise.double().mean().item() < 0.43
+    assert torch.equal(noise, ex.targets[:, :-1] == IGNORE)  # exactly the noise positions go unscored
+    counts = torch.bincount(body[noise] - cfg.num_content, minlength=8)
+    assert counts.min() > 0.85 * counts.float().mean()  # noise tokens uniform over the noise vocabulary
+    assert (~noise).any(dim=1).all()
+
+
+def test_compression_follows_mads_vocabulary_layout():
+    ex = Compression().generate(200, 0)  # MAD's baseline: 15 content tokens, the compression token 15
+    assert set(ex.inputs[:, :-1].flatten().tolist()) == set(range(15)) and (ex.inputs[:, -1] == 15).all()
+    assert ((ex.targets != IGNORE).sum(1) == 31).all() and Compression.decoder == "compression"
 
 
 # -- forgetting MQAR ------------------------------------------------------------------------------------------

@@ -442,9 +442,9 @@ def solved_table(settings: pd.DataFrame, threshold: float, order: list[str]) -> 
 
 
 # -- MAD's aggregate ----------------------------------------------------------------------------------------------
-#: MAD's synthetic suite (Poli et al. 2024) as probe's tasks, in MAD's order; its compression task has no probe
-#: counterpart (sweeps/mad.py says why). `copying` counts only in selective mode: MAD's selective copying.
-MAD_TASKS = ("in_context_recall", "fuzzy_recall", "noisy_recall", "copying", "memorization")
+#: MAD's synthetic suite (Poli et al. 2024) as probe's tasks, in MAD's order (its six tasks, compression through
+#: MAD's autoencoder decoder: sweeps/mad.py). `copying` counts only in selective mode: MAD's selective copying.
+MAD_TASKS = ("in_context_recall", "fuzzy_recall", "noisy_recall", "copying", "compression", "memorization")
 
 
 def mad_cells(cells: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
