@@ -1,9 +1,13 @@
-"""`probe bench tasks|mixers|train`: the speed figures recorded in BENCHMARKS.md, measured the same way each time.
+"""`probe bench tasks|mixers|ops|train`: the speed figures recorded in BENCHMARKS.md, measured the same way each time.
 
 - tasks:  seconds to generate n examples of each task at a reference config (median of repeats, after a
           warm-up, device synchronised).
 - mixers: forward+backward milliseconds and tokens/s of each registered mixer alone (bf16 autocast on CUDA,
           fp32 on CPU), median of repeats (CUDA: timed with events by triton.testing.do_bench).
+- ops:    forward+backward milliseconds of each op of probe.ops.OPS at a probe shape (--batch rows of --seq-len
+          tokens at width --d-model; Mamba-sized 2·d channels for the scan and the convolution, heads of 64 for
+          linear attention), its Triton kernel against its plain PyTorch reference on the same inputs (bf16 on
+          CUDA), and the ratio; on a CPU only the reference is timed (the kernels run compiled on CUDA only).
 - train:  train tokens/s of the whole training loop at Zoology's Figure-2 MQAR cell (L 256, 16 pairs, vocab
           8192, batch 256, d_model 128, 2 layers, no MLP), the figure to compare with its 2.2-2.8 M tokens/s;
           `--pack 1,8,32` trains packs of K members and prints tokens/s per member and summed, the ratio to K = 1
@@ -147,6 +151,59 @@ def bench_train(device: torch.device, archs: list[str], steps: int, packs: list[
     return rows
 
 
+def op_inputs(name: str, batch: int, seq_len: int, d_model: int, device: torch.device, dtype: torch.dtype):
+    """(args, kwargs) for op `name` at a probe shape; floating tensors that take a gradient require one."""
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape, scale=1.0, grad=True):
+        t = (torch.randn(*shape, device=device, generator=g) * scale).to(dtype)
+        return t.requires_grad_(grad)
+    rows, inner, heads = batch * seq_len, 2 * d_model, max(1, d_model // 64)
+    if name == "layer_norm":
+        return [randn(rows, d_model), randn(d_model), randn(d_model)], {}
+    if name == "cross_entropy":  # Zoology's head: 16 scored positions per example over vocab 8192
+        targets = torch.randint(0, 8192, (batch * 16,), device=device, generator=g)
+        return [randn(batch * 16, 8192), targets], {}
+    if name == "rotary":
+        angles = torch.arange(seq_len, device=device)[:, None] * 10000.0 ** (
+            -torch.arange(d_model // 2, device=device) / (d_model // 2))
+        return [randn(batch, 1, seq_len, d_model), angles.cos().float(), angles.sin().float()], {}
+    if name == "selective_scan":
+        delta = (torch.rand(batch, seq_len, inner, device=device, generator=g) * 0.5 + 1e-3).to(dtype)
+        A = -(torch.rand(inner, 16, device=device, generator=g) * 4 + 0.1)
+        return [randn(batch, seq_len, inner), delta.requires_grad_(), A.requires_grad_(),
+                randn(batch, seq_len, 16), randn(batch, seq_len, 16), randn(inner)], {}
+    if name == "short_conv":
+        return [randn(batch, seq_len, inner), randn(inner, 4, scale=0.5), randn(inner)], {"activation": "silu"}
+    if name == "linear_attention":
+        log_decay = -torch.rand(batch, seq_len, heads, device=device, generator=g) * 0.1
+        return [randn(batch, seq_len, heads, 64, scale=0.125), randn(batch, seq_len, heads, 64, scale=0.125),
+                randn(batch, seq_len, heads, 64), log_decay.requires_grad_()], {}
+    raise ProbeError(f"bench ops: no bench shape for op {name!r}")
+
+
+def bench_ops(device: torch.device, d_model: int, seq_len: int, batch: int, repeats: int,
+              names: list[str] | None) -> list[dict]:
+    from .ops import OPS
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = []
+    for name in names or list(OPS):
+        op, ref = OPS[name]
+        args, kwargs = op_inputs(name, batch, seq_len, d_model, device, dtype)
+        leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+        def fwd_bwd(fn):
+            out = fn(*args, **kwargs)
+            torch.autograd.grad(out.float().sum(), leaves)
+        ref_s = _timed(lambda: fwd_bwd(ref), device, repeats)
+        kernel_s = _timed(lambda: fwd_bwd(op), device, repeats) if device.type == "cuda" else None
+        rows.append({"op": name, "batch": batch, "seq_len": seq_len, "d_model": d_model, "dtype": str(dtype),
+                     "reference_ms": 1e3 * ref_s, "kernel_ms": None if kernel_s is None else 1e3 * kernel_s})
+        kernel = "needs CUDA" if kernel_s is None else f"{1e3 * kernel_s:9.3f} ms  {ref_s / kernel_s:6.1f}x"
+        print(f"{name:18s} fwd+bwd reference {1e3 * ref_s:9.3f} ms  kernel {kernel}", flush=True)
+    return rows
+
+
 TRAIN_ARCHS = ["attention", "baseconv", "based", "hyena"]  # `bench train` without --archs
 
 
@@ -172,6 +229,12 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
     if args.what == "tasks":
         longest = max(cfg["seq_len"] for cfg in REFERENCE_TASKS.values())
         check_bytes(f"-n {args.n:,}", {"examples": 16 * args.n * longest})
+    elif args.what == "ops":
+        from .ops import OPS
+        for name in archs or []:
+            if name not in OPS:
+                raise ProbeError(f"--archs: unknown op {name!r} (known: {', '.join(OPS)})")
+        check_bytes("bench ops", {"inputs and gradients": 3 * 4 * args.batch * args.seq_len * 2 * args.d_model * 16})
     elif args.what == "mixers":
         for name in archs or sorted(MIXERS):
             if name not in MIXERS:
@@ -197,7 +260,7 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
 def main(argv: list[str]) -> None:
     from .cli import OneLineParser
     p = OneLineParser(prog="probe bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["tasks", "mixers", "train"])
+    p.add_argument("what", choices=["tasks", "mixers", "ops", "train"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("-n", type=int, default=100_000, help="tasks: examples to generate")
     p.add_argument("--d-model", type=int, default=128)
@@ -205,7 +268,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=300, help="train: steps per arch")
     p.add_argument("--pack", default="1", help="train: comma-separated pack sizes K (K=1 is always measured too)")
-    p.add_argument("--archs", default=None, help="comma-separated (default: all for mixers; four for train)")
+    p.add_argument("--archs", default=None, help="comma-separated archs (default: all for mixers; four for "
+                   "train), or ops for `ops` (default: all)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     archs, packs = _check(args)
@@ -216,5 +280,7 @@ def main(argv: list[str]) -> None:
         bench_tasks(device, args.n, args.repeats)
     elif args.what == "mixers":
         bench_mixers(device, args.d_model, args.seq_len, args.batch, args.repeats, archs)
+    elif args.what == "ops":
+        bench_ops(device, args.d_model, args.seq_len, args.batch, args.repeats, archs)
     else:
         bench_train(device, archs, args.steps, packs)

@@ -61,6 +61,11 @@ def test_bench_measures_tasks_and_mixers_on_the_cpu():
                 "--d-model", "16", "--repeats", "1")
     assert out.returncode == 0, out.stderr
     assert all(re.search(rf"^{a} +[\d.]+ ms fwd\+bwd +[\d.]+ M tok/s$", out.stdout, re.M) for a in ("based", "attention"))
+    out = probe("bench", "ops", "--device", "cpu", "--archs", "rotary,short_conv", "--seq-len", "33", "--batch", "2",
+                "--d-model", "16", "--repeats", "1")
+    assert out.returncode == 0, out.stderr
+    assert all(re.search(rf"^{o} +fwd\+bwd reference +[\d.]+ ms +kernel needs CUDA$", out.stdout, re.M)
+               for o in ("rotary", "short_conv"))
 
 
 def test_train_writes_the_json_record(tmp_path):
