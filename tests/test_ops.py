@@ -272,12 +272,14 @@ def test_linear_attention_final_state_and_every_gradient_match_the_reference(len
 
 
 def test_linear_attention_reference_is_the_recurrence_step_by_step():
-    from probe.ops.linear_attention.reference import linear_attention_recurrent
+    from probe.mixers.linear_attention import linear_attention_recurrent  # the mixers' step-by-step form
     for length in (1, 63, 64, 130):
         for decay in ("none", "per_head", "per_step"):
             inputs = _linear_attention_inputs(length, decay, initial=True, seed=length)
             o, s = ops.linear_attention_ref(*inputs, output_final_state=True)
-            o_rec, s_rec = linear_attention_recurrent(*inputs, output_final_state=True)
+            q, k, v, log_decay, initial = inputs
+            o_rec, s_rec = linear_attention_recurrent(q, k, v, log_decay, initial_state=initial,
+                                                      output_final_state=True)
             torch.testing.assert_close(o, o_rec, rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(s, s_rec, rtol=1e-10, atol=1e-10)
 

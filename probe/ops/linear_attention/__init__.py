@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import backend
-from .reference import check, linear_attention_recurrent, linear_attention_ref
+from .reference import check, linear_attention_ref
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor | None = None,
@@ -33,4 +33,4 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
     return (o, final) if output_final_state else o
 
 
-__all__ = ["linear_attention", "linear_attention_recurrent", "linear_attention_ref"]
+__all__ = ["linear_attention", "linear_attention_ref"]

@@ -13,7 +13,8 @@ b_i = Σ_{s≤i} log a_s cumulative from the start of a chunk, position i of a c
     o_i = e^{b_i} q_iᵀ S_0 + Σ_{j≤i} e^{b_i - b_j} (q_i·k_j) v_j,
     S_end = e^{b_C} S_0 + Σ_j e^{b_C - b_j} k_j v_jᵀ,
 with S_0 the state entering the chunk. Every exponent is ≤ 0 (masked before exp above the diagonal), so nothing
-overflows and no decay is divided by. `linear_attention_recurrent` is the same map one step at a time.
+overflows and no decay is divided by. Its step-by-step oracle is probe.mixers.linear_attention's
+`linear_attention_recurrent` (the mixers' own recurrent form).
 """
 from __future__ import annotations
 
@@ -84,20 +85,4 @@ def linear_attention_ref(q, k, v, log_decay=None, initial_state=None, *, output_
             S = chunk_decay[:, c] * S + torch.einsum("bjhd,bjhv->bhdv", k_to_end[:, c], v_[:, c])
         o = torch.stack(outs, dim=1).reshape(B, n * chunk, H, Dv)[:, :L] if outs else v_.new_zeros(B, 0, H, Dv)
     o = o.to(v.dtype)
-    return (o, S) if output_final_state else o
-
-
-def linear_attention_recurrent(q, k, v, log_decay=None, initial_state=None, *, output_final_state: bool = False):
-    """The same map as `linear_attention_ref`, one step at a time: the equation as written (tests' cross-check)."""
-    check(q, k, v, log_decay, initial_state)
-    B, L, H, Dk = q.shape
-    acc = _accumulation_dtype(q, k, v, log_decay, initial_state)
-    q_, k_, v_ = (t.to(acc) for t in (q, k, v))
-    a = _per_step(log_decay, B, L, H, q_).exp()
-    S = q_.new_zeros(B, H, Dk, v.shape[-1]) if initial_state is None else initial_state.to(acc)
-    outs = []
-    for t in range(L):
-        S = a[:, t, :, None, None] * S + k_[:, t, :, :, None] * v_[:, t, :, None, :]  # [B, H, Dk, Dv]
-        outs.append(torch.einsum("bhd,bhdv->bhv", q_[:, t], S))
-    o = (torch.stack(outs, dim=1) if outs else v_.new_zeros(v.shape)).to(v.dtype)
     return (o, S) if output_final_state else o
