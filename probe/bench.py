@@ -11,7 +11,8 @@
 - train:  train tokens/s of the whole training loop at Zoology's Figure-2 MQAR cell (L 256, 16 pairs, vocab
           8192, batch 256, d_model 128, 2 layers, no MLP), the figure to compare with its 2.2-2.8 M tokens/s;
           `--pack 1,8,32` trains packs of K members and prints tokens/s per member and summed, the ratio to K = 1
-          in the same run, model FLOP utilisation and peak memory; each pack first trains 20 steps, untimed.
+          in the same run, model FLOP utilisation and peak memory; each pack first trains 20 steps, untimed;
+          `--cuda-graphs both` times each pack with eager steps too (fit captures CUDA steps as graphs).
 """
 from __future__ import annotations
 
@@ -110,44 +111,54 @@ def flops_per_token(arch: str, task, model_cfg, device: torch.device) -> float:
     return counter.get_total_flops() / ex.inputs.numel()
 
 
-def bench_train(device: torch.device, archs: list[str], steps: int, packs: list[int]) -> list[dict]:
+def bench_train(device: torch.device, archs: list[str], steps: int, packs: list[int],
+                graphs: tuple[bool, ...] = (True,)) -> list[dict]:
     """Each arch at Zoology's Figure-2 cell, trained as packs of K members (learning rates spread over 1e-4..1e-2,
     as a sweep cell's trials are): tokens/s per member and summed, the ratio to K = 1 measured in the same run,
-    model FLOP utilisation against the bf16 peak, and the pack's peak memory."""
+    model FLOP utilisation against the bf16 peak, and the pack's peak memory. `graphs`: each pack with its steps
+    captured as CUDA graphs (True, what fit does on CUDA), eager (False), or both, the ratio printed."""
     from .train import ModelConfig, RunSpec, TrainConfig, fit
     task = TASKS["mqar"](seq_len=256, vocab_size=8192, num_kv_pairs=16)
     model_cfg = ModelConfig(d_model=128, n_layers=2)
     rows = []
     for arch in archs:
-        def run(k: int, max_steps: int, num_train: int):
+        def run(k: int, max_steps: int, num_train: int, graph: bool):
             lrs = [10 ** (-4 + 2 * i / max(1, k - 1)) for i in range(k)] if k > 1 else [1e-3]
             return fit([RunSpec(task, arch, model_cfg, TrainConfig(
                 lr=lr, batch_size=256, max_steps=max_steps, num_train=num_train, num_test=3_000,
-                val_every=max_steps, stop_at=None, device=device.type)) for lr in lrs])
+                val_every=max_steps, stop_at=None, device=device.type, cuda_graphs=graph)) for lr in lrs])
         flops = flops_per_token(arch, task, model_cfg, device)
-        single = None
+        single, fits = {}, True
         for k in sorted(set([1, *packs])):
-            try:
-                run(k, 20, 256 * 20)  # warm-up at the same shapes: kernel loads, library handles and plans stay out
-                records = run(k, steps, 100_000)
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                print(f"{arch:24s} K={k:<3d} does not fit in GPU memory", flush=True)
+            eager = None
+            for graph in graphs:
+                try:  # warm-up at the same shapes: kernel loads, library handles and plans stay out
+                    run(k, 20, 256 * 20, graph)
+                    records = run(k, steps, 100_000, graph)
+                except torch.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    print(f"{arch:24s} K={k:<3d} does not fit in GPU memory", flush=True)
+                    fits = False
+                    break
+                total = sum(r.train_tokens_per_s for r in records)
+                single.setdefault(graph, total)  # K = 1 comes first
+                eager = total if not graph else eager
+                peak = records[0].peak_memory_bytes
+                mode = "graphs" if graph else "eager"
+                row = {"arch": arch, "pack": k, "steps": mode, "tokens_per_s_per_member": total / k,
+                       "tokens_per_s": total, "ratio_to_single": total / single[graph], "flops_per_token": flops,
+                       "mfu": total * flops / PEAK_BF16_FLOPS if device.type == "cuda" else None,
+                       "peak_memory_gib": peak / 2**30 if peak is not None else None}
+                rows.append(row)
+                print(f"{arch:24s} K={k:<3d} {mode:6s} {total / k / 1e6:7.3f} M tok/s per member, "
+                      f"{total / 1e6:8.3f} M summed ({row['ratio_to_single']:5.2f}x K=1"
+                      + (f", {total / eager:4.2f}x eager" if graph and eager else "") + ")"
+                      + (f", MFU {100 * row['mfu']:5.2f}% of {PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s"
+                         if row["mfu"] is not None else "")
+                      + (f", peak {row['peak_memory_gib']:.2f} GiB" if peak is not None else "")
+                      + f" [{flops / 1e6:.2f} MFLOP/token counted]", flush=True)
+            if not fits:
                 break
-            total = sum(r.train_tokens_per_s for r in records)
-            single = total if k == 1 else single
-            peak = records[0].peak_memory_bytes
-            row = {"arch": arch, "pack": k, "tokens_per_s_per_member": total / k, "tokens_per_s": total,
-                   "ratio_to_single": total / single, "flops_per_token": flops,
-                   "mfu": total * flops / PEAK_BF16_FLOPS if device.type == "cuda" else None,
-                   "peak_memory_gib": peak / 2**30 if peak is not None else None}
-            rows.append(row)
-            print(f"{arch:24s} K={k:<3d} {total / k / 1e6:7.3f} M tok/s per member, {total / 1e6:8.3f} M summed "
-                  f"({row['ratio_to_single']:5.2f}x K=1)"
-                  + (f", MFU {100 * row['mfu']:5.2f}% of {PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s"
-                     if row["mfu"] is not None else "")
-                  + (f", peak {row['peak_memory_gib']:.2f} GiB" if peak is not None else "")
-                  + f" [{flops / 1e6:.2f} MFLOP/token counted]", flush=True)
     return rows
 
 
@@ -226,6 +237,8 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
     if any(k < 1 for k in packs):
         raise ProbeError(f"--pack {args.pack}: every pack size must be >= 1")
     archs = [a.strip() for a in args.archs.split(",")] if args.archs else None
+    if args.cuda_graphs == "both" and args.device != "cuda":
+        raise ProbeError("--cuda-graphs both needs --device cuda (CUDA graphs capture CUDA steps)")
     if args.what == "tasks":
         longest = max(cfg["seq_len"] for cfg in REFERENCE_TASKS.values())
         check_bytes(f"-n {args.n:,}", {"examples": 16 * args.n * longest})
@@ -268,6 +281,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=300, help="train: steps per arch")
     p.add_argument("--pack", default="1", help="train: comma-separated pack sizes K (K=1 is always measured too)")
+    p.add_argument("--cuda-graphs", default="on", choices=["on", "off", "both"],
+                   help="train: steps captured as CUDA graphs (fit's default), eager, or both (the ratio printed)")
     p.add_argument("--archs", default=None, help="comma-separated archs (default: all for mixers; four for "
                    "train), or ops for `ops` (default: all)")
     p.add_argument("--repeats", type=int, default=5)
@@ -283,4 +298,5 @@ def main(argv: list[str]) -> None:
     elif args.what == "ops":
         bench_ops(device, args.d_model, args.seq_len, args.batch, args.repeats, archs)
     else:
-        bench_train(device, archs, args.steps, packs)
+        graphs = {"on": (device.type == "cuda",), "off": (False,), "both": (False, True)}[args.cuda_graphs]
+        bench_train(device, archs, args.steps, packs, graphs)

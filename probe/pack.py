@@ -22,7 +22,7 @@ Design choices:
 from __future__ import annotations
 
 import copy
-import math
+import warnings
 
 import torch
 from torch import nn
@@ -99,6 +99,57 @@ class PackedModel(nn.Module):
             setattr(self, name, getattr(self, name).index_select(0, index))
 
 
+class StepGraph:
+    """One whole training step (the closure's forward and backward, then the optimiser's update) as a CUDA graph.
+
+    The first `warmup` steps run eagerly (kernels compile, library handles, FFT plans and the optimiser's state
+    come into being); the next step is captured once and replayed from then on, so a step costs one launch from
+    the host instead of hundreds. What the step reads (weights, optimiser state, the static input buffers its
+    caller copies each batch into) must stay where it is: `reset()` after anything is reallocated (a pack that
+    drops members), and the next steps warm up and capture again. A capture that fails (an op that synchronises
+    with the host) leaves the step eager for good, and `failed` says why.
+    """
+
+    def __init__(self, warmup: int = 2):
+        self.warmup = warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.output = None
+        self.eager_steps = 0
+        self.captures = 0
+        self.failed: str | None = None
+
+    def reset(self) -> None:
+        self.graph, self.output, self.eager_steps = None, None, 0
+
+    def run(self, step, params: list[torch.Tensor]):
+        """step() once (or its captured replay); params: the tensors whose .grad the step's backward fills."""
+        if self.graph is not None:
+            self.graph.replay()
+            return self.output
+        if self.failed is not None or self.eager_steps < self.warmup:
+            self.eager_steps += 1
+            return step()
+        for p in params:  # the captured backward allocates the gradients in the graph's pool and overwrites them
+            p.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # the eager steps' cached blocks go back, so the graph's pool has room
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                output = step()
+        except RuntimeError as e:  # nothing captured ran: weights and optimiser state are as they were
+            self.failed = str(e).splitlines()[0] if str(e) else type(e).__name__
+            warnings.warn(f"training steps stay eager: the step could not be captured as a CUDA graph "
+                          f"({self.failed})", stacklevel=2)
+            for p in params:
+                p.grad = None
+            return step()
+        self.graph, self.output = graph, output
+        self.captures += 1
+        graph.replay()
+        return output
+
+
 class PackedAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay, bias-corrected moments, as torch.optim.AdamW) over a pack's stacked
     parameters, with a learning rate and a weight decay per member.
@@ -106,10 +157,15 @@ class PackedAdamW(torch.optim.Optimizer):
     Each parameter group's "lr" is a schedule factor (1.0 at the start), so torch's LR schedulers scale every
     member's own rate by the same warmup/cosine factor: member k steps with lr[k]·factor. Weight decay applies to
     the pack's matrices only (`PackedModel.decays`).
+
+    Capturable: the step count and the schedule factors live on the device, so the update reads no Python number
+    that changes from step to step. With `graph` (a StepGraph, CUDA), `step(closure)` runs the closure (forward
+    and backward) and the update as one captured graph; the factors are written into their device tensors before
+    each replay.
     """
 
     def __init__(self, pack: PackedModel, lr: list[float], weight_decay: list[float],
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, graph: StepGraph | None = None):
         if len(lr) != pack.size or len(weight_decay) != pack.size:
             raise ValueError(f"need one lr and one weight_decay per member ({pack.size})")
         decay = [p for p, d in zip(pack.stacked, pack.decays) if d]
@@ -117,45 +173,60 @@ class PackedAdamW(torch.optim.Optimizer):
         groups = [{"params": decay, "decay": True}, {"params": no_decay, "decay": False}]
         super().__init__([g for g in groups if g["params"]], dict(lr=1.0, betas=betas, eps=eps))
         device = pack.stacked[0].device
+        self.graph = graph
         self.member_lr = torch.tensor(lr, dtype=torch.float64, device=device)  # [K]
         self.member_wd = torch.tensor(weight_decay, dtype=torch.float64, device=device)  # [K]
+        self.steps = torch.zeros((), dtype=torch.float64, device=device)  # updates so far
+        self.factors = torch.ones(len(self.param_groups), dtype=torch.float64, device=device)  # the groups' "lr"
 
     @staticmethod
     def _per_member(values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return values.to(p.dtype).view(-1, *([1] * (p.dim() - 1)))  # [K] -> [K, 1, ...] to broadcast over p
 
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):  # this step's schedule factors, outside any graph
+            self.factors[i].fill_(group["lr"])
+
+        def whole():
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self._update()
+            return loss
+        return whole() if self.graph is None else self.graph.run(whole, self._params())
+
+    def _update(self) -> None:
+        self.steps += 1
+        t = self.steps
+        for i, group in enumerate(self.param_groups):
             beta1, beta2 = group["betas"]
-            lr = self.member_lr * group["lr"]  # [K], float64: the same product a single run's scheduler forms
+            lr = self.member_lr * self.factors[i]  # [K], float64: the same product a single run's scheduler forms
+            step_size = lr / (1 - beta1 ** t)
+            correction2 = torch.sqrt(1 - beta2 ** t)
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state[p]
                 if not state:
-                    state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
                 m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
                 if group["decay"]:
                     p.mul_(1 - self._per_member(lr * self.member_wd, p))
                 m.lerp_(g, 1 - beta1)
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                step_size = self._per_member(lr / (1 - beta1 ** t), p)
-                denom = (v.sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
-                p.addcdiv_(m * step_size, denom, value=-1.0)
-        return loss
+                denom = (v.sqrt() / correction2.to(p.dtype)).add_(group["eps"])
+                p.addcdiv_(m * self._per_member(step_size, p), denom, value=-1.0)
 
     @torch.no_grad()
     def keep(self, rows: list[int]) -> None:
-        """Slice the optimiser to the members a `PackedModel.keep(rows)` kept (call both with the same rows)."""
+        """Slice the optimiser to the members a `PackedModel.keep(rows)` kept (call both with the same rows); a
+        captured step is dropped (what it read has moved) and captured again."""
         index = torch.as_tensor(rows, dtype=torch.long, device=self.member_lr.device)
         self.member_lr = self.member_lr.index_select(0, index)
         self.member_wd = self.member_wd.index_select(0, index)
@@ -163,3 +234,5 @@ class PackedAdamW(torch.optim.Optimizer):
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:
                     state[key] = state[key].index_select(0, index.to(state[key].device))
+        if self.graph is not None:
+            self.graph.reset()

@@ -11,7 +11,9 @@ Design choices: AdamW (decay on matrices only) with linear warmup and a cosine s
 evaluation every `val_every` steps on every evaluation length; training stops once the accuracy at the training
 length reaches `stop_at`; bf16-mixed on CUDA, fp32 on CPU. The loss and the head are computed only at scored
 positions. A loss that turns NaN/inf is noticed at the next evaluation (no per-step host sync): the run stops
-and the record says `diverged` with the step. The record carries the seed, device and package versions.
+and the record says `diverged` with the step. On CUDA each training step (forward, backward and the update)
+is captured once as a CUDA graph and replayed (`TrainConfig.cuda_graphs`): at a sweep's pack sizes a step is
+otherwise bound by the host's launches, not the GPU. The record carries the seed, device and package versions.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from .metrics import ExampleCounts, summarise
 from .mixers.attention import EVAL_SCHEMES, evaluated_with
 from .model import ChannelMixer, build_model
 from .ops import cross_entropy
-from .pack import PackedAdamW, PackedModel
+from .pack import PackedAdamW, PackedModel, StepGraph
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class TrainConfig:
     #: also evaluate the same weights at every evaluation length under these training-free position schemes
     #: (rope, pi, ntk, ntk_dynamic, rerope, leaky_rerope), for attention layers trained with plain RoPE
     eval_position_schemes: tuple[str, ...] = ()
+    #: CUDA: capture each training step (forward, backward, update) as a CUDA graph after two eager steps and
+    #: replay it, so a step costs one launch from the host (the same arithmetic as eager steps); ignored on the CPU
+    cuda_graphs: bool = True
 
     def check(self) -> None:
         import typing
@@ -182,7 +187,7 @@ class PackModule(L.LightningModule):
     def __init__(self, pack: PackedModel, members: list[_Member], *, vocab_size: int, eval_lengths: list[int],
                  eval_slices: list[dict[str, torch.Tensor]], num_test: int, judges: list[Judge] | None,
                  schemes: tuple[str, ...] = (), train_len: int = 1,
-                 clock: "Throughput", log_names: list[str] | None = None):
+                 clock: "Throughput", log_names: list[str] | None = None, graphs: bool = False):
         super().__init__()
         self.pack, self.members, self.judges, self.clock = pack, members, judges, clock
         #: each member's name in a logger's curves (`fit(logger=...)`): "<name>/loss", "<name>/accuracy"
@@ -199,19 +204,45 @@ class PackModule(L.LightningModule):
                                           for _ in members)
         self.register_buffer("nonfinite", torch.zeros(len(members), dtype=torch.bool), persistent=False)
         self.register_buffer("last_loss", torch.full((len(members),), float("nan")), persistent=False)
+        # fit's loop is written out (forward, backward and update in one closure), so a CUDA step can be captured
+        self.automatic_optimization = False
+        #: CUDA: each training step captured as a CUDA graph and replayed (StepGraph); None: eager steps
+        self.step_graph = StepGraph() if graphs else None
+        self.batch_buffers: tuple | None = None
 
-    def training_step(self, batch, batch_idx):
-        inputs, positions, targets, _ = batch
+    def _losses(self, inputs, positions, targets) -> torch.Tensor:
+        """Each member's mean loss over the scored tokens, [K]."""
         logits = self.pack.scored_logits(inputs, positions)  # [K, B, M, V]
         k = logits.shape[0]
         # bf16 logits, the loss in fp32 (the kernel on CUDA reads them without a float32 copy)
         ce = cross_entropy(logits.flatten(0, 2), targets.flatten().repeat(k), IGNORE).view(k, -1)  # [K, B·M]
-        loss = ce.sum(1) / (targets != IGNORE).sum().clamp(min=1)  # [K]: each member's mean over scored tokens
-        self.nonfinite |= ~torch.isfinite(loss.detach())
-        self.last_loss = loss.detach().float()
-        self.log("loss", loss.detach().mean(), prog_bar=True, on_step=True, on_epoch=False,
+        return ce.sum(1) / (targets != IGNORE).sum().clamp(min=1)
+
+    def _static(self, batch) -> tuple:
+        """The batch copied into buffers that stay where they are, which a captured step reads."""
+        if self.batch_buffers is None or any(b.shape != x.shape for b, x in zip(self.batch_buffers, batch)):
+            self.batch_buffers = tuple(x.clone() for x in batch)
+            self.step_graph.reset()  # a captured step would read the old buffers
+        else:
+            for b, x in zip(self.batch_buffers, batch):
+                b.copy_(x)
+        return self.batch_buffers
+
+    def training_step(self, batch, batch_idx):
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        inputs, positions, targets, _ = self._static(batch) if self.step_graph is not None else batch
+
+        def closure():  # a whole step's forward and backward; captured with the update when graphed
+            opt.zero_grad(set_to_none=True)
+            loss = self._losses(inputs, positions, targets)
+            self.manual_backward(loss.sum())  # members share no weights: each gets exactly its own loss's gradient
+            self.nonfinite |= ~torch.isfinite(loss.detach())
+            self.last_loss.copy_(loss.detach())
+            return loss.detach()  # nothing keeps this step's autograd graph alive into the next (or its capture)
+        opt.step(closure=closure)
+        sched.step()
+        self.log("loss", self.last_loss.mean(), prog_bar=True, on_step=True, on_epoch=False,
                  logger=False)  # the progress bar's pack mean; a logger gets each member's own (on_train_batch_end)
-        return loss.sum()  # members share no weights: each gets exactly its own loss's gradient
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         """With a logger: each member's training loss every `log_every_n_steps` steps (a host sync, so only
@@ -288,14 +319,16 @@ class PackModule(L.LightningModule):
             self.pack.keep(keep)
             for opt in self.trainer.optimizers:
                 opt.keep(keep)
-            self.nonfinite, self.last_loss = self.nonfinite[keep], self.last_loss[keep]
+            self.nonfinite, self.last_loss = self.nonfinite[keep], self.last_loss[keep]  # new tensors: the
+            # optimiser's keep has reset the captured step, which is captured again with these
         self.rows = [self.rows[r] for r in keep]
         if not keep:
             self.trainer.should_stop = True
 
     def configure_optimizers(self):
         cfgs = [self.members[m].spec.train for m in self.rows]
-        opt = PackedAdamW(self.pack, lr=[c.lr for c in cfgs], weight_decay=[c.weight_decay for c in cfgs])
+        opt = PackedAdamW(self.pack, lr=[c.lr for c in cfgs], weight_decay=[c.weight_decay for c in cfgs],
+                          graph=self.step_graph)
         cfg = cfgs[0]
         warmup, total = cfg.warmup_steps, cfg.max_steps
 
@@ -435,7 +468,7 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
     module = PackModule(PackedModel(models), members, vocab_size=task.vocab_size, eval_lengths=data.eval_lengths,
                         eval_slices=[t.slices for t in data.tests], num_test=cfg.num_test, judges=judges,
                         schemes=cfg.eval_position_schemes, train_len=task.seq_len,
-                        clock=clock, log_names=log_names)
+                        clock=clock, log_names=log_names, graphs=device.type == "cuda" and cfg.cuda_graphs)
     quiet_lightning()
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,

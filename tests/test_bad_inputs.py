@@ -244,6 +244,8 @@ case("bench-n-0", ["bench", "tasks", "-n", "0"], "-n 0")
 case("bench-steps-0", ["bench", "train", "--steps", "0"], "--steps 0")
 case("bench-pack-0", ["bench", "train", "--pack", "1,0"], "--pack")
 case("bench-pack-not-ints", ["bench", "train", "--pack", "one"], "--pack")
+case("bench-graphs-both-on-the-cpu", ["bench", "train", "--device", "cpu", "--cuda-graphs", "both"], "--cuda-graphs")
+case("bench-graphs-unknown", ["bench", "train", "--cuda-graphs", "sometimes"], "sometimes")
 case("bench-n-cannot-be-allocated", ["bench", "tasks", "-n", "100000000000"], "GiB")
 case("bench-mixer-cannot-be-allocated", ["bench", "mixers", "--archs", "attention", "--d-model", "10000000"],
      "GiB")

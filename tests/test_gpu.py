@@ -1,5 +1,6 @@
 """CUDA-only checks (skipped without a GPU): the same examples on both devices, every mixer under bf16 autocast
 against its fp32 self, and training in bf16-mixed."""
+import lightning as L
 import pytest
 import torch
 
@@ -85,3 +86,34 @@ def test_a_pack_trains_on_the_gpu_with_each_member_its_own_curve():
     assert records[-1].diverged and not any(r.diverged for r in records[:-1])
     assert records[2].accuracy > records[0].accuracy, [r.accuracy for r in records]
     assert records[0].peak_memory_bytes > 0 and all(r.pack_size == 4 for r in records)
+
+
+class GraphCount(L.Callback):
+    """How the pack's steps ran: captures of its step graph, and why one failed."""
+    captures, failed = 0, "never trained"
+
+    def on_train_end(self, trainer, pl_module):
+        graph = pl_module.step_graph
+        self.captures, self.failed = (graph.captures, graph.failed) if graph else (0, "eager steps")
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_captured_steps_train_every_arch_as_eager_steps_do(name):
+    # fit's CUDA default: each step captured as a CUDA graph, captured again after a member leaves the pack
+    from probe.train import RunSpec, fit
+    task = TASKS["mqar"](seq_len=64, vocab_size=256, num_kv_pairs=8)
+    judges = [lambda step, acc: "pruned at step 4" if step >= 4 else None, lambda step, acc: None,
+              lambda step, acc: None]
+
+    def run(graphs: bool, callbacks=()):
+        specs = [RunSpec(task, name, ModelConfig(d_model=64), TrainConfig(
+            lr=lr, batch_size=64, max_steps=12, warmup_steps=2, num_train=64 * 12, num_test=128, val_every=4,
+            stop_at=None, device="cuda", cuda_graphs=graphs)) for lr in (1e-3, 3e-3, 1e-2)]
+        return fit(specs, judges=judges, callbacks=list(callbacks))
+    count = GraphCount()
+    graphed, eager = run(True, [count]), run(False)
+    assert count.failed is None and count.captures == 2, (count.captures, count.failed)  # before and after the prune
+    assert graphed[0].pruned and graphed[0].steps == 4 and graphed[1].steps == 12
+    for g, e in zip(graphed, eager):
+        gl, el = [h["loss"] for h in g.history], [h["loss"] for h in e.history]
+        assert gl == pytest.approx(el, rel=2e-2, abs=1e-3), (gl, el)

@@ -184,8 +184,9 @@ def rerope_attention_ref(q: torch.Tensor, k: torch.Tensor, q_far: torch.Tensor, 
 def rope_inv_freq(head_dim: int, base: float | torch.Tensor, device=None) -> torch.Tensor:
     """θ_i = base^(-2i/d), i < d/2 (RoFormer eq. 15). float64 [d/2] (or [..., d/2] for a tensor base)."""
     exponent = torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim
-    base = torch.as_tensor(base, dtype=torch.float64, device=device)
-    return base[..., None] ** -exponent
+    if not isinstance(base, torch.Tensor):  # a number: no host-to-device copy (a captured step allows none)
+        return base ** -exponent
+    return base.to(device=device, dtype=torch.float64)[..., None] ** -exponent
 
 
 def ntk_base(base: float | torch.Tensor, scale: float | torch.Tensor, head_dim: int):
