@@ -7,7 +7,9 @@
 - ops:    forward+backward milliseconds of each op of probe.ops.OPS at a probe shape (--batch rows of --seq-len
           tokens at width --d-model; Mamba-sized 2·d channels for the scan and the convolution, heads of 64 for
           linear attention), its Triton kernel against its plain PyTorch reference on the same inputs (bf16 on
-          CUDA), and the ratio; on a CPU only the reference is timed (the kernels run compiled on CUDA only).
+          CUDA), and the ratio, timed as called (the host's launches included) and captured as CUDA graphs (the
+          GPU's time alone, as fit's captured steps see it); on a CPU only the reference is timed (the kernels run
+          compiled on CUDA only).
 - train:  train tokens/s of the whole training loop at Zoology's Figure-2 MQAR cell (L 256, 16 pairs, vocab
           8192, batch 256, d_model 128, 2 layers, no MLP), the figure to compare with its 2.2-2.8 M tokens/s;
           `--pack 1,8,32` trains packs of K members and prints tokens/s per member and summed, the ratio to K = 1
@@ -50,6 +52,34 @@ def _timed(fn, device: torch.device, repeats: int) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _timed_captured(fn, repeats: int, per_graph: int = 10) -> float:
+    """Median seconds of fn() on the GPU alone: `per_graph` calls captured as one CUDA graph (after two warm-up
+    calls on a side stream) and replayed `repeats` times, timed with events; the host's launch time stays out,
+    as in a training step, which fit captures too."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(per_graph):
+            fn()
+    graph.replay()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / per_graph / 1e3)
+    del graph
     return statistics.median(times)
 
 
@@ -208,9 +238,18 @@ def bench_ops(device: torch.device, d_model: int, seq_len: int, batch: int, repe
             torch.autograd.grad(out.float().sum(), leaves)
         ref_s = _timed(lambda: fwd_bwd(ref), device, repeats)
         kernel_s = _timed(lambda: fwd_bwd(op), device, repeats) if device.type == "cuda" else None
-        rows.append({"op": name, "batch": batch, "seq_len": seq_len, "d_model": d_model, "dtype": str(dtype),
-                     "reference_ms": 1e3 * ref_s, "kernel_ms": None if kernel_s is None else 1e3 * kernel_s})
-        kernel = "needs CUDA" if kernel_s is None else f"{1e3 * kernel_s:9.3f} ms  {ref_s / kernel_s:6.1f}x"
+        row = {"op": name, "batch": batch, "seq_len": seq_len, "d_model": d_model, "dtype": str(dtype),
+               "reference_ms": 1e3 * ref_s, "kernel_ms": None if kernel_s is None else 1e3 * kernel_s}
+        if device.type == "cuda":  # the same calls captured as CUDA graphs: the GPU's time alone
+            calls = lambda eager_s: max(1, min(10, int(0.02 / eager_s)))  # noqa: E731  (a long reference: one)
+            row["reference_captured_ms"] = 1e3 * _timed_captured(lambda: fwd_bwd(ref), repeats, calls(ref_s))
+            row["kernel_captured_ms"] = 1e3 * _timed_captured(lambda: fwd_bwd(op), repeats, calls(kernel_s))
+            kernel = (f"{1e3 * kernel_s:9.3f} ms  {ref_s / kernel_s:6.1f}x; captured: reference "
+                      f"{row['reference_captured_ms']:9.3f} ms  kernel {row['kernel_captured_ms']:9.3f} ms  "
+                      f"{row['reference_captured_ms'] / row['kernel_captured_ms']:6.1f}x")
+        else:
+            kernel = "needs CUDA"
+        rows.append(row)
         print(f"{name:18s} fwd+bwd reference {1e3 * ref_s:9.3f} ms  kernel {kernel}", flush=True)
     return rows
 
