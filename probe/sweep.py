@@ -120,6 +120,10 @@ class Sweep:
     #: evaluations without a new best (MQAR learns in a late jump: a trial on the plateau is not a bad one);
     #: "none" trains every trial to its budget; "auto" picks by the number of trials per cell
     pruner: Literal["auto", "patient", "median", "none"] = "auto"
+    #: a cell is solved once one of its trials reaches train.stop_at: the trials training in the same pack stop
+    #: at that evaluation (PRUNED, the reason naming the trial that got there). The cell's result cannot change
+    #: (every trial stops at stop_at anyway); what is lost is how far the other learning rates would have got
+    end_cell_at_target: bool = True
     #: "patient": evaluations without a new best before the median rule may stop a trial. Noise on a plateau
     #: sets a new best now and then, so a trial is at risk only once it has gone this long without one
     pruner_patience: int = 5
@@ -152,10 +156,11 @@ class Sweep:
 
     def pruning_text(self) -> str:
         """The pruner in words, as the report names it: "patient median (5 evaluations)", "none (auto: 2 trials
-        per cell)"."""
+        per cell)", and whether a solved cell stops its other trials (`end_cell_at_target`)."""
         text = {"patient": f"patient median ({self.pruner_patience} evaluations)", "median": "median",
                 "none": "none"}[self.pruning]
-        return f"{text} (auto: {self.trials_per_cell} trials per cell)" if self.pruner == "auto" else text
+        text = f"{text} (auto: {self.trials_per_cell} trials per cell)" if self.pruner == "auto" else text
+        return text + ("; the first trial to reach stop_at ends its pack" if self.end_cell_at_target else "")
 
     # -- the grid ---------------------------------------------------------------------------------------
     def arch_options(self) -> dict[str, dict]:

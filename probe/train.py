@@ -187,9 +187,13 @@ class PackModule(L.LightningModule):
     def __init__(self, pack: PackedModel, members: list[_Member], *, vocab_size: int, eval_lengths: list[int],
                  eval_slices: list[dict[str, torch.Tensor]], num_test: int, judges: list[Judge] | None,
                  schemes: tuple[str, ...] = (), train_len: int = 1,
-                 clock: "Throughput", log_names: list[str] | None = None, graphs: bool = False):
+                 clock: "Throughput", log_names: list[str] | None = None, graphs: bool = False,
+                 end_at_first_target: bool = False):
         super().__init__()
         self.pack, self.members, self.judges, self.clock = pack, members, judges, clock
+        #: the first member to reach its stop-at accuracy stops the others at that evaluation (a sweep cell is
+        #: solved: `Sweep.end_cell_at_target`)
+        self.end_at_first_target = end_at_first_target
         #: each member's name in a logger's curves (`fit(logger=...)`): "<name>/loss", "<name>/accuracy"
         self.log_names = log_names or [f"member{m}" for m in range(len(members))]
         self.eval_lengths, self.eval_slices = eval_lengths, eval_slices
@@ -283,7 +287,7 @@ class PackModule(L.LightningModule):
     def on_validation_epoch_end(self):
         fitting = self.trainer.state.fn == "fit"
         nonfinite, losses = self.nonfinite.tolist(), self.last_loss.tolist()  # the host syncs of an evaluation
-        keep = []
+        keep, solved = [], []
         for row, m in enumerate(self.rows):
             member, entry = self.members[m], self._evaluation(m)
             entry["loss"] = losses[row]  # the training loss of the last step before this evaluation
@@ -299,7 +303,12 @@ class PackModule(L.LightningModule):
                     keep.append(row)
                     continue
                 member.pruned = verdict
+            else:
+                solved.append(m)
             member.steps, member.train_time = entry["step"], self.clock.train_time
+        if self.end_at_first_target and solved and keep:
+            self._stop_for(solved[0], keep)
+            keep = []
         if self.rows:
             self.log("acc", max(self.members[m].history[-1]["accuracy"] for m in self.rows), prog_bar=True,
                      logger=False)  # the progress bar's; a logger gets each member's own, below
@@ -312,6 +321,16 @@ class PackModule(L.LightningModule):
                 self.logger.log_metrics(curves, step=self.global_step)
         if fitting and len(keep) < len(self.rows):
             self._drop(keep)
+
+    def _stop_for(self, solver: int, rows: list[int]) -> None:
+        """Stop the members at pack rows `rows` because member `solver` has just reached its target."""
+        target = self.members[solver].spec.train.stop_at
+        for row in rows:
+            member = self.members[self.rows[row]]
+            step = member.history[-1]["step"]
+            member.pruned = (f"stopped at step {step}: {self.log_names[solver]} reached the target accuracy "
+                             f"{target:g} first")
+            member.steps, member.train_time = step, self.clock.train_time
 
     def _drop(self, keep: list[int]) -> None:
         """Leave only the pack rows `keep`: weights, optimiser state and divergence flags are sliced in place."""
@@ -432,9 +451,11 @@ def make_logger(logger: Logger, log_dir: str):
 
 def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None = None,
         judges: list[Judge] | None = None, logger: Logger | None = None, log_dir: str | None = None,
-        log_names: list[str] | None = None) -> list[RunRecord]:
+        log_names: list[str] | None = None, end_at_first_target: bool = False) -> list[RunRecord]:
     """Train the runs as one pack (they must differ only in lr, weight_decay and stop_at); one record per run,
     in order. `judges[k]`, if given, is asked about run k after every evaluation (a sweep's pruner).
+    `end_at_first_target`: once a run reaches its stop-at accuracy, the runs still training stop at that
+    evaluation, recorded as pruned, with the reason naming the run that got there (a sweep cell is solved).
 
     `logger` ("csv" or "tensorboard") writes live learning curves into `log_dir`: each member's training loss
     and its accuracy at every evaluation length, named `log_names[k]` (default member0, member1, ...), so a
@@ -468,7 +489,8 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
     module = PackModule(PackedModel(models), members, vocab_size=task.vocab_size, eval_lengths=data.eval_lengths,
                         eval_slices=[t.slices for t in data.tests], num_test=cfg.num_test, judges=judges,
                         schemes=cfg.eval_position_schemes, train_len=task.seq_len,
-                        clock=clock, log_names=log_names, graphs=device.type == "cuda" and cfg.cuda_graphs)
+                        clock=clock, log_names=log_names, graphs=device.type == "cuda" and cfg.cuda_graphs,
+                        end_at_first_target=end_at_first_target)
     quiet_lightning()
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,

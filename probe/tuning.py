@@ -10,7 +10,9 @@ Design choices:
 - Each member reports accuracy to its trial at every evaluation, by global step; a member the pruner stops
   leaves the pack (its trial ends PRUNED with its record kept) and the others train on. The pruner is the
   sweep's (`Sweep.pruning`: none for cells of a few trials, else the median rule with patience, since MQAR
-  learns in a late jump).
+  learns in a late jump). The first member to reach the cell's stop-at accuracy solves the cell: the others
+  stop there, PRUNED with that reason (`Sweep.end_cell_at_target`), so a solved cell costs its fastest
+  learning rate's time, not its slowest's.
 - A member whose loss turns NaN/inf ends PRUNED with the reason recorded; if training raises, every trial of the
   pack ends FAILED with the error recorded; neither stops the worker. A pack that does not fit in GPU memory is
   halved and each half trained in turn.
@@ -137,29 +139,31 @@ class Curves:
 
 
 def fit_halving(specs: list, judges: list, progress: bool, names: list[str], curves: Curves | None = None,
-                cell: Cell | None = None) -> list:
+                cell: Cell | None = None, end_at_target: bool = False) -> list:
     """fit(), halving the pack (and retrying each half) when it does not fit in GPU memory. `names`: the
     members' trials, which name their curves."""
     import torch
 
     from .train import fit
-    log = dict(logger=curves.logger, log_dir=curves.pack_dir(cell, names), log_names=names) if curves else {}
+    log = dict(logger=curves.logger, log_dir=curves.pack_dir(cell, names)) if curves else {}
     try:
-        return fit(specs, judges=judges, progress=progress, **log)
+        return fit(specs, judges=judges, progress=progress, end_at_first_target=end_at_target, log_names=names,
+                   **log)
     except torch.OutOfMemoryError:
         if len(specs) == 1:
             raise
         torch.cuda.empty_cache()
         half = len(specs) // 2
-        return (fit_halving(specs[:half], judges[:half], progress, names[:half], curves, cell)
-                + fit_halving(specs[half:], judges[half:], progress, names[half:], curves, cell))
+        return (fit_halving(specs[:half], judges[:half], progress, names[:half], curves, cell, end_at_target)
+                + fit_halving(specs[half:], judges[half:], progress, names[half:], curves, cell, end_at_target))
 
 
 def train_pack(cell: Cell, study: optuna.Study, asked: list[tuple[optuna.Trial, dict]], *, device: str,
-               progress: bool, rule: str = "median",
+               progress: bool, rule: str = "median", end_at_target: bool = False,
                curves: Curves | None = None) -> list[tuple[int, TrialState, str]]:
     """Train the asked trials as one pack and tell each its result: COMPLETE with its accuracy, PRUNED (by the
-    pruner, whose `rule` the reason names, or diverged) with the reason, or FAILED with the error if training
+    pruner, whose `rule` the reason names, diverged, or stopped because another member solved the cell:
+    `end_at_target`, `Sweep.end_cell_at_target`) with the reason, or FAILED with the error if training
     raised. An interrupt fails the pack's trials as lost, which are retried and never count as failures of the
     cell."""
     from .train import RunSpec
@@ -167,7 +171,7 @@ def train_pack(cell: Cell, study: optuna.Study, asked: list[tuple[optuna.Trial, 
                      cell.mixer_options) for _, params in asked]
     try:
         records = fit_halving(specs, [pruning_judge(trial, rule) for trial, _ in asked], progress,
-                              [f"trial{trial.number}" for trial, _ in asked], curves, cell)
+                              [f"trial{trial.number}" for trial, _ in asked], curves, cell, end_at_target)
     except KeyboardInterrupt:
         for trial, _ in asked:
             trial.set_user_attr("reason", "interrupted")
@@ -275,7 +279,8 @@ def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack
                 if not asked:
                     break
                 worked = True
-                told = train_pack(cell, study, asked, device=device, progress=progress, rule=rule, curves=curves)
+                told = train_pack(cell, study, asked, device=device, progress=progress, rule=rule,
+                                  end_at_target=sweep.end_cell_at_target, curves=curves)
                 for number, state, text in told:
                     did["trials"] += 1
                     did["failed"] += state == TrialState.FAIL

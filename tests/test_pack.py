@@ -154,6 +154,22 @@ def test_members_that_stop_diverge_or_are_pruned_leave_the_others_unchanged(floa
     assert_same_trajectory(curve(pruned), curve(alone)[:2])
 
 
+def test_the_first_member_to_reach_its_target_ends_the_pack_when_asked(float64):
+    arch = "attention"
+    cfgs = [dataclasses.replace(BASE, lr=3e-3),  # still training when the second member gets there
+            dataclasses.replace(BASE, lr=1e-2, stop_at=0.01),  # reaches its target at the first evaluation
+            dataclasses.replace(BASE, lr=1e-2)]
+    specs = [RunSpec(TASK, arch, ModelConfig(d_model=16), c) for c in cfgs]
+    slow, solver, other = fit(specs, end_at_first_target=True, log_names=["a", "b", "c"])
+    assert solver.stopped_at_target and solver.pruned is None and solver.steps == 8
+    for record in (slow, other):
+        assert not record.stopped_at_target and record.steps == 8 and len(record.history) == 1
+        assert record.pruned == "stopped at step 8: b reached the target accuracy 0.01 first"
+    # up to there, each is the run it would have been alone; without the option, the pack trains on
+    assert_same_trajectory(curve(slow), curve(train(TASK, arch, ModelConfig(d_model=16), cfgs[0]))[:1])
+    assert [r.steps for r in fit(specs)] == [24, 8, 24]
+
+
 def test_runs_that_differ_in_more_than_lr_weight_decay_and_stop_at_do_not_share_a_pack():
     a = RunSpec(TASK, "attention", ModelConfig(d_model=16), BASE)
     with pytest.raises(ProbeError, match="differ only in lr, weight_decay and stop_at"):

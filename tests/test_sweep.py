@@ -194,6 +194,32 @@ def test_diverging_trials_are_pruned_with_their_reason_and_the_sweep_goes_on(tmp
         assert t.state == TrialState.PRUNED and "non-finite" in t.user_attrs["reason"]
 
 
+@pytest.mark.parametrize("end", [True, False], ids=["ends_at_target", "trains_every_trial"])
+def test_a_cell_solved_by_one_trial_stops_the_rest_of_its_pack(tmp_path, end):
+    from probe.sweep import SearchSpace
+    from probe.train import TrainConfig
+    from probe.tuning import cell_status, cell_studies, run_worker
+    # lr 1e-9 cannot learn in 40 steps; lr 3e-2 passes 0.3 at once
+    sweep = grid_sweep(archs=["attention"], search=SearchSpace(lr_grid=(1e-9, 3e-2)), trials_per_cell=2, epochs=4,
+                       train=TrainConfig(batch_size=16, warmup_steps=0, num_train=256, num_test=64, val_every=10,
+                                         stop_at=0.3, device="cpu"), end_cell_at_target=end)
+    journal = str(tmp_path / "journal.log")
+    run_worker(sweep, open_storage(journal), device="cpu", log=lambda m: None)
+    for cell, study in cell_studies(sweep, journal):
+        by_lr = {t.params["lr"]: t for t in study.get_trials()}
+        solver, slow = by_lr[3e-2], by_lr[1e-9]
+        assert solver.state == TrialState.COMPLETE and solver.user_attrs["record"]["stopped_at_target"]
+        if end:
+            assert slow.state == TrialState.PRUNED, cell.key
+            assert slow.user_attrs["reason"] == (f"stopped at step {solver.user_attrs['record']['steps']}: "
+                                                 f"trial{solver.number} reached the target accuracy 0.3 first")
+            assert slow.user_attrs["record"]["steps"] == solver.user_attrs["record"]["steps"]
+        else:
+            assert slow.state == TrialState.COMPLETE, cell.key
+            assert slow.user_attrs["record"]["steps"] == cell.train.max_steps > solver.user_attrs["record"]["steps"]
+        assert cell_status(study, sweep) == "complete"
+
+
 # -- PostgreSQL: one sweep across machines --------------------------------------------------------------------
 POSTGRES = os.environ.get("PROBE_TEST_POSTGRES")
 needs_postgres = pytest.mark.skipif(not POSTGRES,
@@ -423,11 +449,12 @@ def test_auto_pruning_trains_every_trial_of_a_small_cell_and_is_patient_in_a_lar
     from probe.sweep import SearchSpace
     small = grid_sweep(pruner="auto", search=SearchSpace(), trials_per_cell=2)
     assert small.pruning == "none" and pruned_at(small, STUCK) is None
-    assert small.pruning_text() == "none (auto: 2 trials per cell)"
+    assert small.pruning_text() == "none (auto: 2 trials per cell); the first trial to reach stop_at ends its pack"
     large = grid_sweep(pruner="auto", search=SearchSpace(), trials_per_cell=6)
     assert large.pruning == "patient" and pruned_at(large, STUCK) is not None
-    assert large.pruning_text() == f"patient median ({large.pruner_patience} evaluations) (auto: 6 trials per cell)"
-    assert grid_sweep(pruner="median").pruning_text() == "median"
+    assert large.pruning_text().startswith(f"patient median ({large.pruner_patience} evaluations) (auto: 6 trials per "
+                                           "cell);")
+    assert grid_sweep(pruner="median", end_cell_at_target=False).pruning_text() == "median"
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -462,7 +489,7 @@ def test_provenance_names_each_sweeps_stop_at_and_pruner_with_or_without_the_fil
     for files in ([path], []):  # from the sweep file, and from the storage alone
         (said,) = load_results(files, journal).provenance["sweeps"]
         assert said["name"] == "logged" and said["stop_at"] == 0.95, files
-        assert said["pruner"] == "none (auto: 2 trials per cell)", files
+        assert said["pruner"].startswith("none (auto: 2 trials per cell)"), files
 
 
 def test_a_logger_writes_each_packs_curves_one_per_trial_under_its_cell(logged_sweep):
