@@ -24,6 +24,8 @@ Where probe departs, and why (each moves a point; none is tuned away):
   matrices only (Zoology's later trainer: 0.1 on every parameter).
 - Training in bf16-mixed on CUDA (Zoology: fp32).
 - RWKV is replaced by RetNet (above).
+- A cell ends once one learning rate passes 0.99 (`end_cell_at_target`): the others stop there, pruned, where
+  Zoology trains each to its own end. The figure's point, the best over the four, is the same.
 
 `zoology_mqar.py` is probe's own version of the same grid: each cell's learning rate tuned by Optuna over the
 same range, the default mixers, warmup 100 steps, evaluation every 200 steps.
