@@ -124,6 +124,12 @@ class Sweep:
     #: at that evaluation (PRUNED, the reason naming the trial that got there). The cell's result cannot change
     #: (every trial stops at stop_at anyway); what is lost is how far the other learning rates would have got
     end_cell_at_target: bool = True
+    #: a trial whose accuracy has not risen `plateau_min_delta` above its level for this many epochs (of its cell's
+    #: train.num_train) stops, PRUNED with the reason: a model stuck on a plateau far longer than MQAR's late jumps
+    #: take. It judges each trial by its own curve alone, so it acts inside a pack. None: trials train to the end
+    plateau_epochs: float | None = None
+    #: the rise that counts as progress for `plateau_epochs` (token accuracy, absolute)
+    plateau_min_delta: float = 0.01
     #: "patient": evaluations without a new best before the median rule may stop a trial. Noise on a plateau
     #: sets a new best now and then, so a trial is at risk only once it has gone this long without one
     pruner_patience: int = 5
@@ -160,6 +166,8 @@ class Sweep:
         text = {"patient": f"patient median ({self.pruner_patience} evaluations)", "median": "median",
                 "none": "none"}[self.pruning]
         text = f"{text} (auto: {self.trials_per_cell} trials per cell)" if self.pruner == "auto" else text
+        if self.plateau_epochs is not None:
+            text += f"; a plateau of {self.plateau_epochs:g} epochs without +{self.plateau_min_delta:g} stops a trial"
         return text + ("; the first trial to reach stop_at ends its pack" if self.end_cell_at_target else "")
 
     # -- the grid ---------------------------------------------------------------------------------------
@@ -245,6 +253,10 @@ class Sweep:
             raise ProbeError(f"{where}: pack_size={self.pack_size} must be >= 1 (or None: a cell's trials at once)")
         if self.epochs is not None and not self.epochs > 0:
             raise ProbeError(f"{where}: epochs={self.epochs} must be > 0")
+        if self.plateau_epochs is not None and not self.plateau_epochs > 0:
+            raise ProbeError(f"{where}: plateau_epochs={self.plateau_epochs} must be > 0 (or None)")
+        if not 0 < self.plateau_min_delta < 1:
+            raise ProbeError(f"{where}: plateau_min_delta={self.plateau_min_delta} must be in (0, 1)")
         bad_seeds = [s for s in self.seeds if not 0 <= s < 2**32]
         if bad_seeds:
             raise ProbeError(f"{where}: seeds: {bad_seeds[0]} must be in [0, 2**32)")

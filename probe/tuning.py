@@ -12,7 +12,8 @@ Design choices:
   sweep's (`Sweep.pruning`: none for cells of a few trials, else the median rule with patience, since MQAR
   learns in a late jump). The first member to reach the cell's stop-at accuracy solves the cell: the others
   stop there, PRUNED with that reason (`Sweep.end_cell_at_target`), so a solved cell costs its fastest
-  learning rate's time, not its slowest's.
+  learning rate's time, not its slowest's. Where the sweep sets `plateau_epochs`, a member whose accuracy has
+  not risen `plateau_min_delta` for that long ends PRUNED too (judged on its own curve, so inside a pack).
 - A member whose loss turns NaN/inf ends PRUNED with the reason recorded; if training raises, every trial of the
   pack ends FAILED with the error recorded; neither stops the worker. A pack that does not fit in GPU memory is
   halved and each half trained in turn.
@@ -126,6 +127,36 @@ def pruning_judge(trial: optuna.Trial, rule: str):
     return judge
 
 
+def plateau_judge(patience_steps: int, min_delta: float):
+    """Stop a member whose accuracy has not risen `min_delta` above its level for `patience_steps` steps
+    (`Sweep.plateau_epochs`); the level resets at each such rise."""
+    level, since = float("-inf"), 0
+
+    def judge(step: int, accuracy: float) -> str | None:
+        nonlocal level, since
+        if accuracy >= level + min_delta:
+            level, since = accuracy, step
+        if step - since >= patience_steps:
+            return (f"plateau: accuracy {accuracy:.4f} has not risen {min_delta:g} above {level:.4f} since step "
+                    f"{since} ({patience_steps} steps)")
+        return None
+    return judge
+
+
+def cell_judge(trial: optuna.Trial, rule: str, cell: Cell, sweep: Sweep):
+    """A member's judge in a sweep: the pruner (every evaluation is reported to the trial), then the plateau
+    rule where the sweep has one."""
+    prune = pruning_judge(trial, rule)
+    if sweep.plateau_epochs is None:
+        return prune
+    steps = max(1, round(sweep.plateau_epochs * cell.train.num_train / cell.train.batch_size))
+    plateau = plateau_judge(steps, sweep.plateau_min_delta)
+
+    def judge(step: int, accuracy: float) -> str | None:
+        return prune(step, accuracy) or plateau(step, accuracy)  # both see every evaluation
+    return judge
+
+
 @dataclass(frozen=True)
 class Curves:
     """Live learning curves of a worker's packs (`--logger`): a Lightning logger's files in one folder per pack,
@@ -158,20 +189,20 @@ def fit_halving(specs: list, judges: list, progress: bool, names: list[str], cur
                 + fit_halving(specs[half:], judges[half:], progress, names[half:], curves, cell, end_at_target))
 
 
-def train_pack(cell: Cell, study: optuna.Study, asked: list[tuple[optuna.Trial, dict]], *, device: str,
-               progress: bool, rule: str = "median", end_at_target: bool = False,
+def train_pack(cell: Cell, sweep: Sweep, study: optuna.Study, asked: list[tuple[optuna.Trial, dict]], *,
+               device: str, progress: bool, rule: str = "median",
                curves: Curves | None = None) -> list[tuple[int, TrialState, str]]:
     """Train the asked trials as one pack and tell each its result: COMPLETE with its accuracy, PRUNED (by the
-    pruner, whose `rule` the reason names, diverged, or stopped because another member solved the cell:
-    `end_at_target`, `Sweep.end_cell_at_target`) with the reason, or FAILED with the error if training
+    pruner, whose `rule` the reason names, by the sweep's plateau rule, diverged, or stopped because another
+    member solved the cell: `Sweep.end_cell_at_target`) with the reason, or FAILED with the error if training
     raised. An interrupt fails the pack's trials as lost, which are retried and never count as failures of the
     cell."""
     from .train import RunSpec
     specs = [RunSpec(cell.task, cell.arch, cell.model, dataclasses.replace(cell.train, device=device, **params),
                      cell.mixer_options) for _, params in asked]
     try:
-        records = fit_halving(specs, [pruning_judge(trial, rule) for trial, _ in asked], progress,
-                              [f"trial{trial.number}" for trial, _ in asked], curves, cell, end_at_target)
+        records = fit_halving(specs, [cell_judge(trial, rule, cell, sweep) for trial, _ in asked], progress,
+                              [f"trial{trial.number}" for trial, _ in asked], curves, cell, sweep.end_cell_at_target)
     except KeyboardInterrupt:
         for trial, _ in asked:
             trial.set_user_attr("reason", "interrupted")
@@ -279,8 +310,8 @@ def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack
                 if not asked:
                     break
                 worked = True
-                told = train_pack(cell, study, asked, device=device, progress=progress, rule=rule,
-                                  end_at_target=sweep.end_cell_at_target, curves=curves)
+                told = train_pack(cell, sweep, study, asked, device=device, progress=progress, rule=rule,
+                                  curves=curves)
                 for number, state, text in told:
                     did["trials"] += 1
                     did["failed"] += state == TrialState.FAIL

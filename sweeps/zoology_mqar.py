@@ -4,6 +4,11 @@
 examples; 2 layers, no MLP; up to 64 epochs, stopping at 99% accuracy. Zoology tried four fixed learning rates
 per cell; here each cell's learning rate is tuned (4 trials, log-uniform over the same 1e-4..1e-2 range).
 RetNet stands in for the RWKV-style recurrence; "based" is the hybrid pattern `baseconv_short,based`.
+
+What bounds its cost: a cell ends once one trial reaches 99% (the others stop there), and a trial whose accuracy
+has not risen 0.01 in 8 epochs stops (a plateau an eighth of the budget long; first seen on BaseConv at L 128,
+flat at 0.10-0.15 for 20k steps). A late jump after such a plateau would be lost here; `zoology_figure2.py`,
+Zoology's protocol, has no plateau rule and shows whether one happens.
 """
 from probe.sweep import SearchSpace, Sweep
 from probe.train import TrainConfig
@@ -27,5 +32,6 @@ def sweep() -> Sweep:
         epochs=64,
         search=SearchSpace(lr=(1e-4, 1e-2)),
         trials_per_cell=4,
+        plateau_epochs=8,
         seeds=(0,),
     )

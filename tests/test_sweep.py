@@ -457,7 +457,40 @@ def test_auto_pruning_trains_every_trial_of_a_small_cell_and_is_patient_in_a_lar
     assert grid_sweep(pruner="median", end_cell_at_target=False).pruning_text() == "median"
 
 
+def test_the_plateau_rule_stops_a_flat_curve_and_keeps_a_rising_or_jumping_one():
+    from probe.tuning import plateau_judge
+
+    def stopped_at(curve, patience=30, delta=0.01):
+        judge = plateau_judge(patience, delta)
+        return next((10 * (i + 1) for i, a in enumerate(curve) if judge(10 * (i + 1), a)), None)
+    flat = [0.10, 0.105, 0.102, 0.108, 0.104, 0.103, 0.107]  # never 0.01 above 0.10
+    assert stopped_at(flat) == 40  # its level was set at step 10: 30 steps later
+    assert stopped_at([0.10, 0.111, 0.122, 0.133, 0.144, 0.155, 0.166]) is None  # creeping up 0.011 a step
+    assert stopped_at([0.10, 0.10, 0.10, 0.99, 0.99, 0.99, 0.99, 0.99]) == 70  # the jump reset it (at 40)
+    assert stopped_at(flat, patience=1000) is None
+
+
+def test_a_sweep_with_a_plateau_rule_prunes_a_trial_that_cannot_learn_with_the_reason(tmp_path):
+    from probe.sweep import SearchSpace
+    from probe.train import TrainConfig
+    from probe.tuning import cell_studies, run_worker
+    sweep = grid_sweep(archs=["attention"], search=SearchSpace(lr_grid=(1e-9, 3e-2)), trials_per_cell=2, epochs=4,
+                       train=TrainConfig(batch_size=16, warmup_steps=0, num_train=256, num_test=64, val_every=10,
+                                         stop_at=None, device="cpu"), plateau_epochs=1.5)
+    assert "a plateau of 1.5 epochs without +0.01 stops a trial" in sweep.pruning_text()
+    journal = str(tmp_path / "journal.log")
+    run_worker(sweep, open_storage(journal), device="cpu", log=lambda m: None)
+    for cell, study in cell_studies(sweep, journal):
+        stuck = next(t for t in study.get_trials() if t.params["lr"] == 1e-9)
+        patience = round(1.5 * 256 / cell.train.batch_size)
+        assert stuck.state == TrialState.PRUNED and stuck.user_attrs["reason"].startswith("plateau: "), cell.key
+        # its level was set at the first evaluation; stopped at the first evaluation `patience` steps later
+        assert stuck.user_attrs["record"]["steps"] == 10 + -(-patience // 10) * 10 < cell.train.max_steps
+
+
 @pytest.mark.parametrize("overrides, message", [
+    (dict(plateau_epochs=0), "plateau_epochs=0 must be > 0 (or None)"),
+    (dict(plateau_min_delta=1.5), "plateau_min_delta=1.5 must be in (0, 1)"),
     (dict(pruner="hyperband"), "pruner='hyperband' must be one of 'auto', 'patient', 'median', 'none'"),
     (dict(pruner_patience=0), "pruner_patience=0 must be >= 1"),
     (dict(pruner_patience=2.5), "pruner_patience=2.5 must be int"),
