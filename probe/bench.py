@@ -216,6 +216,11 @@ def op_inputs(name: str, batch: int, seq_len: int, d_model: int, device: torch.d
                 randn(batch, seq_len, 16), randn(batch, seq_len, 16), randn(inner)], {}
     if name == "short_conv":
         return [randn(batch, seq_len, inner), randn(inner, 4, scale=0.5), randn(inner)], {"activation": "silu"}
+    if name == "long_conv":  # Hyena's shape: a filter decaying along the sequence, float32 beside bf16 activations
+        decay = torch.exp(-4 * torch.arange(seq_len, device=device) / seq_len)
+        k = torch.randn(d_model, seq_len, device=device, generator=g) * decay / seq_len**0.5
+        bias = torch.randn(d_model, device=device, generator=g)
+        return [randn(batch, seq_len, d_model), k.requires_grad_(), bias.requires_grad_()], {}
     if name == "linear_attention":
         log_decay = -torch.rand(batch, seq_len, heads, device=device, generator=g) * 0.1
         return [randn(batch, seq_len, heads, 64, scale=0.125), randn(batch, seq_len, heads, 64, scale=0.125),

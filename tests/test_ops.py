@@ -8,6 +8,7 @@ import importlib
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from probe import ops
 from probe.errors import ProbeError
@@ -81,6 +82,15 @@ def _short_conv_case(shape, seed):
     return [x, w, *extra], {"activation": "silu" if silu else "none"}, list(range(2 + len(extra)))
 
 
+def _long_conv_case(shape, seed):
+    rows, length, c, taps, bias = shape  # bias: 0 or 1
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, length, c, generator=g, dtype=torch.float64)
+    k = torch.randn(c, taps, generator=g, dtype=torch.float64) / taps**0.5
+    extra = [torch.randn(c, generator=g, dtype=torch.float64)] if bias else []
+    return [x, k, *extra], {}, list(range(2 + len(extra)))
+
+
 # op -> (case builder, shapes: lengths 1, 63, 64, 200, 1000 rows; odd widths; and its packed form)
 CASES = {
     "layer_norm": (_layer_norm_case, [(1, 1, 7), (2, 63, 10), (64, 33), (1, 200, 128), (1000, 5)]),
@@ -95,13 +105,17 @@ CASES = {
     # (rows, L, C, taps, bias, silu, gate)
     "short_conv": (_short_conv_case, [(2, 1, 10, 3, 1, 1, 1), (2, 63, 10, 4, 1, 1, 1), (1, 64, 33, 2, 0, 1, 0),
                                       (3, 200, 7, 8, 1, 0, 0), (1, 1000, 5, 1, 0, 0, 0), (1, 200, 130, 3, 1, 0, 1)]),
+    # (rows, L, C, Lk, bias): Lk > L is cut to L, Lk < L acts as zeros past Lk
+    "long_conv": (_long_conv_case, [(2, 1, 5, 1, 1), (2, 63, 10, 90, 1), (3, 64, 33, 64, 0), (2, 200, 7, 50, 1),
+                                    (1, 1000, 3, 1000, 0), (1, 40, 130, 30, 1)]),
 }
 # op -> (how many leading arguments each member has its own of under vmap, the autograd.Function it launches)
 PACKABLE = {"layer_norm": (3, "probe.ops.layer_norm.kernel._LayerNorm"),
             "rotary": (1, "probe.ops.rotary.kernel._Rotary"),
             "selective_scan": (6, "probe.ops.selective_scan.kernel._SelectiveScan"),
             "linear_attention": (5, "probe.ops.linear_attention.kernel._LinearAttention"),
-            "short_conv": (4, "probe.ops.short_conv.kernel._ShortConv")}
+            "short_conv": (4, "probe.ops.short_conv.kernel._ShortConv"),
+            "long_conv": (3, "probe.ops.long_conv.kernel._LongConv")}
 
 
 def test_every_registered_op_has_test_cases():
@@ -207,6 +221,11 @@ def test_dispatch_rule(monkeypatch):
     ("short_conv", lambda: (torch.zeros(3, 5, 4), torch.zeros(2, 4, 2)), "groups"),
     ("short_conv", lambda: (torch.zeros(2, 5, 4), torch.zeros(4, 2), torch.zeros(3)), "bias must be"),
     ("short_conv", lambda: (torch.zeros(2, 5, 4), torch.zeros(4, 2), None, torch.zeros(2, 4, 4)), "gate must be"),
+    ("long_conv", lambda: (torch.zeros(5, 4), torch.zeros(4, 5)), "x must be"),
+    ("long_conv", lambda: (torch.zeros(2, 5, 3), torch.zeros(4, 5)), "k must be"),
+    ("long_conv", lambda: (torch.zeros(2, 5, 3), torch.zeros(3, 0)), "k must be"),
+    ("long_conv", lambda: (torch.zeros(3, 5, 4), torch.zeros(2, 4, 5)), "groups"),
+    ("long_conv", lambda: (torch.zeros(2, 5, 4), torch.zeros(4, 5), torch.zeros(3)), "bias must be"),
 ])
 def test_ops_name_a_misshapen_input(name, args, message):
     with pytest.raises(ValueError, match=message):
@@ -294,3 +313,36 @@ def test_linear_attention_stays_finite_where_decays_sum_far_below_float32s_range
     grads = torch.autograd.grad(o.square().sum(), cast)
     assert torch.isfinite(o).all() and all(torch.isfinite(g).all() for g in grads)
     assert _rel(o.cpu(), ops.linear_attention_ref(q, k, v, log_decay, s0)) < TOL[torch.float32]
+
+
+def _direct_long_conv(x, k, bias):
+    """y[b, t, c] = Σ_{s=0}^{min(t, Lk-1)} k[c, s] · x[b, t-s, c] + bias[c] · x[b, t, c], one shift s at a time."""
+    rows, length, c = x.shape
+    groups = k.shape[0] if k.dim() == 3 else 1
+    k = k.reshape(groups, 1, 1, c, -1)
+    x = x.reshape(groups, rows // groups, length, c)
+    y = bias.reshape(groups, 1, 1, c) * x
+    for s in range(min(length, k.shape[-1])):
+        y = y + F.pad(k[..., s] * x[:, :, :length - s], (0, 0, s, 0))
+    return y.reshape(rows, length, c)
+
+
+@pytest.mark.parametrize("length, taps, groups", [(1, 1, 1), (1, 4, 2), (63, 20, 1), (63, 90, 2), (200, 57, 1),
+                                                  (200, 300, 2)])
+def test_long_conv_reference_is_the_direct_sum(length, taps, groups):
+    g = torch.Generator().manual_seed(length + taps)
+    x = torch.randn(2 * groups, length, 5, generator=g, dtype=torch.float64)
+    k = torch.randn(groups, 5, taps, generator=g, dtype=torch.float64)
+    bias = torch.randn(groups, 5, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(ops.long_conv_ref(x, k, bias), _direct_long_conv(x, k, bias), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ops.long_conv_ref(x, k), _direct_long_conv(x, k, torch.zeros_like(bias)),
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_long_conv_reads_a_channel_major_view_without_a_copy_first(kernel, poisoned):
+    # H3's kv and the op's own outputs are [B, L, C] views of channel-major [B, C, L] memory
+    (x, k, bias), _, _ = _long_conv_case((2, 70, 6, 70, 1), seed=5)
+    view = x.float().transpose(1, 2).contiguous().to(DEVICE).transpose(1, 2)  # the same values, positions contiguous
+    assert view.stride(1) == 1
+    out = ops.long_conv(view, k.float().to(DEVICE), bias.float().to(DEVICE))
+    assert _rel(out.cpu(), ops.long_conv_ref(x, k, bias)) < TOL[torch.float32]

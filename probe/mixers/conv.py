@@ -1,16 +1,18 @@
 """Gated convolutions: BaseConv (Zoology) and Hyena.
 
 Both mix a sequence with a causal convolution y_t = Σ_{s≤t} h_s · u_{t-s} whose filter h is as long as the
-sequence, gated elementwise by a projection of the input. The long convolution runs as a zero-padded FFT
-(`fft_conv`: pad to 2L so the circular convolution of the FFT cannot wrap the future onto the past); the short
-convolutions (a few taps) run as probe.ops.short_conv, token-major, with their bias (and BaseConv's gate) fused.
+sequence, gated elementwise by a projection of the input. The long convolution runs as probe.ops.long_conv
+(token-major, with Hyena's feed-through fused: a Toeplitz product on tensor cores on a GPU, a zero-padded FFT on
+a CPU); the short convolutions (a few taps) run as probe.ops.short_conv, token-major, with their bias (and
+BaseConv's gate) fused. `fft_conv` is the same long convolution channel-major ([B, D, L]), which no mixer
+calls: the tests check it, and Monarch Mixer's convolution, against a direct sum.
 
 Recurrent form: a long filter has no finite state, so `step` keeps the past inputs of every long convolution
 in a buffer and takes one dot product per channel with the reversed filter (`causal_conv_step`); this is what
 a convolution must hold to produce the next token, so it is what `state_size` counts.
 
-Filters are stored in "filter order": k[:, s] multiplies u_{t-s}, for short and long filters alike; the op
-takes nn.Conv1d's order (its last tap meets u_t), so a short filter is flipped where it is called.
+Filters are stored in "filter order": k[:, s] multiplies u_{t-s}, for short and long filters alike; long_conv
+takes that order, short_conv nn.Conv1d's (its last tap meets u_t), so a short filter is flipped where it is called.
 
 Implicit filters: `ImplicitFilter` is probe's reading of Hyena §3.3 (kept for Monarch Mixer and for the paper
 form of BaseConv(implicit=True)); `HyenaFilter` is the filter as Hyena's reference code computes it (safari,
@@ -25,27 +27,19 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..ops import short_conv, short_conv_step
+from ..ops import long_conv, long_conv_ref, short_conv, short_conv_step
 from .base import Mixer, MixerSpec, State
 
 
 def fft_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal long convolution by FFT: y[b, d, t] = Σ_{s=0}^{t} k[d, s] · u[b, d, t-s] (+ bias[d] · u[b, d, t]).
+    """probe.ops.long_conv_ref channel-major: y[..., d, t] = Σ_{s=0}^{t} k[d, s] · u[..., d, t-s] (+ bias[d] · u).
 
-    u: [B, D, L], k: [D, Lk] (Lk ≥ L is cut to L; Lk < L acts as zeros past Lk), bias: [D] or None -> [B, D, L].
-    `bias` is the per-channel feed-through ("skip") term of Hyena's filters, not an additive constant.
-    Both sides are zero-padded to 2L so the FFT's circular convolution equals the linear (causal) one.
-    Computed in float32 or wider (bf16 FFTs lose the small tail of a long filter), cast back to u's dtype.
+    u: [..., D, L], k: [D, Lk] (Lk ≥ L is cut to L; Lk < L acts as zeros past Lk), bias: [D] or None -> u's shape.
+    No mixer calls it (they call probe.ops.long_conv token-major); the tests compare with it.
     """
-    seq_len = u.shape[-1]
-    compute = torch.promote_types(u.dtype, torch.float32)
-    n = 2 * seq_len
-    u_f = torch.fft.rfft(u.to(compute), n=n)                     # [B, D, n//2+1]
-    k_f = torch.fft.rfft(k[..., :seq_len].to(compute), n=n)     # [D, n//2+1]
-    y = torch.fft.irfft(u_f * k_f, n=n)[..., :seq_len]           # [B, D, L]
-    if bias is not None:
-        y = y + u.to(compute) * bias.to(compute)[:, None]
-    return y.to(u.dtype)
+    d, seq_len = u.shape[-2:]
+    y = long_conv_ref(u.reshape(-1, d, seq_len).transpose(1, 2), k, bias)   # [B, L, D]
+    return y.transpose(1, 2).reshape(u.shape)
 
 
 def causal_conv_step(u_t: torch.Tensor, past: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,8 +294,7 @@ class BaseConv(Mixer):
         if self.filter == "short":
             # (x W + b) ⊙ (h ∗ x + b') in one pass: the projection is the op's gate, b' its bias
             return self.residual(x, short_conv(x, self.h.flip(-1), self.conv_bias, self.projection(x)))
-        conv = fft_conv(x.transpose(1, 2), self.filter_taps(x.shape[1]))   # [B, D, L]
-        return self.gate(x, conv.transpose(1, 2))
+        return self.gate(x, long_conv(x, self.filter_taps(x.shape[1])))
 
     def state_size(self, seq_len: int) -> int:
         reach = self.reach
@@ -371,12 +364,12 @@ class Hyena(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
         u = short_conv(self.in_proj(x), self.short_filter.flip(-1), self.short_bias)   # [B, L, (N+1)·D]
-        x0, *gates, z = u.transpose(1, 2).split(self.d_model, dim=1)         # N+1 × [B, D, L]
+        x0, *gates, z = u.split(self.d_model, dim=-1)                        # N+1 × [B, L, D]
         h = self.long_filters(x.shape[1])                                    # [N-1, D, L]
         # the innermost convolution is gated by the last projection before v, as in the reference
         for n, gate in enumerate(reversed(gates)):
-            z = fft_conv(gate * z, h[n], self.filter_bias[n])
-        return self.out_proj((x0 * z).transpose(1, 2))
+            z = long_conv(gate * z, h[n], self.filter_bias[n])
+        return self.out_proj(x0 * z)
 
     def state_size(self, seq_len: int) -> int:
         return (self.order - 1) * self.d_model * seq_len

@@ -2,15 +2,16 @@
 
 Every mixer here is a linear recurrence h_t = Ā_t h_{t-1} + B̄_t u_t, y_t = C_t h_t (+ D u_t) wrapped in a
 block. The time-varying ones (Mamba, Mamba-2) run their core op as a scan; the time-invariant ones (S4D, H3)
-materialise the impulse response K_l = C Ā^l B̄ and convolve with it through an FFT. All of them carry a state
-whose size does not grow with the sequence length, which is what the synthetic tasks probe.
+materialise the impulse response K_l = C Ā^l B̄ and convolve with it as a long convolution, the skip D·u fused
+as its feed-through. All of them carry a state whose size does not grow with the sequence length, which is what
+the synthetic tasks probe.
 
 Design choices: Mamba's selective scan and the short convolution of Mamba and Mamba-2 (with its SiLU fused) are
-ops of probe.ops (each reference beside its Triton kernel, one dispatch rule), and Mamba-2's SSD runs as the op
-probe.ops.linear_attention (`ssd`); the other core ops (`fft_conv`, `s4d_kernel`) are still module-level
-functions here in plain PyTorch with shapes in their docstrings, until they move there too; scans and FFTs
-accumulate in float32, or float64 when the input is float64; complex parameters and states are stored as real
-tensors so that state sizes count complex numbers as two reals.
+ops of probe.ops (each reference beside its Triton kernel, one dispatch rule), Mamba-2's SSD runs as the op
+probe.ops.linear_attention (`ssd`), and S4D's and H3's long convolutions as probe.ops.long_conv, token-major;
+`s4d_kernel` is still a module-level function here in plain PyTorch with shapes in its docstring, until it moves
+there too; scans accumulate in float32, or float64 when the input is float64; complex parameters and states are
+stored as real tensors so that state sizes count complex numbers as two reals.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from torch import nn
 from .. import ops
 from ..ops import selective_scan, selective_scan_step, short_conv, short_conv_step
 from .base import Mixer, MixerSpec, State
-from .conv import fft_conv  # causal long convolution, shared with the convolution family
+from .conv import fft_conv  # noqa: F401  (no longer called here; tests/test_ssm.py reaches it as ssm.fft_conv)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -393,7 +394,7 @@ class S4D(Mixer):
     Space Models".
 
         per channel:  h_t = exp(ΔA) h_{t−1} + B̄ u_t,  y_t = 2·Re(C h_t) + D u_t    A = −1/2 + iπn (S4D-Lin)
-        i.e.  y = K * u + D u  with  K_l = 2·Re(C exp(ΔA)^l B̄)  (Vandermonde, then an FFT convolution)
+        i.e.  y = K * u + D u  with  K_l = 2·Re(C exp(ΔA)^l B̄)  (Vandermonde, then a long convolution)
         out = GLU(W · GELU(y))
 
     The output linear is the paper's block: a position-wise linear to 2·d_model followed by a GLU.
@@ -426,7 +427,7 @@ class S4D(Mixer):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
         K = self.ssm.kernel(u.shape[1], u.dtype)  # [D, L]
-        y = fft_conv(u.transpose(1, 2), K).transpose(1, 2) + self.D * u  # [B, L, D]
+        y = ops.long_conv(u, K, self.D)  # K ∗ u + D u: [B, L, D]
         return self._output(y)
 
     def state_size(self, seq_len: int) -> int:
@@ -456,8 +457,8 @@ class H3(Mixer):
         O_t = Q_tᵀ KV_t  (per head),   out = O W_O
 
     SSM_diag is S4D (S4D-Lin, ZOH) with one kernel per head shared by that head's head_dim² channels; the
-    parallel form runs both SSMs as FFT convolutions. n_heads=None means head_dim = 1 (elementwise
-    Q ⊙ SSM_diag(K̄ ⊙ V), the paper's default layer).
+    parallel form runs both SSMs as long convolutions (probe.ops.long_conv). n_heads=None means head_dim = 1
+    (elementwise Q ⊙ SSM_diag(K̄ ⊙ V), the paper's default layer).
     State: the shift register (N = d_state past keys per channel) and the diagonal SSM
         (head_dim² channels per head, d_state/2 complex modes each, 2 reals per mode):
         d_model·d_state + d_model·head_dim·d_state = d_model·d_state·(1 + head_dim).
@@ -502,19 +503,21 @@ class H3(Mixer):
         self.out_proj = nn.Linear(d_model, d_model)
 
     def _shift_kernel(self, length: int) -> torch.Tensor:
-        """The shift SSM's impulse response C A^l e_1 = c_l, cut or zero-padded to L. -> [d_model, L]."""
-        return F.pad(self.shift_C, (0, max(0, length - self.d_state)))[:, :length]
+        """The shift SSM's impulse response C A^l e_1 = c_l for l < min(L, N), zero after. -> [d_model, min(L, N)]
+        (long_conv takes a filter shorter than L as zeros past its end, and walks only the taps it has)."""
+        return self.shift_C[:, :length]
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
         batch, length, _ = u.shape
         heads, p = self.n_heads, self.head_dim
-        q, k, v = (proj(u).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))  # [B, D, L]
-        k = fft_conv(k, self._shift_kernel(length)) + self.shift_D.unsqueeze(-1) * k
-        kv = k.reshape(batch, heads, p, 1, length) * v.reshape(batch, heads, 1, p, length)  # [B, H, P, P, L]
-        K = self.diag_ssm.kernel(length, u.dtype)  # [H, L], shared by the head's P·P channels
-        y = fft_conv(kv, K[:, None, None]) + self.D.reshape(heads, 1, 1, 1) * kv  # [B, H, P (key), P (value), L]
-        o = (q.reshape(batch, heads, p, 1, length) * y).sum(2)  # [B, H, P, L]
-        return self.out_proj(o.reshape(batch, self.d_model, length).transpose(1, 2))
+        q, k, v = (proj(u) for proj in (self.q_proj, self.k_proj, self.v_proj))  # [B, L, D]
+        k = ops.long_conv(k, self._shift_kernel(length), self.shift_D)  # c ∗ K + D_shift K
+        kv = k.reshape(batch, length, heads, p, 1) * v.reshape(batch, length, heads, 1, p)  # [B, L, H, P, P]
+        # one diagonal SSM kernel per head, shared by the head's P·P channels (key, value)
+        K = self.diag_ssm.kernel(length, u.dtype).repeat_interleave(p * p, 0)  # [H·P·P, L]
+        y = ops.long_conv(kv.reshape(batch, length, heads * p * p), K, self.D.repeat_interleave(p * p))
+        o = (q.reshape(batch, length, heads, p, 1) * y.reshape(batch, length, heads, p, p)).sum(3)  # [B, L, H, P]
+        return self.out_proj(o.reshape(batch, length, self.d_model))
 
     def state_size(self, seq_len: int) -> int:
         return self.d_model * self.d_state * self.head_dim
@@ -547,6 +550,6 @@ class H3(Mixer):
 ARCHS: dict[str, MixerSpec] = {
     "mamba": MixerSpec(Mamba, "Mamba selective SSM block (input-dependent Δ, B, C; diagonal A)"),
     "mamba2": MixerSpec(Mamba2, "Mamba-2 SSD block (scalar decay per head, chunked scan, gated RMSNorm)"),
-    "s4d": MixerSpec(S4D, "S4D diagonal time-invariant SSM (S4D-Lin, ZOH), FFT convolution, GELU + GLU"),
+    "s4d": MixerSpec(S4D, "S4D diagonal time-invariant SSM (S4D-Lin, ZOH), long convolution, GELU + GLU"),
     "h3": MixerSpec(H3, "H3: shift SSM on K, diagonal SSM over K ⊙ V, gated by Q"),
 }

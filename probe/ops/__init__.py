@@ -14,6 +14,7 @@ from .cross_entropy import cross_entropy, cross_entropy_ref
 from .dispatch import backend
 from .layer_norm import layer_norm, layer_norm_ref
 from .linear_attention import linear_attention, linear_attention_ref
+from .long_conv import long_conv, long_conv_ref
 from .rotary import rotary, rotary_ref
 from .selective_scan import selective_scan, selective_scan_ref, selective_scan_step
 from .short_conv import short_conv, short_conv_ref, short_conv_step
@@ -26,9 +27,10 @@ OPS = {
     "selective_scan": (selective_scan, selective_scan_ref),
     "linear_attention": (linear_attention, linear_attention_ref),
     "short_conv": (short_conv, short_conv_ref),
+    "long_conv": (long_conv, long_conv_ref),
 }
 
 __all__ = ["OPS", "backend", "cross_entropy", "cross_entropy_ref", "layer_norm", "layer_norm_ref",
-           "linear_attention", "linear_attention_ref", "rotary", "rotary_ref",
+           "linear_attention", "linear_attention_ref", "long_conv", "long_conv_ref", "rotary", "rotary_ref",
            "selective_scan", "selective_scan_ref", "selective_scan_step",
            "short_conv", "short_conv_ref", "short_conv_step"]

@@ -1,0 +1,242 @@
+"""Long causal depthwise convolution as Triton kernels, forward and backward, on tensor cores.
+
+    y[b, t] = Σ_{s ≤ t} x[b, s] · k[t − s]  (+ bias · x[b, t])         (per channel c; k[τ] = 0 for τ ≥ Lk)
+
+x [R, L, C] (R = G groups of rows, a pack's models), k [G, C, Lk] in filter order, bias [G, C] or None: the
+function of `reference.long_conv_ref`. Per channel the convolution is a product with a lower-triangular Toeplitz
+matrix, Y_c = X_c T_c with X_c [rows, L] and T_c[s, t] = k[c, t − s], so a tile of it is a tl.dot of an x tile
+[BB rows, BL positions] with a T tile [BL, BL] gathered from the filter (k_ptr + t − s, masked): B·L²·C FLOPs,
+cheap on tensor cores at L ≤ 1024 next to an FFT's casts, complex [B, C, 2L] tensors and copies, and x and y
+each move once.
+
+Layout: the kernels read and write through (row, position, channel) strides, and the host hands them
+channel-major memory (positions contiguous, so each tile row is one coalesced read): a token-major input is
+copied once, transposed; a channel-major view (H3's kv, or this op's own output) goes in as it is. y, dx come back
+as [R, L, C] views of channel-major [R, C, L] memory.
+
+  _toeplitz     one program per (channel, row block, output block of BL positions): walks the input blocks the
+                filter reaches, the output block's own (diagonal) block last, whose x tile also gives the bias
+                term, and stores the float32 accumulator once. ANTI=True is the transposed (anti-causal)
+                product, the backward's dx[b, s] = Σ_{t ≥ s} dy[b, t] k[t − s] (+ bias · dy[b, s]).
+  _filter_grad  dk[τ] = Σ_b Σ_t dy[b, t] x[b, t − τ]: for the lag block j, A_j[i, l] = Σ_{b, tb}
+                dy[b, tb·BL + i] x[b, (tb − j)·BL + l] is a tl.dot contracted over rows (dyᵀ loaded transposed
+                from memory), accumulated over every output block tb; τ = j·BL + i − l, so dk is A_j summed along
+                its diagonals: the program stores A_j to its own float32 scratch tile, and after tl.debug_barrier
+                reads it back skewed ([l, i − l]) and sums the columns. Diagonals i ≥ l are lags of block j,
+                i < l of block j − 1: the host adds the two halves (no atomics: deterministic). A fixed number of
+                programs walks the (channel, j) items, so the scratch stays PROGRAMS·BL² floats.
+                dbias = Σ_{b,t} dy·x is dk's lag 0, so it costs nothing more.
+
+Where it departs from the FFT reference: float32 inputs are exact float32 dot products (input_precision="ieee",
+never tf32), a different order of summation only; bf16/fp16 inputs multiply in their dtype, the filter tile cast
+to it inside the kernel (a float32 filter beside bf16 activations, as the mixers pass them under autocast, is
+rounded to bf16), and accumulate in float32, where the reference computes everything in float32. Triton 3.6 on
+Hopper miscompiles tl.dot of a tl.trans of a computed tile: no tile is transposed, dyᵀ is loaded with swapped
+strides. Fixed block sizes, untuned (no GPU to hand when written; the interpreter cannot autotune).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ..dispatch import fold
+
+NUM_WARPS = 4  # untuned
+MAX_BLOCK = 64  # positions and rows per tile: [64, 64] dots, a [64, 64] float32 accumulator
+PROGRAMS = 1024  # _filter_grad's programs: about 8 per H200 SM; each holds one BL² float32 scratch tile
+
+
+@triton.jit
+def _tile(ptr, base, rows, pos, n_rows, L, s_r, s_l):
+    """ptr[base + row·s_r + pos·s_l] as a [rows, positions] tile, zeros outside the group's rows and L."""
+    mask = (rows < n_rows)[:, None] & (pos < L)[None, :]
+    return tl.load(ptr + base + rows.to(tl.int64)[:, None] * s_r + pos.to(tl.int64)[None, :] * s_l, mask=mask,
+                   other=0.0)
+
+
+@triton.jit
+def _taps(k_ptr, base, taps, pos_in, pos_out, ANTI: tl.constexpr):
+    """The Toeplitz tile [positions in, positions out]: k[out − in] (ANTI: k[in − out]), 0 at lags outside
+    [0, taps) (taps = min(L, Lk))."""
+    if ANTI:
+        lag = pos_in[:, None] - pos_out[None, :]
+    else:
+        lag = pos_out[None, :] - pos_in[:, None]
+    return tl.load(k_ptr + base + lag, mask=(lag >= 0) & (lag < taps), other=0.0)
+
+
+@triton.jit
+def _toeplitz(src_ptr, k_ptr, bias_ptr, dst_ptr, L, C, rows_per_group, taps, k_stride, n_blocks, n_row_blocks,
+              s_r, s_l, s_c, d_r, d_l, d_c, ANTI: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+              BB: tl.constexpr, BL: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    jb = pid % n_blocks  # output blocks of one channel run side by side: they reread the same input blocks
+    rb = (pid // n_blocks) % n_row_blocks
+    gc = pid // (n_blocks * n_row_blocks)  # group · C + channel
+    grp, c = gc // C, gc % C
+    rows = rb * BB + tl.arange(0, BB)
+    offs = tl.arange(0, BL)
+    out = jb * BL + offs
+    src = grp * rows_per_group * s_r + c * s_c
+    k_base = gc * k_stride
+    if ANTI:  # inputs at out .. out + taps − 1: the blocks after this one
+        lo = jb + 1
+        hi = tl.minimum(n_blocks, (jb * BL + BL + taps - 2) // BL + 1)
+    else:  # inputs at out − taps + 1 .. out: the blocks before this one
+        lo = tl.maximum(jb * BL - taps + 1, 0) // BL
+        hi = jb
+    acc = tl.zeros([BB, BL], dtype=tl.float32)
+    for ib in range(lo, hi):
+        pos = ib * BL + offs
+        a = _tile(src_ptr, src, rows, pos, rows_per_group, L, s_r, s_l)              # [BB, BL]
+        acc = tl.dot(a, _taps(k_ptr, k_base, taps, pos, out, ANTI).to(a.dtype), acc, input_precision=PRECISION)
+    a = _tile(src_ptr, src, rows, out, rows_per_group, L, s_r, s_l)                  # the diagonal block
+    acc = tl.dot(a, _taps(k_ptr, k_base, taps, out, out, ANTI).to(a.dtype), acc, input_precision=PRECISION)
+    if HAS_BIAS:  # the feed-through, in float32 (not rounded into the bf16 tap k[0])
+        acc += tl.load(bias_ptr + gc).to(tl.float32) * a.to(tl.float32)
+    mask = (rows < rows_per_group)[:, None] & (out < L)[None, :]
+    dst = dst_ptr + grp * rows_per_group * d_r + c * d_c
+    tl.store(dst + rows.to(tl.int64)[:, None] * d_r + out.to(tl.int64)[None, :] * d_l,
+             acc.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _filter_grad(x_ptr, dy_ptr, scratch_ptr, parts_ptr, L, C, channels, rows_per_group, n_blocks, n_row_blocks,
+                 n_lag_blocks, s_r, s_l, s_c, g_r, g_l, g_c, PRECISION: tl.constexpr, BB: tl.constexpr,
+                 BL: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = tl.arange(0, BL)
+    row_offs = tl.arange(0, BB)
+    skew = tl.arange(0, 2 * BL)
+    scratch = scratch_ptr + pid.to(tl.int64) * BL * BL
+    for item in range(pid, channels * n_lag_blocks, tl.num_programs(0)):
+        j = item // channels  # lag block j first: the items of most work (every tb ≥ j) are spread over programs
+        gc = (item % channels).to(tl.int64)
+        grp, c = gc // C, gc % C
+        x_base = grp * rows_per_group * s_r + c * s_c
+        dy_base = grp * rows_per_group * g_r + c * g_c
+        acc = tl.zeros([BL, BL], dtype=tl.float32)  # A_j[i, l]
+        for tb in range(j, n_blocks):
+            t = tb * BL + offs
+            s = (tb - j) * BL + offs
+            for rb in range(0, n_row_blocks):
+                rows = rb * BB + row_offs
+                mask = (t < L)[:, None] & (rows < rows_per_group)[None, :]
+                dy_t = tl.load(dy_ptr + dy_base + t.to(tl.int64)[:, None] * g_l + rows.to(tl.int64)[None, :] * g_r,
+                               mask=mask, other=0.0)                                 # [BL (t), BB], dyᵀ
+                xs = _tile(x_ptr, x_base, rows, s, rows_per_group, L, s_r, s_l)     # [BB, BL (s)]
+                acc = tl.dot(dy_t, xs, acc, input_precision=PRECISION)
+        tl.store(scratch + offs[:, None] * BL + offs[None, :], acc)
+        tl.debug_barrier()  # the whole tile is in scratch before any thread reads it back skewed
+        i = offs[:, None] + skew[None, :] - BL  # row i of A_j on diagonal i − l = skew − BL, for each column l
+        diag = tl.load(scratch + i * BL + offs[:, None], mask=(i >= 0) & (i < BL), other=0.0)  # [BL (l), 2BL]
+        # column d: lag (j − 1)·BL + d
+        tl.store(parts_ptr + (gc * n_lag_blocks + j) * 2 * BL + skew, tl.sum(diag, axis=0))
+        tl.debug_barrier()  # every read is done before the next item overwrites the scratch
+
+
+def _blocks(rows_per_group: int, length: int) -> tuple[int, int]:
+    """(BB rows, BL positions) per tile; tl.dot needs 16 or more of each."""
+    return (max(16, min(MAX_BLOCK, triton.next_power_of_2(rows_per_group))),
+            max(16, min(MAX_BLOCK, triton.next_power_of_2(length))))
+
+
+def _precision(x: torch.Tensor) -> str:
+    return "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 dots in full precision; ignored for bf16/fp16
+
+
+def _channel_major(t: torch.Tensor) -> torch.Tensor:
+    """t [R, L, C] with its positions contiguous in memory (a transposed copy only where they are not)."""
+    return t if t.stride(1) == 1 or t.shape[1] == 1 else t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def _convolve(src: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, anti: bool) -> torch.Tensor:
+    """The causal (anti=False: y from x) or anti-causal (anti=True: dx from dy) product, [R, L, C] in src's dtype,
+    as a view of channel-major memory. src channel-major, k [G, C, Lk] contiguous, bias [G, C] or None."""
+    rows, length, c = src.shape
+    groups = k.shape[0]
+    dst = torch.empty(rows, c, length, dtype=src.dtype, device=src.device).transpose(1, 2)
+    if dst.numel() == 0:
+        return dst
+    block_b, block_l = _blocks(rows // groups, length)
+    n_blocks, n_row_blocks = triton.cdiv(length, block_l), triton.cdiv(rows // groups, block_b)
+    _toeplitz[(groups * c * n_row_blocks * n_blocks,)](
+        src, k, bias if bias is not None else k, dst, length, c, rows // groups, min(length, k.shape[-1]),
+        k.shape[-1], n_blocks, n_row_blocks, *src.stride(), *dst.stride(), ANTI=anti, HAS_BIAS=bias is not None,
+        PRECISION=_precision(src), BB=block_b, BL=block_l, num_warps=NUM_WARPS)
+    return dst
+
+
+def _filter_grad_lags(x: torch.Tensor, dy: torch.Tensor, groups: int, taps: int) -> torch.Tensor:
+    """dk[g·C + c, τ] = Σ_b Σ_t dy[b, t, c] x[b, t − τ, c] for τ < taps: [G·C, taps] float32 (the rows b of group
+    g; x, dy [R, L, C] channel-major)."""
+    rows, length, c = x.shape
+    block_b, block_l = _blocks(rows // groups, length)
+    n_blocks = triton.cdiv(length, block_l)
+    # A_j gives lags (j − 1)·BL .. (j + 1)·BL: the last lag block needs the next j's negative diagonals
+    n_lag_blocks = min(triton.cdiv(taps, block_l) + 1, n_blocks)
+    channels = groups * c
+    programs = min(channels * n_lag_blocks, PROGRAMS)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    scratch = torch.empty(programs, block_l, block_l, **f32)
+    parts = torch.empty(channels, n_lag_blocks, 2 * block_l, **f32)
+    _filter_grad[(programs,)](
+        x, dy, scratch, parts, length, c, channels, rows // groups, n_blocks, triton.cdiv(rows // groups, block_b),
+        n_lag_blocks, *x.stride(), *dy.stride(), PRECISION=_precision(x), BB=block_b, BL=block_l,
+        num_warps=NUM_WARPS)
+    lags = parts[..., block_l:].clone()     # block j from A_j's diagonals i ≥ l
+    lags[:, :-1] += parts[:, 1:, :block_l]  # and from A_{j+1}'s diagonals i < l
+    return lags.reshape(channels, n_lag_blocks * block_l)[:, :taps]
+
+
+class _LongConv(torch.autograd.Function):
+    """y for x [R, L, C], k [G, C, Lk], bias [G, C] or None, the R rows in G equal groups; torch.func.vmap over it
+    folds the vmap dimension into the rows and the groups, so a pack of K models, each with its own filter, is
+    one launch."""
+
+    @staticmethod
+    def forward(x, k, bias):
+        return _convolve(_channel_major(x), k.contiguous(), bias.contiguous() if bias is not None else None, False)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, k, bias = inputs
+        ctx.save_for_backward(x, k, bias)  # x as given: its channel-major copy is remade, not kept
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, k, bias = ctx.saved_tensors
+        rows, length, c = x.shape
+        groups, lk = k.shape[0], k.shape[-1]
+        taps = min(length, lk)
+        k, dy = k.contiguous(), _channel_major(dy.to(x.dtype))
+        bias = bias.contiguous() if bias is not None else None
+        dx = dk = dbias = None
+        if ctx.needs_input_grad[0]:
+            dx = _convolve(dy, k, bias, True)
+        if ctx.needs_input_grad[1] or (bias is not None and ctx.needs_input_grad[2]):
+            if x.numel():
+                lags = _filter_grad_lags(_channel_major(x), dy, groups, taps)  # [G·C, taps] float32
+            else:  # nothing to convolve: no gradient
+                lags = torch.zeros(groups * c, max(taps, 1), dtype=torch.float32, device=x.device)
+            dk = F.pad(lags, (0, lk - lags.shape[1])).view(groups, c, lk).to(k.dtype)  # taps past L: zeros
+            if bias is not None:
+                dbias = lags[:, 0].view(groups, c).to(bias.dtype)  # Σ dy·x is lag 0
+        return dx, dk, dbias
+
+    @staticmethod
+    def vmap(info, in_dims, x, k, bias):
+        size = info.batch_size
+        x, k, bias = (fold(t, bdim, size) for t, bdim in zip((x, k, bias), in_dims))
+        y = _LongConv.apply(x, k, bias)
+        return y.view(size, y.shape[0] // size, *y.shape[1:]), 0
+
+
+def long_conv_kernel(x: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y [B, L, C] (x's dtype; a view of channel-major memory) from x [B, L, C], k [C, Lk] or [G, C, Lk], bias [C]
+    or [G, C] or None (shapes checked by the caller). Runs under torch.func.vmap (one launch for all K members)."""
+    if k.dim() == 2:
+        k, bias = k[None], (bias[None] if bias is not None else None)
+    return _LongConv.apply(x, k, bias)
