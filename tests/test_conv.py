@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from probe.mixers.base import state_numel
-from probe.mixers.conv import (BaseConv, Hyena, HyenaFilter, ImplicitFilter, causal_conv_step, fft_conv,
-                               positional_table)
-from probe.ops import short_conv
+from probe.mixers.conv import BaseConv, Hyena, HyenaFilter, ImplicitFilter, causal_conv_step, positional_table
+from probe.ops import long_conv_ref, short_conv
 from probe.model import build_model
 from mixer_helpers import randn, run_steps
 
@@ -23,6 +22,11 @@ def direct_causal_conv(u, k):
         for s in range(min(t + 1, k.shape[-1])):
             y[..., t] += k[:, s] * u[..., t - s]
     return y
+
+
+def fft_conv(u, k, bias=None):
+    """probe.ops.long_conv_ref (the FFT) channel-major: u [B, D, L] -> [B, D, L]."""
+    return long_conv_ref(u.transpose(1, 2), k, bias).transpose(1, 2)
 
 
 CONV_CASES = [(1, 1), (1, 5), (63, 7), (63, 90), (100, 3), (100, 100), (100, 250)]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from probe.mixers import ssm
 from probe.mixers.base import state_numel
-from probe.ops import selective_scan_ref
+from probe.ops import long_conv_ref, selective_scan_ref
 from mixer_helpers import randn
 
 f64 = torch.float64
@@ -157,15 +157,6 @@ def test_mamba2_with_two_groups_normalises_each_group_of_heads_separately():
 # --- S4D ----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("L", [1, 7, 33])
-def test_fft_conv_equals_direct_causal_convolution(L):
-    u, k = randn(2, 3, L, seed=1), randn(3, L, seed=2)
-    direct = torch.stack(
-        [sum(k[:, s] * u[..., t - s] for s in range(t + 1)) for t in range(L)], dim=-1
-    )  # y_t = Σ_{s<=t} k_s u_{t−s}
-    torch.testing.assert_close(ssm.fft_conv(u, k), direct)
-
-
 def test_s4d_kernel_is_the_recurrence_impulse_response():
     torch.manual_seed(0)
     diag = ssm.DiagonalSSM(channels=3, d_state=8, dt_min=1e-2, dt_max=0.5).double()
@@ -217,10 +208,10 @@ def test_h3_shift_ssm_moves_an_impulse_one_position_per_step():
 
 def test_h3_shift_kernel_is_the_learned_filter():
     mixer = ssm.H3(4, d_state=6).double()
-    k = torch.zeros(1, 4, 10, dtype=f64)
-    k[..., 2] = 1.0  # an impulse at position 2 comes out as the taps starting at 2
-    out = ssm.fft_conv(k, mixer._shift_kernel(10))
-    expected = F.pad(mixer.shift_C.detach(), (2, 2)).unsqueeze(0)
+    k = torch.zeros(1, 10, 4, dtype=f64)
+    k[:, 2] = 1.0  # an impulse at position 2 comes out as the taps starting at 2
+    out = long_conv_ref(k, mixer._shift_kernel(10)).transpose(1, 2)
+    expected = F.pad(mixer.shift_C.detach(), (2, 10 - 2 - mixer.d_state)).unsqueeze(0)
     torch.testing.assert_close(out, expected)
 
 

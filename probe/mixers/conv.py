@@ -4,8 +4,7 @@ Both mix a sequence with a causal convolution y_t = Σ_{s≤t} h_s · u_{t-s} wh
 sequence, gated elementwise by a projection of the input. The long convolution runs as probe.ops.long_conv
 (token-major, with Hyena's feed-through fused: a Toeplitz product on tensor cores on a GPU, a zero-padded FFT on
 a CPU); the short convolutions (a few taps) run as probe.ops.short_conv, token-major, with their bias (and
-BaseConv's gate) fused. `fft_conv` is the same long convolution channel-major ([B, D, L]), which no mixer
-calls: the tests check it, and Monarch Mixer's convolution, against a direct sum.
+BaseConv's gate) fused.
 
 Recurrent form: a long filter has no finite state, so `step` keeps the past inputs of every long convolution
 in a buffer and takes one dot product per channel with the reversed filter (`causal_conv_step`); this is what
@@ -27,19 +26,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..ops import long_conv, long_conv_ref, short_conv, short_conv_step
+from ..ops import long_conv, short_conv, short_conv_step
 from .base import Mixer, MixerSpec, State
-
-
-def fft_conv(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """probe.ops.long_conv_ref channel-major: y[..., d, t] = Σ_{s=0}^{t} k[d, s] · u[..., d, t-s] (+ bias[d] · u).
-
-    u: [..., D, L], k: [D, Lk] (Lk ≥ L is cut to L; Lk < L acts as zeros past Lk), bias: [D] or None -> u's shape.
-    No mixer calls it (they call probe.ops.long_conv token-major); the tests compare with it.
-    """
-    d, seq_len = u.shape[-2:]
-    y = long_conv_ref(u.reshape(-1, d, seq_len).transpose(1, 2), k, bias)   # [B, L, D]
-    return y.transpose(1, 2).reshape(u.shape)
 
 
 def causal_conv_step(u_t: torch.Tensor, past: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

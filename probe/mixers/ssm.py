@@ -24,7 +24,6 @@ from torch import nn
 from .. import ops
 from ..ops import selective_scan, selective_scan_step, short_conv, short_conv_step
 from .base import Mixer, MixerSpec, State
-from .conv import fft_conv  # noqa: F401  (no longer called here; tests/test_ssm.py reaches it as ssm.fft_conv)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
