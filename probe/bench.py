@@ -225,6 +225,9 @@ def op_inputs(name: str, batch: int, seq_len: int, d_model: int, device: torch.d
         log_decay = -torch.rand(batch, seq_len, heads, device=device, generator=g) * 0.1
         return [randn(batch, seq_len, heads, 64, scale=0.125), randn(batch, seq_len, heads, 64, scale=0.125),
                 randn(batch, seq_len, heads, 64), log_decay.requires_grad_()], {}
+    if name == "taylor_attention":  # Based's defaults: 4 heads, feature_dim 16, head_dim d_model / 4
+        return [randn(batch, seq_len, 4, 16), randn(batch, seq_len, 4, 16),
+                randn(batch, seq_len, 4, max(1, d_model // 4))], {}
     raise ProbeError(f"bench ops: no bench shape for op {name!r}")
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from probe import ops
 from probe.mixers import MIXERS, state_numel
 from probe.mixers.linear_attention import (
     GatedLinearAttention,
@@ -17,7 +18,6 @@ from probe.mixers.linear_attention import (
     linear_attention_recurrent,
     orthogonal_gaussian_features,
     rotate,
-    taylor_attention_quadratic,
     taylor_feature_map,
 )
 
@@ -223,7 +223,7 @@ def test_taylor_quadratic_form_equals_the_chunked_form_on_its_features(length):
     g = torch.Generator().manual_seed(length)
     q, k = (torch.randn(B, length, H, 4, generator=g, dtype=torch.float64) for _ in range(2))
     v = torch.randn(B, length, H, DV, generator=g, dtype=torch.float64)
-    quadratic = taylor_attention_quadratic(q, k, v)
+    quadratic = ops.taylor_attention(q, k, v)  # float64: the reference on any device
     chunked = linear_attention(taylor_feature_map(q), taylor_feature_map(k), v, None, normalize=True)
     torch.testing.assert_close(quadratic, chunked, rtol=1e-9, atol=1e-10)
 
@@ -523,3 +523,25 @@ def test_mixer_through_the_kernel_matches_the_reference(name, monkeypatch, poiso
     for g, g_ref in zip(grads, grads_ref):
         if g_ref is not None:
             torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-5)
+
+
+def test_based_quadratic_form_through_the_kernel_matches_the_reference(monkeypatch, poisoned):
+    # at L ≤ quadratic_max_len Based runs the op probe.ops.taylor_attention: its kernel against its reference
+    kernel = importlib.import_module("probe.ops.taylor_attention.kernel")
+    torch.manual_seed(0)
+    mixer = MIXERS["based"].build(16)
+    x = torch.randn(2, 70, 16, requires_grad=True)  # past one 64-position block
+    wrt = [x, *mixer.parameters()]
+    monkeypatch.setenv("PROBE_OPS", "ref")
+    expected = mixer(x)
+    grads_ref = torch.autograd.grad(expected.square().sum(), wrt)
+    launches = []
+    original = kernel.taylor_attention_kernel
+    monkeypatch.setattr(kernel, "taylor_attention_kernel", lambda *a: launches.append(1) or original(*a))
+    monkeypatch.setenv("PROBE_OPS", "triton")
+    y = mixer(x)
+    grads = torch.autograd.grad(y.square().sum(), wrt)
+    assert launches, "the mixer did not reach the kernel"
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-5)

@@ -91,6 +91,17 @@ def _long_conv_case(shape, seed):
     return [x, k, *extra], {}, list(range(2 + len(extra)))
 
 
+def _taylor_attention_case(shape, seed):
+    batch, length, heads, d, dv = shape
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(batch, length, heads, d, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(batch, length, heads, dv, generator=g, dtype=torch.float64)
+    # at L = 1, o = v·A/(A + eps): q and k reach o only through eps, so their gradients are O(eps), below what
+    # float32 resolves at the default eps = 1e-6 (the float32 reference misses them by 10%); a large eps makes them
+    # measurable
+    return [q, k, v], ({"eps": 0.5} if length == 1 else {}), [0, 1, 2]
+
+
 # op -> (case builder, shapes: lengths 1, 63, 64, 200, 1000 rows; odd widths; and its packed form)
 CASES = {
     "layer_norm": (_layer_norm_case, [(1, 1, 7), (2, 63, 10), (64, 33), (1, 200, 128), (1000, 5)]),
@@ -108,6 +119,9 @@ CASES = {
     # (rows, L, C, Lk, bias): Lk > L is cut to L, Lk < L acts as zeros past Lk
     "long_conv": (_long_conv_case, [(2, 1, 5, 1, 1), (2, 63, 10, 90, 1), (3, 64, 33, 64, 0), (2, 200, 7, 50, 1),
                                     (1, 1000, 3, 1000, 0), (1, 40, 130, 30, 1)]),
+    # (B, L, H, d', Dv)
+    "taylor_attention": (_taylor_attention_case, [(2, 1, 3, 8, 16), (2, 63, 3, 16, 33), (1, 64, 2, 33, 16),
+                                                  (2, 200, 2, 16, 16), (1, 1000, 1, 16, 33), (1, 130, 5, 8, 64)]),
 }
 # op -> (how many leading arguments each member has its own of under vmap, the autograd.Function it launches)
 PACKABLE = {"layer_norm": (3, "probe.ops.layer_norm.kernel._LayerNorm"),
@@ -115,7 +129,8 @@ PACKABLE = {"layer_norm": (3, "probe.ops.layer_norm.kernel._LayerNorm"),
             "selective_scan": (6, "probe.ops.selective_scan.kernel._SelectiveScan"),
             "linear_attention": (5, "probe.ops.linear_attention.kernel._LinearAttention"),
             "short_conv": (4, "probe.ops.short_conv.kernel._ShortConv"),
-            "long_conv": (3, "probe.ops.long_conv.kernel._LongConv")}
+            "long_conv": (3, "probe.ops.long_conv.kernel._LongConv"),
+            "taylor_attention": (3, "probe.ops.taylor_attention.kernel._TaylorAttention")}
 
 
 def test_every_registered_op_has_test_cases():
@@ -226,6 +241,11 @@ def test_dispatch_rule(monkeypatch):
     ("long_conv", lambda: (torch.zeros(2, 5, 3), torch.zeros(3, 0)), "k must be"),
     ("long_conv", lambda: (torch.zeros(3, 5, 4), torch.zeros(2, 4, 5)), "groups"),
     ("long_conv", lambda: (torch.zeros(2, 5, 4), torch.zeros(4, 5), torch.zeros(3)), "bias must be"),
+    ("taylor_attention", lambda: (torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 6), torch.zeros(2, 5, 3, 4)),
+     "q and k"),
+    ("taylor_attention", lambda: (torch.zeros(2, 5, 4), torch.zeros(2, 5, 4), torch.zeros(2, 5, 4)), "q and k"),
+    ("taylor_attention", lambda: (torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 4), torch.zeros(2, 6, 3, 4)),
+     "v must"),
 ])
 def test_ops_name_a_misshapen_input(name, args, message):
     with pytest.raises(ValueError, match=message):
@@ -346,3 +366,18 @@ def test_long_conv_reads_a_channel_major_view_without_a_copy_first(kernel, poiso
     assert view.stride(1) == 1
     out = ops.long_conv(view, k.float().to(DEVICE), bias.float().to(DEVICE))
     assert _rel(out.cpu(), ops.long_conv_ref(x, k, bias)) < TOL[torch.float32]
+
+
+def test_taylor_attention_reads_head_slices_of_a_fused_projection_without_a_copy_first(kernel, poisoned):
+    # q, k, v as column slices of one [B, L, 2·H·d' + H·Dv] projection: strided batch, position and head
+    (q, k, v), _, _ = _taylor_attention_case((2, 70, 3, 8, 16), seed=6)
+    fused = torch.cat([t.flatten(-2) for t in (q, k, v)], -1).float().to(DEVICE).requires_grad_()
+    views = [part.unflatten(-1, (3, -1)) for part in fused.split([24, 24, 48], -1)]
+    assert not views[0].is_contiguous() and views[0].stride(-1) == 1
+    exact = [t.clone().requires_grad_() for t in (q, k, v)]
+    out, expected = ops.taylor_attention(*views), ops.taylor_attention_ref(*exact)
+    assert _rel(out.cpu(), expected) < TOL[torch.float32]
+    dout = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (grad,) = torch.autograd.grad(out, fused, dout.float().to(DEVICE))
+    grads_ref = torch.autograd.grad(expected, exact, dout)
+    assert _rel(grad.cpu(), torch.cat([g.flatten(-2) for g in grads_ref], -1)) < 4 * TOL[torch.float32]

@@ -225,27 +225,6 @@ def gated_linear_attention_chunked(
     return (o, S) if output_final_state else o
 
 
-def taylor_attention_quadratic(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Based's normalised Taylor linear attention in its quadratic (attention-like) form.
-
-    q, k: [B, L, H, d'] *before* the feature map, v: [B, L, H, Dv] -> o: [B, L, H, Dv] in v's dtype.
-        A_ts = 1 + s + s²/2  (s = q_t·k_s/√d', s ≤ t),   o_t = Σ_s A_ts v_s / Σ_s A_ts
-    The same map as `linear_attention(taylor_feature_map(q), taylor_feature_map(k), v, normalize=True)`,
-    since φ(q)·φ(k) = 1 + s + s²/2, but it never builds the 1+d'+d'(d'+1)/2 features: O(L²·(d'+Dv)) work and
-    O(L²) memory per head instead of O(L·(1+d'+d'(d'+1)/2)·(chunk+Dv)). Cheaper at short lengths, which is where the
-    recall tasks train.
-    """
-    out_dtype, L = v.dtype, q.shape[1]
-    acc = _accumulation_dtype(q, k, v)
-    with _full_precision(q.device):
-        q, k, v = q.to(acc), k.to(acc), v.to(acc)
-        s = torch.einsum("bihd,bjhd->bhij", q, k) * q.shape[-1] ** -0.5  # [B, H, L, L]
-        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-        a = (1 + s + 0.5 * s * s).masked_fill(~causal, 0.0)
-        o = torch.einsum("bhij,bjhv->bihv", a, v) / (a.sum(-1).transpose(1, 2)[..., None] + eps)  # [B, L, H, Dv]
-    return o.to(out_dtype)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Feature maps
 # ----------------------------------------------------------------------------------------------------------------
@@ -495,8 +474,8 @@ class Based(_LinearAttentionMixer):
 
     formula = "n_heads·(1+feature_dim+feature_dim(feature_dim+1)/2)·(head_dim+1)"
     normalize = True
-    # up to this length the forward pass takes the quadratic form (`taylor_attention_quadratic`), beyond it the
-    # chunked one: the same function, whichever is cheaper; not a model choice, so not a flag
+    # up to this length the forward pass takes the quadratic form (the op `probe.ops.taylor_attention`), beyond
+    # it the chunked one: the same function, whichever is cheaper; not a model choice, so not a flag
     quadratic_max_len: ClassVar[int] = 512
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048,
@@ -524,7 +503,7 @@ class Based(_LinearAttentionMixer):
         if x.shape[1] > self.quadratic_max_len:
             return super().forward(x)
         q, k, v = self._project(x)
-        return self._readout(taylor_attention_quadratic(q, k, v).to(x.dtype), x)
+        return self._readout(ops.taylor_attention(q, k, v).to(x.dtype), x)
 
     def _readout(self, o, x):
         return self.out_proj(o.flatten(-2))

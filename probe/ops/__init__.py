@@ -18,6 +18,7 @@ from .long_conv import long_conv, long_conv_ref
 from .rotary import rotary, rotary_ref
 from .selective_scan import selective_scan, selective_scan_ref, selective_scan_step
 from .short_conv import short_conv, short_conv_ref, short_conv_step
+from .taylor_attention import taylor_attention, taylor_attention_ref
 
 #: op name -> (the op, its reference)
 OPS = {
@@ -28,9 +29,10 @@ OPS = {
     "linear_attention": (linear_attention, linear_attention_ref),
     "short_conv": (short_conv, short_conv_ref),
     "long_conv": (long_conv, long_conv_ref),
+    "taylor_attention": (taylor_attention, taylor_attention_ref),
 }
 
 __all__ = ["OPS", "backend", "cross_entropy", "cross_entropy_ref", "layer_norm", "layer_norm_ref",
            "linear_attention", "linear_attention_ref", "long_conv", "long_conv_ref", "rotary", "rotary_ref",
            "selective_scan", "selective_scan_ref", "selective_scan_step",
-           "short_conv", "short_conv_ref", "short_conv_step"]
+           "short_conv", "short_conv_ref", "short_conv_step", "taylor_attention", "taylor_attention_ref"]
