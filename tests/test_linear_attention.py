@@ -3,6 +3,7 @@ each variant keeps its defining property (what tests/test_mixers.py, generated f
 """
 import importlib
 import math
+import os
 
 import pytest
 import torch
@@ -499,6 +500,8 @@ def test_gla_without_output_gate_has_no_gate_weights(cls):
     assert gla(torch.randn(1, 5, 32)).shape == (1, 5, 32)
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET"),
+                    reason="CPU tensors reach a kernel only through Triton's interpreter (tests/test_gpu.py covers CUDA)")
 @pytest.mark.parametrize("name", ["performer", "based", "retnet", "gla_scalar"])
 def test_mixer_through_the_kernel_matches_the_reference(name, monkeypatch, poisoned):
     # the op's Triton kernel (on a CPU through Triton's interpreter) against its reference, inside the mixer
@@ -525,6 +528,8 @@ def test_mixer_through_the_kernel_matches_the_reference(name, monkeypatch, poiso
             torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET"),
+                    reason="CPU tensors reach a kernel only through Triton's interpreter (tests/test_gpu.py covers CUDA)")
 def test_based_quadratic_form_through_the_kernel_matches_the_reference(monkeypatch, poisoned):
     # at L ≤ quadratic_max_len Based runs the op probe.ops.taylor_attention: its kernel against its reference
     kernel = importlib.import_module("probe.ops.taylor_attention.kernel")
