@@ -143,10 +143,10 @@ def plateau_judge(patience_steps: int, min_delta: float):
     return judge
 
 
-def cell_judge(trial: optuna.Trial, rule: str, cell: Cell, sweep: Sweep):
-    """A member's judge in a sweep: the pruner (every evaluation is reported to the trial), then the plateau
-    rule where the sweep has one."""
-    prune = pruning_judge(trial, rule)
+def cell_judge(trial: optuna.Trial, cell: Cell, sweep: Sweep):
+    """A member's judge in a sweep: the pruner (every evaluation is reported to the trial; a pruned trial's reason
+    names its rule), then the plateau rule where the sweep has one."""
+    prune = pruning_judge(trial, "patient median" if sweep.pruning == "patient" else "median")
     if sweep.plateau_epochs is None:
         return prune
     steps = max(1, round(sweep.plateau_epochs * cell.train.num_train / cell.train.batch_size))
@@ -190,10 +190,10 @@ def fit_halving(specs: list, judges: list, progress: bool, names: list[str], cur
 
 
 def train_pack(cell: Cell, sweep: Sweep, study: optuna.Study, asked: list[tuple[optuna.Trial, dict]], *,
-               device: str, progress: bool, rule: str = "median",
+               device: str, progress: bool,
                curves: Curves | None = None) -> list[tuple[int, TrialState, str]]:
     """Train the asked trials as one pack and tell each its result: COMPLETE with its accuracy, PRUNED (by the
-    pruner, whose `rule` the reason names, by the sweep's plateau rule, diverged, or stopped because another
+    pruner, whose rule the reason names, by the sweep's plateau rule, diverged, or stopped because another
     member solved the cell: `Sweep.end_cell_at_target`) with the reason, or FAILED with the error if training
     raised. An interrupt fails the pack's trials as lost, which are retried and never count as failures of the
     cell."""
@@ -201,7 +201,7 @@ def train_pack(cell: Cell, sweep: Sweep, study: optuna.Study, asked: list[tuple[
     specs = [RunSpec(cell.task, cell.arch, cell.model, dataclasses.replace(cell.train, device=device, **params),
                      cell.mixer_options) for _, params in asked]
     try:
-        records = fit_halving(specs, [cell_judge(trial, rule, cell, sweep) for trial, _ in asked], progress,
+        records = fit_halving(specs, [cell_judge(trial, cell, sweep) for trial, _ in asked], progress,
                               [f"trial{trial.number}" for trial, _ in asked], curves, cell, sweep.end_cell_at_target)
     except KeyboardInterrupt:
         for trial, _ in asked:
@@ -287,7 +287,6 @@ def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack
     `pack_size`, else all of the cell's trials), and trains them as one pack; `curves` logs their learning
     curves live.
     """
-    rule = "patient median" if sweep.pruning == "patient" else "median"  # what a pruned trial's reason names
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").setLevel(logging.ERROR)
     did = {"trials": 0, "surplus": 0, "failed": 0, "reaped": 0}
@@ -310,8 +309,7 @@ def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack
                 if not asked:
                     break
                 worked = True
-                told = train_pack(cell, sweep, study, asked, device=device, progress=progress, rule=rule,
-                                  curves=curves)
+                told = train_pack(cell, sweep, study, asked, device=device, progress=progress, curves=curves)
                 for number, state, text in told:
                     did["trials"] += 1
                     did["failed"] += state == TrialState.FAIL
