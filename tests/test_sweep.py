@@ -90,8 +90,28 @@ def test_bad_sweep_file_fails_before_training_with_one_line(case, tmp_path):
 
 
 # -- a whole sweep, two workers --------------------------------------------------------------------------------
+# Each `probe worker` waits in sweep() until both have started, so that one worker cannot finish the whole tiny
+# sweep while the other is still importing torch (as happened on a loaded 2-core CI machine).
+BARRIER = """
+import os, sys, time
+
+
+def _wait_for_both_workers():
+    if sys.argv[1:2] != ["worker"]:
+        return
+    open(f"started-{os.getpid()}", "w").close()
+    deadline = time.time() + 300
+    while len([f for f in os.listdir(".") if f.startswith("started-")]) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+
+
+_wait_for_both_workers()
+"""
+
+
 def test_sweep_completes_every_cell_and_two_workers_never_share_a_trial(tmp_path):
-    path = write_sweep(tmp_path)
+    body = TINY.format(name="tiny", archs=["attention", "baseconv_short"], steps=20, lr=(1e-3, 1e-2), trials=2)
+    path = write_sweep(tmp_path, body=body + BARRIER)
     out = probe("sweep", path, "--device", "cpu", "--workers", "2", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "4 cells complete" in out.stdout
