@@ -14,7 +14,12 @@
           8192, batch 256, d_model 128, 2 layers, no MLP), the figure to compare with its 2.2-2.8 M tokens/s;
           `--pack 1,8,32` trains packs of K members and prints tokens/s per member and summed, the ratio to K = 1
           in the same run, model FLOP utilisation and peak memory; each pack first trains 20 steps, untimed;
-          `--cuda-graphs both` times each pack with eager steps too (fit captures CUDA steps as graphs).
+          `--cuda-graphs both` times each pack with eager steps too (fit captures CUDA steps as graphs);
+          `--seq-len L` moves the cell to Zoology's row at L (pairs L/16, as sweeps/zoology_mqar.py); `--concurrent
+          1,2,4` trains that many identical packs at once, each in a thread of its own on a CUDA stream of its own
+          (what `probe worker --concurrent N` does with different cells' packs), and prints their aggregate
+          tokens/s (all tokens over the span from the first pack's start to the last one's end) against one pack
+          timed the same way in the same run.
 """
 from __future__ import annotations
 
@@ -141,22 +146,70 @@ def flops_per_token(arch: str, task, model_cfg, device: torch.device) -> float:
     return counter.get_total_flops() / ex.inputs.numel()
 
 
+def _train_span():
+    """A Lightning callback recording when training started and when its steps ended (the first evaluation, which
+    bench_train's packs run after their last step; the pack's CUDA stream synchronised)."""
+    import lightning as L
+
+    class Span(L.Callback):
+        start = end = None
+
+        @staticmethod
+        def _now(pl_module):
+            if pl_module.device.type == "cuda":
+                torch.cuda.current_stream(pl_module.device).synchronize()
+            return time.perf_counter()
+
+        def on_train_start(self, trainer, pl_module):
+            self.start = self._now(pl_module)
+
+        def on_validation_start(self, trainer, pl_module):
+            if self.end is None and trainer.state.fn == "fit":
+                self.end = self._now(pl_module)
+
+        def on_train_end(self, trainer, pl_module):
+            if self.end is None:
+                self.end = self._now(pl_module)
+    return Span()
+
+
+def _at_once(n: int, train, cuda: bool):
+    """`train(callbacks)` run n times at once, each in a thread and (CUDA) on a stream of its own; returns (the
+    records of all, the span from the first training start to the last end, in seconds)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_):
+        span = _train_span()
+        if cuda:
+            with torch.cuda.stream(torch.cuda.Stream()):
+                return train([span]), span
+        return train([span]), span
+    with ThreadPoolExecutor(n) as pool:
+        done = list(pool.map(one, range(n)))
+    spans = [span for _, span in done]
+    return [r for records, _ in done for r in records], max(s.end for s in spans) - min(s.start for s in spans)
+
+
 def bench_train(device: torch.device, archs: list[str], steps: int, packs: list[int],
-                graphs: tuple[bool, ...] = (True,)) -> list[dict]:
-    """Each arch at Zoology's Figure-2 cell, trained as packs of K members (learning rates spread over 1e-4..1e-2,
-    as a sweep cell's trials are): tokens/s per member and summed, the ratio to K = 1 measured in the same run,
-    model FLOP utilisation against the bf16 peak, and the pack's peak memory. `graphs`: each pack with its steps
-    captured as CUDA graphs (True, what fit does on CUDA), eager (False), or both, the ratio printed."""
+                graphs: tuple[bool, ...] = (True,), seq_len: int = 256,
+                concurrent: tuple[int, ...] = (1,)) -> list[dict]:
+    """Each arch at Zoology's Figure-2 cell (or its row at `seq_len`), trained as packs of K members (learning
+    rates spread over 1e-4..1e-2, as a sweep cell's trials are): tokens/s per member and summed, the ratio to
+    K = 1 measured in the same run, model FLOP utilisation against the bf16 peak, and the pack's peak memory.
+    `graphs`: each pack with its steps captured as CUDA graphs (True, what fit does on CUDA), eager (False), or
+    both, the ratio printed. `concurrent`: also N such packs at once (threads, a CUDA stream each), their
+    aggregate tokens/s over the span they trained in against one pack's, timed the same way."""
     from .train import ModelConfig, RunSpec, TrainConfig, fit
-    task = TASKS["mqar"](seq_len=256, vocab_size=8192, num_kv_pairs=16)
+    task = TASKS["mqar"](seq_len=seq_len, vocab_size=8192, num_kv_pairs=seq_len // 16)
     model_cfg = ModelConfig(d_model=128, n_layers=2)
-    rows = []
+    rows, cuda = [], device.type == "cuda"
     for arch in archs:
-        def run(k: int, max_steps: int, num_train: int, graph: bool):
+        def run(k: int, max_steps: int, num_train: int, graph: bool, callbacks=None):
             lrs = [10 ** (-4 + 2 * i / max(1, k - 1)) for i in range(k)] if k > 1 else [1e-3]
             return fit([RunSpec(task, arch, model_cfg, TrainConfig(
                 lr=lr, batch_size=256, max_steps=max_steps, num_train=num_train, num_test=3_000,
-                val_every=max_steps, stop_at=None, device=device.type, cuda_graphs=graph)) for lr in lrs])
+                val_every=max_steps, stop_at=None, device=device.type, cuda_graphs=graph)) for lr in lrs],
+                callbacks=callbacks)
         flops = flops_per_token(arch, task, model_cfg, device)
         single, fits = {}, True
         for k in sorted(set([1, *packs])):
@@ -175,18 +228,37 @@ def bench_train(device: torch.device, archs: list[str], steps: int, packs: list[
                 eager = total if not graph else eager
                 peak = records[0].peak_memory_bytes
                 mode = "graphs" if graph else "eager"
-                row = {"arch": arch, "pack": k, "steps": mode, "tokens_per_s_per_member": total / k,
+                row = {"arch": arch, "seq_len": seq_len, "pack": k, "concurrent": 1, "steps": mode,
+                       "tokens_per_s_per_member": total / k,
                        "tokens_per_s": total, "ratio_to_single": total / single[graph], "flops_per_token": flops,
                        "mfu": total * flops / PEAK_BF16_FLOPS if device.type == "cuda" else None,
                        "peak_memory_gib": peak / 2**30 if peak is not None else None}
                 rows.append(row)
-                print(f"{arch:24s} K={k:<3d} {mode:6s} {total / k / 1e6:7.3f} M tok/s per member, "
+                print(f"{arch:24s} L={seq_len:<4d} K={k:<3d} {mode:6s} {total / k / 1e6:7.3f} M tok/s per member, "
                       f"{total / 1e6:8.3f} M summed ({row['ratio_to_single']:5.2f}x K=1"
                       + (f", {total / eager:4.2f}x eager" if graph and eager else "") + ")"
                       + (f", MFU {100 * row['mfu']:5.2f}% of {PEAK_BF16_FLOPS / 1e12:.0f} TFLOP/s"
                          if row["mfu"] is not None else "")
                       + (f", peak {row['peak_memory_gib']:.2f} GiB" if peak is not None else "")
                       + f" [{flops / 1e6:.2f} MFLOP/token counted]", flush=True)
+                alone = None
+                for n in sorted(set([1, *concurrent])) if len(concurrent) > 1 or concurrent[0] > 1 else []:
+                    try:
+                        _at_once(n, lambda cb: run(k, 20, 256 * 20, graph, cb), cuda)
+                        recs, span = _at_once(n, lambda cb: run(k, steps, 100_000, graph, cb), cuda)
+                    except torch.OutOfMemoryError:
+                        torch.cuda.empty_cache()
+                        print(f"{arch:24s} K={k:<3d} x{n} at once does not fit in GPU memory", flush=True)
+                        break
+                    agg = sum(r.train_tokens for r in recs) / span
+                    alone = alone or agg  # n = 1 comes first
+                    rows.append({**row, "concurrent": n, "tokens_per_s": agg, "tokens_per_s_per_member": agg / (n * k),
+                                 "ratio_to_single": agg / alone,
+                                 "mfu": agg * flops / PEAK_BF16_FLOPS if device.type == "cuda" else None,
+                                 "peak_memory_gib": (torch.cuda.max_memory_allocated(device) / 2**30
+                                                     if device.type == "cuda" else None)})
+                    print(f"{arch:24s} L={seq_len:<4d} K={k:<3d} {mode:6s} x{n} at once: {agg / 1e6:8.3f} M tok/s "
+                          f"aggregate over {span:.2f} s ({agg / alone:5.2f}x one pack timed so)", flush=True)
             if not fits:
                 break
     return rows
@@ -273,6 +345,8 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
     from .train import ModelConfig, TrainConfig
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ProbeError("--device cuda but no CUDA device is available")
+    if args.seq_len is None:
+        args.seq_len = 256 if args.what == "train" else 1024
     for flag in ("n", "d_model", "seq_len", "batch", "steps", "repeats"):
         if getattr(args, flag) < 1:
             raise ProbeError(f"{'-n' if flag == 'n' else '--' + flag.replace('_', '-')} {getattr(args, flag)} "
@@ -283,6 +357,14 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
         raise ProbeError(f"--pack {args.pack!r} must be comma-separated integers") from None
     if any(k < 1 for k in packs):
         raise ProbeError(f"--pack {args.pack}: every pack size must be >= 1")
+    try:
+        args.concurrent = tuple(int(n) for n in args.concurrent.split(","))
+    except ValueError:
+        raise ProbeError(f"--concurrent {args.concurrent!r} must be comma-separated integers") from None
+    if any(n < 1 for n in args.concurrent):
+        raise ProbeError(f"--concurrent {','.join(map(str, args.concurrent))}: every number must be >= 1")
+    if args.what == "train" and args.seq_len < 16:
+        raise ProbeError(f"--seq-len {args.seq_len}: bench train's MQAR row needs L >= 16 (pairs L/16)")
     archs = [a.strip() for a in args.archs.split(",")] if args.archs else None
     if args.cuda_graphs == "both" and args.device != "cuda":
         raise ProbeError("--cuda-graphs both needs --device cuda (CUDA graphs capture CUDA steps)")
@@ -308,12 +390,12 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
             check_bytes(f"bench mixers {name}", {"weights with gradients": 8 * params,
                                                  "activations": 4 * args.batch * args.seq_len * args.d_model})
     else:
-        task = TASKS["mqar"](seq_len=256, vocab_size=8192, num_kv_pairs=16)
+        task = TASKS["mqar"](seq_len=args.seq_len, vocab_size=8192, num_kv_pairs=args.seq_len // 16)
         archs = archs or TRAIN_ARCHS
         for arch in archs:
             parse_pattern(arch)
             check_fits(task, arch, ModelConfig(d_model=128, n_layers=2), TrainConfig(batch_size=256,
-                       num_train=100_000, num_test=3_000), {}, pack=max(packs))
+                       num_train=100_000, num_test=3_000), {}, pack=max(packs) * max(args.concurrent))
     return archs, packs
 
 
@@ -324,7 +406,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("-n", type=int, default=100_000, help="tasks: examples to generate")
     p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--seq-len", type=int, default=None, help="mixers, ops: default 1024; train: the MQAR row (default "
+                   "256, Zoology's Figure-2 cell)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=300, help="train: steps per arch")
     p.add_argument("--pack", default="1", help="train: comma-separated pack sizes K (K=1 is always measured too)")
@@ -332,6 +415,8 @@ def main(argv: list[str]) -> None:
                    help="train: steps captured as CUDA graphs (fit's default), eager, or both (the ratio printed)")
     p.add_argument("--archs", default=None, help="comma-separated archs (default: all for mixers; four for "
                    "train), or ops for `ops` (default: all)")
+    p.add_argument("--concurrent", default="1", help="train: comma-separated numbers of identical packs trained at "
+                   "once, a thread and CUDA stream each (the aggregate printed)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
     archs, packs = _check(args)
@@ -346,4 +431,4 @@ def main(argv: list[str]) -> None:
         bench_ops(device, args.d_model, args.seq_len, args.batch, args.repeats, archs)
     else:
         graphs = {"on": (device.type == "cuda",), "off": (False,), "both": (False, True)}[args.cuda_graphs]
-        bench_train(device, archs, args.steps, packs, graphs)
+        bench_train(device, archs, args.steps, packs, graphs, args.seq_len, args.concurrent)

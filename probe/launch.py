@@ -46,11 +46,15 @@ def _device(value: str) -> str:
 
 
 PACK_HELP = "trials trained together in one pack (default: the sweep's pack_size, else all of a cell's trials)"
+CONCURRENT_HELP = ("packs (of different cells) a worker trains at once, each in a thread and on a CUDA stream of "
+                   "its own (default 1): small packs share the GPU inside one process")
 
 
-def _check_flags(pack: int | None, heartbeat: int) -> None:
+def _check_flags(pack: int | None, heartbeat: int, concurrent: int = 1) -> None:
     if pack is not None and pack < 1:
         raise ProbeError(f"--pack {pack} must be >= 1")
+    if concurrent < 1:
+        raise ProbeError(f"--concurrent {concurrent} must be >= 1")
     if heartbeat < 1:
         raise ProbeError(f"--heartbeat {heartbeat} must be >= 1 (seconds)")
 
@@ -62,9 +66,10 @@ def cmd_worker(argv: list[str]) -> None:
     p.add_argument("--heartbeat", type=int, default=60, help="RDB storages: seconds between heartbeats")
     p.add_argument("--progress", action="store_true", help="a progress bar per trial")
     p.add_argument("--pack", type=int, default=None, help=PACK_HELP)
+    p.add_argument("--concurrent", type=int, default=1, help=CONCURRENT_HELP)
     _add_logger_flags(p)
     args = p.parse_args(argv)
-    _check_flags(args.pack, args.heartbeat)
+    _check_flags(args.pack, args.heartbeat, args.concurrent)
     sweep = load_sweep(args.file)
     device = _device(args.device)
     curves = _curves(args, sweep.name)
@@ -73,7 +78,7 @@ def cmd_worker(argv: list[str]) -> None:
     from .tuning import run_worker
     quiet_lightning()
     wid = args.worker_id if args.worker_id is not None else os.getpid()
-    did = run_worker(sweep, storage, device=device, worker_seed=wid, pack=args.pack,
+    did = run_worker(sweep, storage, device=device, worker_seed=wid, pack=args.pack, concurrent=args.concurrent,
                      progress=args.progress, curves=curves,
                      log=lambda m: print(m, flush=True))
     print(f"[worker {wid}] done: {did['trials']} trials ({did['failed']} failed), "
@@ -141,9 +146,10 @@ def cmd_sweep(argv: list[str]) -> None:
     p.add_argument("--workers", type=int, default=1, help="CPU: number of worker processes")
     p.add_argument("--heartbeat", type=int, default=60)
     p.add_argument("--pack", type=int, default=None, help=PACK_HELP)
+    p.add_argument("--concurrent", type=int, default=1, help=CONCURRENT_HELP)
     _add_logger_flags(p)
     args = p.parse_args(argv)
-    _check_flags(args.pack, args.heartbeat)
+    _check_flags(args.pack, args.heartbeat, args.concurrent)
     sweep = load_sweep(args.file)
     device = _device(args.device)
     slots = _slots(device, args.workers_per_gpu, args.workers)
@@ -157,8 +163,9 @@ def cmd_sweep(argv: list[str]) -> None:
     except OSError as e:
         raise ProbeError(f"worker logs: cannot create {log_dir}: {e.strerror}") from None
     cells = sweep.cells()
+    at_once = f", {args.concurrent} packs at once each" if args.concurrent > 1 else ""
     print(f"sweep {sweep.name}: {len(cells)} cells × {sweep.trials_per_cell} trials; {len(slots)} worker(s) on "
-          f"{device}; storage {url}; pruner {sweep.pruning_text()}"
+          f"{device}{at_once}; storage {url}; pruner {sweep.pruning_text()}"
           + (f"; learning curves ({curves.logger}) in {curves.root}" if curves else ""), flush=True)
     procs, start = [], time.time()
     try:
@@ -194,6 +201,8 @@ def _start_worker(args, name: str, url: str, device: str, slot: int, gpu, n_slot
            "--worker-id", str(wid), "--heartbeat", str(args.heartbeat)]
     if args.pack is not None:
         cmd += ["--pack", str(args.pack)]
+    if args.concurrent != 1:
+        cmd += ["--concurrent", str(args.concurrent)]
     if args.logger is not None:
         cmd += ["--logger", args.logger] + (["--log-dir", args.log_dir] if args.log_dir else [])
     # a session of its own: a terminal's Ctrl-C reaches the launcher only, which passes it on exactly once

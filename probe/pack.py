@@ -22,6 +22,7 @@ Design choices:
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
 
 import torch
@@ -99,6 +100,10 @@ class PackedModel(nn.Module):
             setattr(self, name, getattr(self, name).index_select(0, index))
 
 
+#: held while a step is captured: one capture at a time in a process (see StepGraph.run)
+CAPTURING = threading.Lock()
+
+
 class StepGraph:
     """One whole training step (the closure's forward and backward, then the optimiser's update) as a CUDA graph.
 
@@ -131,14 +136,19 @@ class StepGraph:
             return step()
         for p in params:  # the captured backward allocates the gradients in the graph's pool and overwrites them
             p.grad = None
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()  # the eager steps' cached blocks go back, so the graph's pool has room
         graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                output = step()
-        except RuntimeError as e:  # nothing captured ran: weights and optimiser state are as they were
-            self.failed = str(e).splitlines()[0] if str(e) else type(e).__name__
+        # Packs training at once in one worker (threads, a CUDA stream each) capture one at a time (torch's
+        # capture stream is shared, and entering a capture empties the allocator's cache); "thread_local": the
+        # other threads go on launching their own steps meanwhile, which a global capture would forbid.
+        with CAPTURING:
+            torch.cuda.current_stream().synchronize()
+            try:
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    output = step()
+            except RuntimeError as e:  # nothing captured ran: weights and optimiser state are as they were
+                self.failed = str(e).splitlines()[0] if str(e) else type(e).__name__
+                graph = None
+        if graph is None:
             warnings.warn(f"training steps stay eager: the step could not be captured as a CUDA graph "
                           f"({self.failed})", stacklevel=2)
             for p in params:

@@ -145,7 +145,7 @@ def _read_journal(path: str) -> JournalStorage:
     if problems:
         line, what, read = problems[0]
         more = f" ({len(problems) - 1} more bad lines after it)" if len(problems) > 1 else ""
-        _warn(f"storage {path}:{line}: {what}{more}; {read}")
+        warn_once(f"storage {path}:{line}: {what}{more}; {read}")
     return JournalStorage(_ReadOnlyJournal(entries))
 
 
@@ -227,7 +227,7 @@ def _set_aside_cut_off_tail(path: str, lock: JournalFileOpenLock) -> None:
         raise ProbeError(f"storage {path}: its last line is cut off and cannot be set aside: {e.strerror}") from None
     finally:
         lock.release()
-    _warn(f"storage {path} ended in a cut-off entry ({len(tail)} bytes, a write that never finished); "
+    warn_once(f"storage {path} ended in a cut-off entry ({len(tail)} bytes, a write that never finished); "
           f"moved it to {aside}")
 
 
@@ -264,8 +264,8 @@ def _line_start(f, end: int) -> int:
 _warned: set[str] = set()
 
 
-def _warn(message: str) -> None:
-    """One line on stderr, once per process: status and results open a storage more than once."""
+def warn_once(message: str) -> None:
+    """One line on stderr, once per process (status and results open a storage more than once)."""
     if message not in _warned:
         _warned.add(message)
         print(f"probe: warning: {message}", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ import math
 import os
 import platform
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -158,7 +159,9 @@ class RunRecord:
     seed: int
     device: str
     pack_size: int  # members trained together in this run's pack
-    peak_memory_bytes: int | None  # CUDA: the pack's peak allocated memory; None on the CPU
+    #: CUDA: the peak allocated memory while the pack trained (the process's: packs training at once in one
+    #: worker count together); None on the CPU
+    peak_memory_bytes: int | None
     versions: dict
 
     def as_dict(self) -> dict:
@@ -362,8 +365,8 @@ class PackModule(L.LightningModule):
 
 
 class Throughput(L.Callback):
-    """Wall time of training alone (evaluation excluded), measured with the device synchronised; `train_time`
-    is the time so far at each evaluation during training, and the total once training ends."""
+    """Wall time of training alone (evaluation excluded), measured with the pack's CUDA stream synchronised;
+    `train_time` is the time so far at each evaluation during training, and the total once training ends."""
 
     def __init__(self):
         self.start = self.eval_start = None
@@ -372,8 +375,8 @@ class Throughput(L.Callback):
 
     @staticmethod
     def _now(pl_module) -> float:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
+        if pl_module.device.type == "cuda":  # the pack's own stream: other packs of the worker may be running
+            torch.cuda.current_stream(pl_module.device).synchronize()
         return time.perf_counter()
 
     def on_train_start(self, trainer, pl_module):
@@ -449,6 +452,9 @@ def make_logger(logger: Logger, log_dir: str):
     return TensorBoardLogger(log_dir, name="", version="", default_hp_metric=False)
 
 
+_SEEDING = threading.Lock()
+
+
 def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None = None,
         judges: list[Judge] | None = None, logger: Logger | None = None, log_dir: str | None = None,
         log_names: list[str] | None = None, end_at_first_target: bool = False) -> list[RunRecord]:
@@ -477,10 +483,12 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
     task, cfg = first.task, first.train
     device = cfg.resolve_device()
     models = []
-    for spec in specs:  # each member starts from its seed's weights, exactly as a run of its own would
-        L.seed_everything(spec.train.seed, workers=False, verbose=False)
-        models.append(build_model(first.arch, vocab_size=task.vocab_size, max_seq_len=task.max_seq_len,
-                                  decoder=task.decoder, **dataclasses.asdict(first.model), **first.mixer_options))
+    with _SEEDING:  # packs training in threads of one worker (`--concurrent`) seed torch's global generator
+        for spec in specs:  # each member starts from its seed's weights, exactly as a run of its own would
+            L.seed_everything(spec.train.seed, workers=False, verbose=False)
+            models.append(build_model(first.arch, vocab_size=task.vocab_size, max_seq_len=task.max_seq_len,
+                                      decoder=task.decoder, **dataclasses.asdict(first.model),
+                                      **first.mixer_options))
     data = TaskData(task, num_train=cfg.num_train, num_test=cfg.num_test, batch_size=cfg.batch_size,
                     seed=cfg.seed, device=device, repeats=1 + len(cfg.eval_position_schemes))
     data.setup()

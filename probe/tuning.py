@@ -30,16 +30,19 @@ import dataclasses
 import logging
 import os
 import socket
+import threading
 import time
 import traceback
 import warnings
 import zlib
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import TrialState
 
-from .storage import reap_dead_workers, uses_heartbeat, worker_identity
+from .errors import ProbeError
+from .storage import reap_dead_workers, uses_heartbeat, warn_once, worker_identity
 from .sweep import Cell, Sweep
 from .train import Logger
 
@@ -170,7 +173,7 @@ class Curves:
 
 
 def fit_halving(specs: list, judges: list, progress: bool, names: list[str], curves: Curves | None = None,
-                cell: Cell | None = None, end_at_target: bool = False) -> list:
+                cell: Cell | None = None, end_at_target: bool = False, callbacks: list | None = None) -> list:
     """fit(), halving the pack (and retrying each half) when it does not fit in GPU memory. `names`: the
     members' trials, which name their curves."""
     import torch
@@ -179,19 +182,23 @@ def fit_halving(specs: list, judges: list, progress: bool, names: list[str], cur
     log = dict(logger=curves.logger, log_dir=curves.pack_dir(cell, names)) if curves else {}
     try:
         return fit(specs, judges=judges, progress=progress, end_at_first_target=end_at_target, log_names=names,
-                   **log)
+                   callbacks=callbacks, **log)
     except torch.OutOfMemoryError:
         if len(specs) == 1:
             raise
-        torch.cuda.empty_cache()
+        from .pack import CAPTURING
+        with CAPTURING:  # not while another pack of this worker captures its step
+            torch.cuda.empty_cache()
         half = len(specs) // 2
-        return (fit_halving(specs[:half], judges[:half], progress, names[:half], curves, cell, end_at_target)
-                + fit_halving(specs[half:], judges[half:], progress, names[half:], curves, cell, end_at_target))
+        return (fit_halving(specs[:half], judges[:half], progress, names[:half], curves, cell, end_at_target,
+                            callbacks)
+                + fit_halving(specs[half:], judges[half:], progress, names[half:], curves, cell, end_at_target,
+                              callbacks))
 
 
 def train_pack(cell: Cell, sweep: Sweep, study: optuna.Study, asked: list[tuple[optuna.Trial, dict]], *,
-               device: str, progress: bool,
-               curves: Curves | None = None) -> list[tuple[int, TrialState, str]]:
+               device: str, progress: bool, curves: Curves | None = None,
+               callbacks: list | None = None) -> list[tuple[int, TrialState, str]]:
     """Train the asked trials as one pack and tell each its result: COMPLETE with its accuracy, PRUNED (by the
     pruner, whose rule the reason names, by the sweep's plateau rule, diverged, or stopped because another
     member solved the cell: `Sweep.end_cell_at_target`) with the reason, or FAILED with the error if training
@@ -202,8 +209,9 @@ def train_pack(cell: Cell, sweep: Sweep, study: optuna.Study, asked: list[tuple[
                      cell.mixer_options) for _, params in asked]
     try:
         records = fit_halving(specs, [cell_judge(trial, cell, sweep) for trial, _ in asked], progress,
-                              [f"trial{trial.number}" for trial, _ in asked], curves, cell, sweep.end_cell_at_target)
-    except KeyboardInterrupt:
+                              [f"trial{trial.number}" for trial, _ in asked], curves, cell, sweep.end_cell_at_target,
+                              callbacks)
+    except (KeyboardInterrupt, Interrupted):
         for trial, _ in asked:
             trial.set_user_attr("reason", "interrupted")
             trial.set_user_attr("lost", True)
@@ -280,51 +288,173 @@ def cell_status(study: optuna.Study | None, sweep: Sweep) -> str:
 
 
 def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack: int | None = None,
-               progress: bool = False, log=print, curves: Curves | None = None) -> dict[str, int]:
+               progress: bool = False, log=print, curves: Curves | None = None,
+               concurrent: int = 1) -> dict[str, int]:
     """Work on the sweep's cells until none needs a trial. Returns counts of what this worker did.
 
     Each round asks a cell for as many trials as it still needs, up to the pack size (`pack`, else the sweep's
     `pack_size`, else all of the cell's trials), and trains them as one pack; `curves` logs their learning
-    curves live.
+    curves live. `concurrent` > 1: up to that many packs (of different cells) train at once, each in a thread
+    of its own and, on CUDA, on a CUDA stream of its own, so that small packs share the GPU inside one process
+    (processes only take turns on it). An interrupt stops every pack in flight and fails their trials as lost.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").setLevel(logging.ERROR)
+    if concurrent < 1:
+        raise ProbeError(f"--concurrent {concurrent} must be >= 1")
     did = {"trials": 0, "surplus": 0, "failed": 0, "reaped": 0}
     cells = sweep.cells()
     most = pack or sweep.pack_size or sweep.trials_per_cell
     # start at a different cell per worker so that workers rarely race for the same study
     start = worker_seed % len(cells)
-    while True:
-        worked = False
-        for cell in cells[start:] + cells[:start]:
-            study = open_study(cell, sweep, storage, worker_seed)
-            did["reaped"] += reap_dead_workers(study)
-            while True:
-                need = sweep.trials_per_cell - len(live_trials(study))
-                if need <= 0 or failures(study) >= sweep.max_failures_per_cell:
-                    break
-                before = time.time()
-                asked, surplus = ask_pack(cell, sweep, study, min(need, most))
-                did["surplus"] += surplus
-                if not asked:
-                    break
-                worked = True
-                told = train_pack(cell, sweep, study, asked, device=device, progress=progress, curves=curves)
-                for number, state, text in told:
-                    did["trials"] += 1
-                    did["failed"] += state == TrialState.FAIL
-                    log(f"[worker {worker_seed}] {cell.key} trial {number}: {state.name} {text} "
-                        f"({time.time() - before:.1f} s, pack of {len(asked)})")
-                if surplus:
-                    break
-        if not worked:
-            # nothing to start: done unless trials of other workers are still running (they may fail and
-            # need a retry), in which case wait for them
-            running = any(any(t.state == TrialState.RUNNING for t in live_trials(open_study(c, sweep, storage, 0)))
-                          for c in cells)
-            if not running or not uses_heartbeat(storage) and not _other_workers_alive(sweep, storage, cells):
-                return did
-            time.sleep(5)
+    beats = Heartbeats(storage)
+    pool = ThreadPoolExecutor(concurrent, thread_name_prefix="pack") if concurrent > 1 else None
+    stop = threading.Event()  # set: the packs in flight stop at their next step and fail their trials as lost
+    flying: dict[Future, tuple[Cell, list, float]] = {}
+
+    def told(cell: Cell, asked: list, before: float, results) -> None:
+        beats.release(asked)
+        for number, state, text in results:
+            did["trials"] += 1
+            did["failed"] += state == TrialState.FAIL
+            log(f"[worker {worker_seed}] {cell.key} trial {number}: {state.name} {text} "
+                f"({time.time() - before:.1f} s, pack of {len(asked)})")
+
+    def land(block_until: int) -> None:
+        """Tell the packs that have finished, first waiting until at most `block_until` are in flight."""
+        done = [f for f in flying if f.done()]
+        if not done and len(flying) > block_until:
+            done = wait(flying, return_when=FIRST_COMPLETED).done
+        for future in done:
+            cell, asked, before = flying.pop(future)
+            told(cell, asked, before, future.result())
+
+    try:
+        while True:
+            worked = False
+            for cell in cells[start:] + cells[:start]:
+                if any(c.key == cell.key for c, _, _ in flying.values()):
+                    continue  # one pack of a cell at a time: the next one's sampler sees this one's results
+                study = open_study(cell, sweep, storage, worker_seed)
+                did["reaped"] += reap_dead_workers(study)
+                while True:
+                    need = sweep.trials_per_cell - len(live_trials(study))
+                    if need <= 0 or failures(study) >= sweep.max_failures_per_cell:
+                        break
+                    before = time.time()
+                    asked, surplus = ask_pack(cell, sweep, study, min(need, most))
+                    did["surplus"] += surplus
+                    if not asked:
+                        break
+                    worked = True
+                    beats.hold(asked)
+                    if pool is None:
+                        told(cell, asked, before, train_pack(cell, sweep, study, asked, device=device,
+                                                             progress=progress, curves=curves))
+                    else:
+                        flying[pool.submit(_train_on_own_stream, cell, sweep, study, asked, device, progress,
+                                           curves, stop)] = (cell, asked, before)
+                        land(block_until=concurrent - 1)
+                        break
+                    if surplus:
+                        break
+            if flying:
+                land(block_until=0 if not worked else concurrent - 1)
+                continue
+            if not worked:
+                # nothing to start: done unless trials of other workers are still running (they may fail and
+                # need a retry), in which case wait for them
+                running = any(any(t.state == TrialState.RUNNING for t in live_trials(open_study(c, sweep, storage, 0)))
+                              for c in cells)
+                if not running or not uses_heartbeat(storage) and not _other_workers_alive(sweep, storage, cells):
+                    return did
+                time.sleep(5)
+    except BaseException:
+        stop.set()  # every pack in flight fails its trials as lost (train_pack), then this re-raises
+        for future in list(flying):
+            try:
+                future.result()
+            except BaseException:
+                pass
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+        beats.close()
+
+
+class Interrupted(Exception):
+    """Raised inside a pack training in a thread of its own when its worker is interrupted (a signal reaches
+    only the main thread)."""
+
+
+def _train_on_own_stream(cell: Cell, sweep: Sweep, study: optuna.Study, asked: list, device: str, progress: bool,
+                         curves: Curves | None, stop: threading.Event):
+    import torch
+    callbacks = [_stop_when(stop)]
+    if device == "cuda":
+        with torch.cuda.stream(torch.cuda.Stream()):
+            return train_pack(cell, sweep, study, asked, device=device, progress=progress, curves=curves,
+                              callbacks=callbacks)
+    return train_pack(cell, sweep, study, asked, device=device, progress=progress, curves=curves,
+                      callbacks=callbacks)
+
+
+def _stop_when(event: threading.Event):
+    """A Lightning callback that raises Interrupted at the next step (training or evaluation) once `event` is
+    set."""
+    import lightning as L
+
+    class StopWhenSet(L.Callback):
+        def _check(self, *args):
+            if event.is_set():
+                raise Interrupted("the worker was interrupted")
+        on_train_batch_start = on_validation_batch_start = _check
+    return StopWhenSet()
+
+
+class Heartbeats:
+    """RDB storages: records a heartbeat for every trial this worker holds, every heartbeat interval, in a thread
+    of its own, so that a dead worker's trials go stale and are retried (`open_storage`'s stale-trial callback).
+    Optuna beats only inside `study.optimize`; ask-and-tell trials would otherwise never go stale. Journal
+    storages: nothing (dead workers are found by pid, `reap_dead_workers`)."""
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.interval = storage.get_heartbeat_interval() if uses_heartbeat(storage) else None
+        self.held: dict[int, int] = {}  # trial id -> trial number
+        self.lock, self.closed = threading.Lock(), threading.Event()
+        self.thread = None
+        if self.interval:
+            self.thread = threading.Thread(target=self._beat, name="heartbeats", daemon=True)
+            self.thread.start()
+
+    def hold(self, asked: list) -> None:
+        if self.interval:
+            with self.lock:
+                for trial, _ in asked:
+                    self.held[trial._trial_id] = trial.number
+                    self.storage.record_heartbeat(trial._trial_id)
+
+    def release(self, asked: list) -> None:
+        with self.lock:
+            for trial, _ in asked:
+                self.held.pop(trial._trial_id, None)
+
+    def _beat(self) -> None:
+        while not self.closed.wait(self.interval):
+            with self.lock:
+                ids = list(self.held)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as e:  # a lost connection: the trial may go stale and be retried, never lost
+                    warn_once(f"heartbeat of trial id {trial_id} not recorded: {type(e).__name__}: {e}")
+
+    def close(self) -> None:
+        self.closed.set()
+        if self.thread is not None:
+            self.thread.join()
 
 
 def _other_workers_alive(sweep: Sweep, storage, cells) -> bool:

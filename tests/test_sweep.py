@@ -141,22 +141,29 @@ def test_sweep_completes_every_cell_and_two_workers_never_share_a_trial(tmp_path
         assert column in trials.columns
 
 
+def wait_for_running(journal: str, count: int, timeout: float = 120) -> set[tuple[str, int]]:
+    """(study, trial number) of the running trials with a learning rate, once there are `count` (or the time is
+    up)."""
+    deadline = time.time() + timeout
+    running = set()
+    while len(running) < count and time.time() < deadline:
+        time.sleep(0.3)
+        if not os.path.exists(journal):
+            continue
+        storage = open_storage(journal, create=False)
+        running = {(summary.study_name, t.number) for summary in storage.get_all_studies()
+                   for t in storage.get_all_trials(summary._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                   if "lr" in t.params}
+    return running
+
+
 def test_a_worker_sigkilled_mid_pack_has_every_trial_of_its_pack_retried_and_no_cell_over_budget(tmp_path):
     path = write_sweep(tmp_path, name="killme", steps=400)
     journal = str(tmp_path / "runs" / "killme" / "journal.log")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     worker = subprocess.Popen([sys.executable, "-m", "probe", "worker", path, "--device", "cpu"], cwd=tmp_path,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    victims = set()
-    while len(victims) < 2 and time.time() < deadline:  # the cell's two trials, asked as one pack
-        time.sleep(0.3)
-        if not os.path.exists(journal):
-            continue
-        storage = open_storage(journal, create=False)
-        victims = {(summary.study_name, t.number) for summary in storage.get_all_studies()
-                   for t in storage.get_all_trials(summary._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-                   if "lr" in t.params}
+    victims = wait_for_running(journal, 2)  # the cell's two trials, asked as one pack
     assert len(victims) == 2, f"the worker never started a pack of two: {victims}"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
@@ -175,6 +182,54 @@ def test_a_worker_sigkilled_mid_pack_has_every_trial_of_its_pack_retried_and_no_
     res = load_results([path], journal)
     best = best_per_cell(res.trials)
     assert sorted(best["cell"]) == sorted(cells), "every cell exactly once"
+
+
+def _overlap(a, b) -> bool:
+    return a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
+
+
+def test_a_worker_training_two_packs_at_once_completes_every_cell_with_its_budget(tmp_path):
+    path = write_sweep(tmp_path, name="together", steps=40)
+    out = probe("worker", path, "--device", "cpu", "--concurrent", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    cells = studies(str(tmp_path / "runs" / "together" / "journal.log"), path)
+    assert all(len(live(s)) == 2 and len(s.get_trials()) == 2 for s in cells.values()), \
+        {k: [t.state.name for t in s.get_trials()] for k, s in cells.items()}
+    trials = [(key, t) for key, s in cells.items() for t in s.get_trials()]
+    assert any(_overlap(a, b) for ka, a in trials for kb, b in trials if ka != kb), \
+        "no two cells' packs trained at the same time"
+    for _, t in trials:  # each pack trained alone in its own thread: its members' records say pack of 2
+        assert t.user_attrs["record"]["pack_size"] == 2 and t.user_attrs["record"]["steps"] == 40
+
+
+def test_an_interrupted_worker_with_two_packs_in_flight_loses_all_their_trials_and_a_rerun_completes(tmp_path):
+    path = write_sweep(tmp_path, name="stopme", steps=100_000)
+    journal = str(tmp_path / "runs" / "stopme" / "journal.log")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "probe", "worker", path, "--device", "cpu", "--concurrent", "2"],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    victims = wait_for_running(journal, 4)  # two cells' packs of two, in flight together
+    try:
+        assert len(victims) == 4, f"the worker never had two packs in flight: {victims}"
+        time.sleep(1)  # into training
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert worker.returncode == 143, err.decode()[-2000:]
+    assert err.decode().strip().splitlines()[-1].startswith("probe: interrupted"), err.decode()[-2000:]
+    storage = open_storage(journal, create=False)
+    states = {(summary.study_name, t.number): t for summary in storage.get_all_studies()
+              for t in storage.get_all_trials(summary._study_id)}
+    assert not [k for k, t in states.items() if t.state == TrialState.RUNNING], "a trial was left running"
+    for key in victims:
+        assert states[key].state == TrialState.FAIL and states[key].user_attrs["lost"], key
+        assert states[key].user_attrs["reason"] == "interrupted"
+
+    path = write_sweep(tmp_path, name="stopme", steps=20)  # the same cells, now short
+    out = probe("worker", path, "--device", "cpu", "--concurrent", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert all(len(live(s)) == 2 for s in studies(journal, path).values()), "every cell ends with its budget"
 
 
 def test_trials_lost_to_dead_workers_never_make_a_cell_failed(tmp_path):
