@@ -278,7 +278,8 @@ def _is_duplicate(e: Exception) -> bool:
 
 
 def uses_heartbeat(storage) -> bool:
-    return isinstance(storage, RDBStorage)
+    """An RDB storage (heartbeats find dead workers), also as a study holds it: inside Optuna's cache."""
+    return isinstance(getattr(storage, "_backend", storage), RDBStorage)
 
 
 def worker_identity() -> dict:

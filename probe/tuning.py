@@ -17,7 +17,8 @@ Design choices:
 - A member whose loss turns NaN/inf ends PRUNED with the reason recorded; if training raises, every trial of the
   pack ends FAILED with the error recorded; neither stops the worker. A pack that does not fit in GPU memory is
   halved and each half trained in turn.
-- Budget: a cell is done when it has `trials_per_cell` trials that are COMPLETE, PRUNED, RUNNING or WAITING.
+- Budget: a cell is done when it has `trials_per_cell` trials that are COMPLETE, PRUNED, RUNNING or WAITING (a
+  stale RDB trial's retry, which the next worker at the cell asks for and trains).
   Workers race: each new trial counts the live trials numbered before it, and a trial beyond the budget ends
   at once, FAILED and marked `surplus`, before any training. So two workers never train the same trial, and no
   cell trains more trials than its budget.
@@ -89,6 +90,13 @@ def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
 def live_trials(study: optuna.Study, before: int | None = None) -> list:
     return [t for t in study.get_trials(deepcopy=False)
             if t.state in LIVE and not t.user_attrs.get("surplus") and (before is None or t.number < before)]
+
+
+def to_ask(study: optuna.Study, sweep: Sweep) -> int:
+    """How many trials the cell still needs asked for: its budget less its live trials, where a WAITING trial
+    (a stale trial's retry, which `study.ask()` hands out first) is live but still to be asked for."""
+    live = live_trials(study)
+    return sweep.trials_per_cell - len(live) + sum(t.state == TrialState.WAITING for t in live)
 
 
 def failures(study: optuna.Study) -> int:
@@ -338,7 +346,7 @@ def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack
                 study = open_study(cell, sweep, storage, worker_seed)
                 did["reaped"] += reap_dead_workers(study)
                 while True:
-                    need = sweep.trials_per_cell - len(live_trials(study))
+                    need = to_ask(study, sweep)
                     if need <= 0 or failures(study) >= sweep.max_failures_per_cell:
                         break
                     before = time.time()

@@ -148,7 +148,7 @@ def wait_for_running(journal: str, count: int, timeout: float = 120) -> set[tupl
     running = set()
     while len(running) < count and time.time() < deadline:
         time.sleep(0.3)
-        if not os.path.exists(journal):
+        if "://" not in journal and not os.path.exists(journal):
             continue
         storage = open_storage(journal, create=False)
         running = {(summary.study_name, t.number) for summary in storage.get_all_studies()
@@ -339,6 +339,42 @@ def test_workers_starting_together_on_an_empty_database_all_open_it(tmp_path, em
                               stderr=subprocess.STDOUT, text=True) for _ in range(6)]
     logs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 and "opened" in log for p, log in zip(procs, logs)), logs
+
+
+@needs_postgres
+def test_a_worker_sigkilled_mid_pack_on_postgres_has_its_trials_go_stale_and_retried(tmp_path, empty_postgres):
+    # ask-and-tell trials beat only if probe beats for them (Optuna beats inside study.optimize alone): without
+    # that, the dead worker's trials would stay RUNNING and the next worker would wait for them forever
+    name = f"pgkill{os.getpid()}"
+    path = write_sweep(tmp_path, name=name, steps=100_000)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "probe", "worker", path, "--storage", empty_postgres,
+                               "--device", "cpu", "--heartbeat", "1"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        victims = wait_for_running(empty_postgres, 2)
+        assert len(victims) == 2, f"the worker never started a pack of two: {victims}"
+        time.sleep(2)  # a few heartbeats
+    finally:
+        worker.kill()
+        worker.wait()
+    path = write_sweep(tmp_path, name=name, steps=20)  # the same cells, now short
+    out = probe("worker", path, "--storage", empty_postgres, "--device", "cpu", "--heartbeat", "1", cwd=tmp_path,
+                timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    from probe.tuning import failures
+    cells = studies(empty_postgres, path)
+    assert all(len(live(s)) == 2 for s in cells.values()), "every cell ends with exactly its budget"
+    by_name = {s.study_name: s for s in cells.values()}
+    for study_name, number in victims:
+        trials = by_name[study_name].get_trials()
+        killed = next(t for t in trials if t.number == number)
+        assert killed.state == TrialState.FAIL and "died" not in killed.user_attrs.get("reason", ""), \
+            "failed by its stale heartbeat, which works across machines, not by its pid"
+        retry = [t for t in trials if t.system_attrs.get("failed_trial") == number]
+        assert len(retry) == 1 and retry[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert retry[0].params == killed.params, "a retry trains the learning rate the dead worker had"
+        assert failures(by_name[study_name]) == 0, "a trial lost to a dead worker is not a failure of its cell"
 
 
 @needs_postgres
