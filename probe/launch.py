@@ -46,8 +46,14 @@ def _device(value: str) -> str:
 
 
 PACK_HELP = "trials trained together in one pack (default: the sweep's pack_size, else all of a cell's trials)"
-CONCURRENT_HELP = ("packs (of different cells) a worker trains at once, each in a thread and on a CUDA stream of "
-                   "its own (default 1): small packs share the GPU inside one process")
+CONCURRENT_HELP = ("CPU only for now: packs (of different cells) a worker trains at once, each in a thread of its own "
+                   "(default 1)")
+
+
+def _check_concurrent(concurrent: int, device: str) -> None:
+    if concurrent > 1 and device == "cuda":  # measured on the H200, 2026-12-03 (BENCHMARKS.md)
+        raise ProbeError(f"--concurrent {concurrent} with --device cuda: packs on several CUDA streams of one "
+                         "process hit an illegal memory access (baseconv, hyena) and gained at most 1.3x; use 1")
 
 
 def _check_flags(pack: int | None, heartbeat: int, concurrent: int = 1) -> None:
@@ -72,6 +78,7 @@ def cmd_worker(argv: list[str]) -> None:
     _check_flags(args.pack, args.heartbeat, args.concurrent)
     sweep = load_sweep(args.file)
     device = _device(args.device)
+    _check_concurrent(args.concurrent, device)
     curves = _curves(args, sweep.name)
     storage = open_storage(args.storage or default_url(sweep.name), heartbeat=args.heartbeat)
     from .train import quiet_lightning
@@ -152,6 +159,7 @@ def cmd_sweep(argv: list[str]) -> None:
     _check_flags(args.pack, args.heartbeat, args.concurrent)
     sweep = load_sweep(args.file)
     device = _device(args.device)
+    _check_concurrent(args.concurrent, device)
     slots = _slots(device, args.workers_per_gpu, args.workers)
     curves = _curves(args, sweep.name)
     url = args.storage or default_url(sweep.name)

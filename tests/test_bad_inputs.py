@@ -279,6 +279,8 @@ for command in ("sweep", "worker"):
     case(f"{command}-pack-0", [*cpu, "--pack", "0"], "--pack 0")
     case(f"{command}-heartbeat-0", [*cpu, "--heartbeat", "0"], "--heartbeat 0")
     case(f"{command}-concurrent-0", [*cpu, "--concurrent", "0"], "--concurrent 0")
+    case(f"{command}-concurrent-on-cuda", [command, GOOD_FILE, "--device", "cuda", "--concurrent", "2"],
+         "--concurrent 2 with --device cuda", when=not NO_GPU)
     case(f"{command}-device-tpu", [command, GOOD_FILE, "--device", "tpu"], "--device")
     case(f"{command}-cuda-without-a-gpu", [command, GOOD_FILE, "--device", "cuda"], "cuda", when=NO_GPU)
     case(f"{command}-no-sweep-file", [command], "file")

@@ -117,3 +117,35 @@ def test_captured_steps_train_every_arch_as_eager_steps_do(name):
     for g, e in zip(graphed, eager):
         gl, el = [h["loss"] for h in g.history], [h["loss"] for h in e.history]
         assert gl == pytest.approx(el, rel=2e-2, abs=1e-3), (gl, el)
+
+
+@pytest.mark.parametrize("name", ["attention", "mamba", "hyena"])
+def test_packs_training_at_once_on_their_own_streams_train_as_each_does_alone(name):
+    # `probe worker --concurrent`: packs of different cells in threads of one process, a CUDA stream each, their
+    # steps captured one at a time while the others replay theirs
+    from concurrent.futures import ThreadPoolExecutor
+
+    from probe.train import RunSpec, fit
+
+    def run(d_model: int, counts: list):
+        task = TASKS["mqar"](seq_len=64, vocab_size=256, num_kv_pairs=8)
+        count = GraphCount()
+        counts.append(count)
+        return fit([RunSpec(task, name, ModelConfig(d_model=d_model), TrainConfig(
+            lr=lr, batch_size=64, max_steps=30, warmup_steps=2, num_train=64 * 30, num_test=128, val_every=10,
+            stop_at=None, device="cuda")) for lr in (1e-3, 3e-3)], callbacks=[count])
+
+    def on_own_stream(d_model: int, counts: list):
+        with torch.cuda.stream(torch.cuda.Stream()):
+            return run(d_model, counts)
+    widths = (32, 64, 96)
+    alone = [run(d, []) for d in widths]
+    counts = []
+    with ThreadPoolExecutor(len(widths)) as pool:
+        together = list(pool.map(lambda d: on_own_stream(d, counts), widths))
+    assert all(c.failed is None and c.captures == 1 for c in counts), [(c.captures, c.failed) for c in counts]
+    for a_pack, t_pack in zip(alone, together):
+        for a, t in zip(a_pack, t_pack):
+            al, tl = [h["loss"] for h in a.history], [h["loss"] for h in t.history]
+            assert tl == pytest.approx(al, rel=2e-2, abs=1e-3), (name, al, tl)
+            assert t.accuracy == pytest.approx(a.accuracy, abs=0.02)
