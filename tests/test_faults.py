@@ -42,9 +42,15 @@ def probe(*args, cwd, timeout=300):
                           timeout=timeout)
 
 
+def _as_from_a_terminal():
+    # a test run started in the background (`make test &`) ignores SIGINT, and so would every child: probe keeps
+    # an ignored signal ignored, as `nohup` wants; these processes stand for ones started at a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args, cwd):
     return subprocess.Popen([sys.executable, "-m", "probe", *args], cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, preexec_fn=_as_from_a_terminal)
 
 
 def journal_lines(path) -> list[bytes]:
