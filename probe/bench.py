@@ -17,13 +17,15 @@
           `--cuda-graphs both` times each pack with eager steps too (fit captures CUDA steps as graphs);
           `--seq-len L` moves the cell to Zoology's row at L (pairs L/16, as sweeps/zoology_mqar.py); `--concurrent
           1,2,4` trains that many identical packs at once, each in a thread of its own on a CUDA stream of its own
-          (what `probe worker --concurrent N` does with different cells' packs), and prints their aggregate
+          (what `probe worker --concurrent N` does on the CPU; refused there on CUDA, BENCHMARKS.md 2026-12-03),
+          and prints their aggregate
           tokens/s (all tokens over the span from the first pack's start to the last one's end) against one pack
           timed the same way in the same run.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -151,14 +153,11 @@ def _train_span():
     bench_train's packs run after their last step; the pack's CUDA stream synchronised)."""
     import lightning as L
 
+    from .train import Throughput
+
     class Span(L.Callback):
         start = end = None
-
-        @staticmethod
-        def _now(pl_module):
-            if pl_module.device.type == "cuda":
-                torch.cuda.current_stream(pl_module.device).synchronize()
-            return time.perf_counter()
+        _now = staticmethod(Throughput._now)
 
         def on_train_start(self, trainer, pl_module):
             self.start = self._now(pl_module)
@@ -180,10 +179,8 @@ def _at_once(n: int, train, cuda: bool):
 
     def one(_):
         span = _train_span()
-        if cuda:
-            with torch.cuda.stream(torch.cuda.Stream()):
-                return train([span]), span
-        return train([span]), span
+        with torch.cuda.stream(torch.cuda.Stream()) if cuda else contextlib.nullcontext():
+            return train([span]), span
     with ThreadPoolExecutor(n) as pool:
         done = list(pool.map(one, range(n)))
     spans = [span for _, span in done]

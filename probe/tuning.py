@@ -27,6 +27,7 @@ Design choices:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -399,13 +400,9 @@ class Interrupted(Exception):
 def _train_on_own_stream(cell: Cell, sweep: Sweep, study: optuna.Study, asked: list, device: str, progress: bool,
                          curves: Curves | None, stop: threading.Event):
     import torch
-    callbacks = [_stop_when(stop)]
-    if device == "cuda":
-        with torch.cuda.stream(torch.cuda.Stream()):
-            return train_pack(cell, sweep, study, asked, device=device, progress=progress, curves=curves,
-                              callbacks=callbacks)
-    return train_pack(cell, sweep, study, asked, device=device, progress=progress, curves=curves,
-                      callbacks=callbacks)
+    with torch.cuda.stream(torch.cuda.Stream()) if device == "cuda" else contextlib.nullcontext():
+        return train_pack(cell, sweep, study, asked, device=device, progress=progress, curves=curves,
+                          callbacks=[_stop_when(stop)])
 
 
 def _stop_when(event: threading.Event):
