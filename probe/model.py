@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import ProbeError
 from .mixers import MIXERS, Mixer
-from .ops import layer_norm
+from .ops import embedding, layer_norm
 
 ChannelMixer = Literal["none", "mlp", "swiglu"]
 
@@ -71,6 +71,15 @@ class LayerNorm(nn.LayerNorm):
         cast = self.autocast_output and torch.is_autocast_enabled(device)
         out_dtype = torch.get_autocast_dtype(device) if cast else None
         return layer_norm(x, self.weight, self.bias, self.eps, out_dtype=out_dtype)
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding (same parameter, initialisation and state dict) through probe.ops.embedding: on CUDA a pack's K
+    tables read the shared batch in one gather and sum their gradients in one deterministic pass over tokens
+    sorted once (vmap's rule for torch's own sorts K copies of the indices and sums each token's rows serially)."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return embedding(self.weight, tokens)
 
 
 class Block(nn.Module):
@@ -138,7 +147,7 @@ class LanguageModel(nn.Module):
     def __init__(self, mixers: list[Mixer], *, vocab_size: int, d_model: int, channel_mixer: ChannelMixer,
                  decoder: str | None = None):
         super().__init__()
-        self.embed = nn.Embedding(vocab_size, d_model)
+        self.embed = Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(Block(m, d_model, channel_mixer) for m in mixers)
         self.decoder = DECODERS[decoder](d_model) if decoder is not None else None
         self.norm = LayerNorm(d_model)

@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from .model import LanguageModel
+from .ops.adamw import adamw_update
 
 
 class ScoredLogits(nn.Module):
@@ -168,6 +169,9 @@ class PackedAdamW(torch.optim.Optimizer):
     member's own rate by the same warmup/cosine factor: member k steps with lr[k]·factor. Weight decay applies to
     the pack's matrices only (`PackedModel.decays`).
 
+    Each stacked parameter is updated by one fused kernel on CUDA (probe.ops.adamw: one launch, one pass over
+    the weights, gradient and moments, instead of eight of each), from per-member scalars formed once per group.
+
     Capturable: the step count and the schedule factors live on the device, so the update reads no Python number
     that changes from step to step. With `graph` (a StepGraph, CUDA), `step(closure)` runs the closure (forward
     and backward) and the update as one captured graph; the factors are written into their device tensors before
@@ -188,10 +192,6 @@ class PackedAdamW(torch.optim.Optimizer):
         self.member_wd = torch.tensor(weight_decay, dtype=torch.float64, device=device)  # [K]
         self.steps = torch.zeros((), dtype=torch.float64, device=device)  # updates so far
         self.factors = torch.ones(len(self.param_groups), dtype=torch.float64, device=device)  # the groups' "lr"
-
-    @staticmethod
-    def _per_member(values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        return values.to(p.dtype).view(-1, *([1] * (p.dim() - 1)))  # [K] -> [K, 1, ...] to broadcast over p
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -216,8 +216,10 @@ class PackedAdamW(torch.optim.Optimizer):
         for i, group in enumerate(self.param_groups):
             beta1, beta2 = group["betas"]
             lr = self.member_lr * self.factors[i]  # [K], float64: the same product a single run's scheduler forms
-            step_size = lr / (1 - beta1 ** t)
-            correction2 = torch.sqrt(1 - beta2 ** t)
+            decay = 1 - (lr * self.member_wd).float() if group["decay"] else torch.ones_like(lr, dtype=torch.float32)
+            # per member: the decay factor and the bias-corrected step size, float32 as the parameters are
+            scalars = torch.stack([decay, (lr / (1 - beta1 ** t)).float()], dim=1)
+            correction2 = torch.sqrt(1 - beta2 ** t).float()
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -225,13 +227,8 @@ class PackedAdamW(torch.optim.Optimizer):
                 if not state:
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
-                m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
-                if group["decay"]:
-                    p.mul_(1 - self._per_member(lr * self.member_wd, p))
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v.sqrt() / correction2.to(p.dtype)).add_(group["eps"])
-                p.addcdiv_(m * self._per_member(step_size, p), denom, value=-1.0)
+                adamw_update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], scalars, correction2,
+                             beta1, beta2, group["eps"])
 
     @torch.no_grad()
     def keep(self, rows: list[int]) -> None:

@@ -248,8 +248,9 @@ class PackModule(L.LightningModule):
             return loss.detach()  # nothing keeps this step's autograd graph alive into the next (or its capture)
         opt.step(closure=closure)
         sched.step()
-        self.log("loss", self.last_loss.mean(), prog_bar=True, on_step=True, on_epoch=False,
-                 logger=False)  # the progress bar's pack mean; a logger gets each member's own (on_train_batch_end)
+        if self.trainer.progress_bar_callback is not None:  # Lightning's log costs ~1 ms of host time a step
+            self.log("loss", self.last_loss.mean(), prog_bar=True, on_step=True, on_epoch=False,
+                     logger=False)  # the bar's pack mean; a logger gets each member's own (on_train_batch_end)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         """With a logger: each member's training loss every `log_every_n_steps` steps (a host sync, so only

@@ -33,6 +33,15 @@ def _layer_norm_case(shape, seed):
     return [x, w, b], {}, [0, 1, 2]  # inputs, options, which inputs are differentiable
 
 
+def _embedding_case(shape, seed):
+    vocab, d, n = shape
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(vocab, d, generator=g, dtype=torch.float64)
+    tokens = torch.randint(0, vocab, (n,), generator=g)
+    tokens[torch.rand(n, generator=g) < 0.8] = 0  # a filler token at most positions: segments longer than an item
+    return [weight, tokens], {}, [0]
+
+
 def _cross_entropy_case(shape, seed):
     n, v = shape
     g = torch.Generator().manual_seed(seed)
@@ -104,6 +113,8 @@ def _taylor_attention_case(shape, seed):
 
 # op -> (case builder, shapes: lengths 1, 63, 64, 200, 1000 rows; odd widths; and its packed form)
 CASES = {
+    # (V, D, positions): the positions hold a token drawn from V, 80% of them token 0
+    "embedding": (_embedding_case, [(1, 1, 1), (5, 3, 63), (17, 10, 200), (64, 33, 1000), (3, 130, 64)]),
     "layer_norm": (_layer_norm_case, [(1, 1, 7), (2, 63, 10), (64, 33), (1, 200, 128), (1000, 5)]),
     "cross_entropy": (_cross_entropy_case, [(1, 3), (63, 100), (64, 2049), (200, 17), (1000, 64)]),
     "rotary": (_rotary_case, [(1, 1, 1, 2), (2, 3, 63, 10), (64, 6), (1, 2, 200, 32), (1000, 4)]),
@@ -124,7 +135,8 @@ CASES = {
                                                   (2, 200, 2, 16, 16), (1, 1000, 1, 16, 33), (1, 130, 5, 8, 64)]),
 }
 # op -> (how many leading arguments each member has its own of under vmap, the autograd.Function it launches)
-PACKABLE = {"layer_norm": (3, "probe.ops.layer_norm.kernel._LayerNorm"),
+PACKABLE = {"embedding": (1, "probe.ops.embedding.kernel._Embedding"),
+            "layer_norm": (3, "probe.ops.layer_norm.kernel._LayerNorm"),
             "rotary": (1, "probe.ops.rotary.kernel._Rotary"),
             "selective_scan": (6, "probe.ops.selective_scan.kernel._SelectiveScan"),
             "linear_attention": (5, "probe.ops.linear_attention.kernel._LinearAttention"),
@@ -172,7 +184,7 @@ def test_a_packed_call_is_each_members_own_call_in_one_launch(name, kernel, pois
     options, diff = members[0][1], members[0][2]
     stacked = [torch.stack([m[0][j] for m in members]).float().to(DEVICE).requires_grad_(j in diff)
                for j in range(per_member)]
-    shared = [x.float().to(DEVICE) for x in members[0][0][per_member:]]
+    shared = [(x.float() if x.is_floating_point() else x).to(DEVICE) for x in members[0][0][per_member:]]
     for m in members:  # the members share these arguments
         m[0][per_member:] = members[0][0][per_member:]
     module, cls = function.rsplit(".", 1)
@@ -381,3 +393,57 @@ def test_taylor_attention_reads_head_slices_of_a_fused_projection_without_a_copy
     (grad,) = torch.autograd.grad(out, fused, dout.float().to(DEVICE))
     grads_ref = torch.autograd.grad(expected, exact, dout)
     assert _rel(grad.cpu(), torch.cat([g.flatten(-2) for g in grads_ref], -1)) < 4 * TOL[torch.float32]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7, 5), (2, 1000), (4, 63, 3)])
+def test_fused_adamw_update_matches_its_reference_over_several_steps(shape, kernel):
+    """PackedAdamW's fused update: each member's slice with its own decay factor and step size, in place."""
+    from probe.ops.adamw import adamw_update, adamw_update_ref
+    g = torch.Generator().manual_seed(sum(shape))
+    k = shape[0]
+    p = torch.randn(*shape, generator=g).to(DEVICE)
+    ours = [p.clone(), torch.zeros_like(p), torch.zeros_like(p)]
+    theirs = [p.clone(), torch.zeros_like(p), torch.zeros_like(p)]
+    lr = torch.rand(k, generator=g, dtype=torch.float64) * 1e-2
+    wd = torch.rand(k, generator=g, dtype=torch.float64)
+    for t in range(1, 4):
+        grad = torch.randn(*shape, generator=g).to(DEVICE)
+        scalars = torch.stack([1 - (lr * wd).float(), (lr / (1 - 0.9 ** t)).float()], 1).to(DEVICE)
+        c2 = torch.tensor((1 - 0.999 ** t) ** 0.5, dtype=torch.float32, device=DEVICE)
+        adamw_update(ours[0], grad, ours[1], ours[2], scalars, c2, 0.9, 0.999, 1e-8)
+        adamw_update_ref(theirs[0], grad, theirs[1], theirs[2], scalars, c2, 0.9, 0.999, 1e-8)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(ours[0], p)  # it moved
+
+
+def test_fused_adamw_update_names_misshapen_scalars():
+    from probe.ops.adamw import adamw_update
+    p = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match=r"scalars must be \[K, 2\]"):
+        adamw_update(p, p, p.clone(), p.clone(), torch.ones(2, 2), torch.ones(()), 0.9, 0.999, 1e-8)
+
+
+def test_embedding_of_per_member_tokens_in_a_pack_is_each_members_own(kernel, poisoned):
+    """A pack whose members read tokens of their own (not the shared batch): one table of K·V rows."""
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(3, 11, 6, generator=g).to(DEVICE).requires_grad_()
+    tokens = torch.randint(0, 11, (3, 4, 70), generator=g)
+    tokens[:, :, ::2] = 5
+    out = torch.func.vmap(ops.embedding)(weight, tokens.to(DEVICE))
+    dout = torch.randn(out.shape, generator=g).to(DEVICE)
+    (grad,) = torch.autograd.grad(out, [weight], dout)
+    for k in range(3):
+        exact = weight[k].detach().cpu().double().requires_grad_()
+        expected = ops.embedding_ref(exact, tokens[k])
+        assert _rel(out[k].detach().cpu(), expected) < 1e-6
+        (g_ref,) = torch.autograd.grad(expected, [exact], dout[k].cpu().double())
+        assert _rel(grad[k].cpu(), g_ref) < 1e-5
+
+
+def test_embedding_gradient_is_the_same_run_after_run(kernel):
+    weight, tokens = (x.to(DEVICE) for x in _embedding_case((50, 16, 3000), 4)[0])
+    weight = weight.float().requires_grad_()
+    dout = torch.randn(3000, 16, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    first, second = (torch.autograd.grad(ops.embedding(weight, tokens), [weight], dout)[0] for _ in range(2))
+    assert torch.equal(first, second)  # no atomics: the sums run in position order

@@ -67,19 +67,23 @@ def test_a_pack_of_compression_models_computes_each_members_own_outputs_and_grad
     assert any(name.startswith("model.decoder.") for name in pack.param_names)
 
 
-def test_packed_adamw_steps_each_member_as_torch_adamw_would():
+@pytest.mark.parametrize("ops", ["ref", "triton"])
+def test_packed_adamw_steps_each_member_as_torch_adamw_would(ops, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("PROBE_OPS", ops)  # triton: the fused update kernel (the interpreter on a CPU)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU runs the kernel compiled
     torch.manual_seed(0)
     lrs, wds = [1e-3, 1e-2, 3e-2], [0.0, 0.1, 0.5]
-    members = models("baseconv", 3, torch.float32)
-    singles = models("baseconv", 3, torch.float32)  # the same seeds: the same initial weights
+    members = [m.to(device) for m in models("baseconv", 3, torch.float32)]
+    singles = [m.to(device) for m in models("baseconv", 3, torch.float32)]  # the same seeds: the same weights
     pack = PackedModel(members)
     opt = PackedAdamW(pack, lr=lrs, weight_decay=wds)
     own = [torch.optim.AdamW([{"params": [p for p in m.parameters() if p.dim() >= 2], "weight_decay": wd},
                               {"params": [p for p in m.parameters() if p.dim() < 2], "weight_decay": 0.0}], lr=lr)
            for m, lr, wd in zip(singles, lrs, wds)]
-    positions = torch.tensor([[1, 7, 15]] * 4)
+    positions = torch.tensor([[1, 7, 15]] * 4, device=device)
     for step in range(5):
-        inputs = torch.randint(0, 16, (4, 16), generator=torch.Generator().manual_seed(step))
+        inputs = torch.randint(0, 16, (4, 16), generator=torch.Generator().manual_seed(step)).to(device)
         opt.zero_grad()
         pack.scored_logits(inputs, positions).square().mean(dim=(1, 2, 3)).sum().backward()
         opt.step()
