@@ -1,7 +1,7 @@
 """Token embedding for G tables that read the same tokens (a pack's members share their batch), forward and
 backward; the backward is a deterministic segmented sum in Triton.
 
-Forward: a gather, out [G, N, D] = weight[:, tokens]. Backward: the tokens are sorted once for all G tables
+Forward: a gather, out [G, N, D] = weight[:, tokens] (rows of ROWS positions a program). Backward: the tokens are sorted once for all G tables
 (stable, so every sum runs in position order, and the result is the same run after run: no atomics). The sorted
 positions of token v form one segment; a segment is cut into items of at most ROWS positions (a filler token
 can hold most of a batch: MQAR's 0 fills ~80% of the positions at L 256), and
@@ -22,7 +22,7 @@ import triton.language as tl
 from ..dispatch import fold
 
 ROWS = 64  # positions per item of pass 1
-BLOCK_D = 64
+ITEMS = 32  # partials per load of pass 2
 
 
 @triton.jit
@@ -46,17 +46,47 @@ def _sum_items(dout_ptr, order_ptr, bounds_ptr, item_token_ptr, item_first_ptr, 
 
 
 @triton.jit
-def _sum_tokens(part_ptr, item_first_ptr, dw_ptr, V, D, n_items, BLOCK_D: tl.constexpr):
+def _sum_tokens(part_ptr, item_first_ptr, dw_ptr, V, D, n_items, ITEMS: tl.constexpr, BLOCK_D: tl.constexpr):
     v = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1).to(tl.int64)
     cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     in_d = cols < D
     first = tl.load(item_first_ptr + v)
     last = tl.load(item_first_ptr + v + 1)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for item in range(first, last):
-        acc += tl.load(part_ptr + (g * n_items + item) * D + cols, mask=in_d, other=0.0)
-    tl.store(dw_ptr + (g * V + v) * D + cols, acc.to(dw_ptr.dtype.element_ty), mask=in_d)
+    acc = tl.zeros([ITEMS, BLOCK_D], dtype=tl.float32)
+    for start in range(first, last, ITEMS):  # ITEMS partials a load: a filler token has hundreds
+        items = start + tl.arange(0, ITEMS)
+        acc += tl.load(part_ptr + (g * n_items + items)[:, None] * D + cols[None, :],
+                       mask=(items < last)[:, None] & in_d[None, :], other=0.0)
+    tl.store(dw_ptr + (g * V + v) * D + cols, tl.sum(acc, axis=0).to(dw_ptr.dtype.element_ty), mask=in_d)
+
+
+@triton.jit
+def _gather(w_ptr, t_ptr, out_ptr, N, V, D, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    g = tl.program_id(1).to(tl.int64)
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = (rows < N)[:, None] & (cols < D)[None, :]
+    tok = tl.load(t_ptr + rows, mask=rows < N, other=0)
+    x = tl.load(w_ptr + (g * V + tok)[:, None] * D + cols[None, :], mask=mask)
+    tl.store(out_ptr + (g * N + rows)[:, None] * D + cols[None, :], x, mask=mask)
+
+
+def _block_d(d: int) -> int:
+    return min(128, triton.next_power_of_2(d))
+
+
+def embedding_forward(weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """weight [G, V, D], tokens [N] -> [G, N, D]."""
+    g, v, d = weight.shape
+    n = tokens.shape[0]
+    weight = weight.contiguous()
+    out = torch.empty(g, n, d, dtype=weight.dtype, device=weight.device)
+    if out.numel():
+        block_d = _block_d(d)
+        _gather[(triton.cdiv(n, ROWS), g, triton.cdiv(d, block_d))](weight, tokens, out, n, v, d, ROWS=ROWS,
+                                                                      BLOCK_D=block_d)
+    return out
 
 
 def embedding_backward(dout: torch.Tensor, tokens: torch.Tensor, vocab: int, dtype: torch.dtype) -> torch.Tensor:
@@ -74,9 +104,11 @@ def embedding_backward(dout: torch.Tensor, tokens: torch.Tensor, vocab: int, dty
     n_items = triton.cdiv(n, ROWS) + vocab  # a bound on item_first[-1]: the grid needs no host sync
     item_token = torch.searchsorted(item_first[1:], torch.arange(n_items, device=tokens.device), right=True)
     part = torch.empty(g, n_items, d, dtype=torch.float32, device=dout.device)
-    _sum_items[(n_items, g, triton.cdiv(d, BLOCK_D))](dout, order, bounds, item_token, item_first, part, n, vocab,
-                                                      d, n_items, ROWS=ROWS, BLOCK_D=BLOCK_D)
-    _sum_tokens[(vocab, g, triton.cdiv(d, BLOCK_D))](part, item_first, dw, vocab, d, n_items, BLOCK_D=BLOCK_D)
+    block_d = _block_d(d)
+    _sum_items[(n_items, g, triton.cdiv(d, block_d))](dout, order, bounds, item_token, item_first, part, n, vocab,
+                                                      d, n_items, ROWS=ROWS, BLOCK_D=block_d)
+    _sum_tokens[(vocab, g, triton.cdiv(d, block_d))](part, item_first, dw, vocab, d, n_items, ITEMS=ITEMS,
+                                                     BLOCK_D=block_d)
     return dw
 
 
@@ -86,7 +118,7 @@ class _Embedding(torch.autograd.Function):
 
     @staticmethod
     def forward(weight, tokens):
-        return weight[:, tokens]
+        return embedding_forward(weight, tokens)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
