@@ -47,15 +47,19 @@ def _preactivation(x_ptr, w_ptr, b_ptr, row, grp, ts, cs, in_c, L, C, sx_r, sx_l
 
 
 @triton.jit
+def _tile(n_lt, rows_per_group, C, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The tile of a (row × position block, channel block) program: row, its group, positions, channels."""
+    pid = tl.program_id(0).to(tl.int64)
+    row, lt = pid // n_lt, pid % n_lt
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return row, row // rows_per_group, lt * BLOCK_L + tl.arange(0, BLOCK_L), cs, cs < C
+
+
+@triton.jit
 def _fwd(x_ptr, w_ptr, b_ptr, gate_ptr, y_ptr, L, C, n_lt, rows_per_group, sx_r, sx_l, sg_r, sg_l,
          W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr, SILU: tl.constexpr,
          BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    row, lt = pid // n_lt, pid % n_lt
-    grp = row // rows_per_group
-    ts = lt * BLOCK_L + tl.arange(0, BLOCK_L)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    in_c = cs < C
+    row, grp, ts, cs, in_c = _tile(n_lt, rows_per_group, C, BLOCK_L, BLOCK_C)
     mask = (ts < L)[:, None] & in_c[None, :]
     y = _preactivation(x_ptr, w_ptr, b_ptr, row, grp, ts, cs, in_c, L, C, sx_r, sx_l,
                        W, HAS_BIAS, BLOCK_L, BLOCK_C)
@@ -133,12 +137,7 @@ def _bwd(x_ptr, w_ptr, b_ptr, gate_ptr, dy_ptr, da_ptr, dgate_ptr, dw_part_ptr, 
 def _dx(da_ptr, w_ptr, dx_ptr, L, C, n_lt, rows_per_group, W: tl.constexpr, BLOCK_L: tl.constexpr,
         BLOCK_C: tl.constexpr):
     """dx_t = Σ_{j<W} w_{W−1−j} · da_{t+j}: the transposed convolution of da, read W times shifted (from cache)."""
-    pid = tl.program_id(0).to(tl.int64)
-    row, lt = pid // n_lt, pid % n_lt
-    grp = row // rows_per_group
-    ts = lt * BLOCK_L + tl.arange(0, BLOCK_L)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    in_c = cs < C
+    row, grp, ts, cs, in_c = _tile(n_lt, rows_per_group, C, BLOCK_L, BLOCK_C)
     dx = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
     for j in tl.static_range(W):
         src = ts + j
