@@ -248,7 +248,7 @@ class PackModule(L.LightningModule):
             return loss.detach()  # nothing keeps this step's autograd graph alive into the next (or its capture)
         opt.step(closure=closure)
         sched.step()
-        if self.trainer.progress_bar_callback is not None:  # Lightning's log costs ~1 ms of host time a step
+        if self.trainer.progress_bar_callback is not None:  # host work every step, read only by a bar
             self.log("loss", self.last_loss.mean(), prog_bar=True, on_step=True, on_epoch=False,
                      logger=False)  # the bar's pack mean; a logger gets each member's own (on_train_batch_end)
 

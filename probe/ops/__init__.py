@@ -34,7 +34,8 @@ OPS = {
     "taylor_attention": (taylor_attention, taylor_attention_ref),
 }
 
-__all__ = ["OPS", "backend", "cross_entropy", "cross_entropy_ref", "embedding", "embedding_ref", "layer_norm", "layer_norm_ref",
+__all__ = ["OPS", "backend", "cross_entropy", "cross_entropy_ref", "embedding", "embedding_ref",
+           "layer_norm", "layer_norm_ref",
            "linear_attention", "linear_attention_ref", "long_conv", "long_conv_ref", "rotary", "rotary_ref",
            "selective_scan", "selective_scan_ref", "selective_scan_step",
            "short_conv", "short_conv_ref", "short_conv_step", "taylor_attention", "taylor_attention_ref"]

@@ -3,6 +3,8 @@
 Reference: `reference.embedding_ref` (its equation). Kernel: `kernel.py` (a gather forward; a deterministic,
 capturable segmented-sum backward in Triton), picked by `probe.ops.dispatch.backend`. Under torch.func.vmap a
 pack's K tables read the members' shared tokens in one gather, and the backward sorts the tokens once for all K.
+Tokens must lie in [0, V): the kernel does not check them (a check would wait for the host), where torch's
+embedding raises on a CPU and asserts on a GPU.
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """Token embedding for G tables that read the same tokens (a pack's members share their batch), forward and
 backward; the backward is a deterministic segmented sum in Triton.
 
-Forward: a gather, out [G, N, D] = weight[:, tokens] (rows of ROWS positions a program). Backward: the tokens are sorted once for all G tables
-(stable, so every sum runs in position order, and the result is the same run after run: no atomics). The sorted
-positions of token v form one segment; a segment is cut into items of at most ROWS positions (a filler token
-can hold most of a batch: MQAR's 0 fills ~80% of the positions at L 256), and
+Forward: a gather, out [G, N, D] = weight[:, tokens], ROWS positions a program. Backward: the tokens are sorted
+once for all G tables (stable, so every sum runs in position order, and the result is the same run after run: no
+atomics). The sorted positions of token v form one segment; a segment is cut into items of at most ROWS
+positions (a filler token can hold most of a batch: MQAR's 0 fills ~80% of the positions at L 256), and
 
     pass 1, a program per (item, table, column block):  partial[g, item] = Σ dout[g, position] over its positions
     pass 2, a program per (token, table, column block): dweight[g, v] = Σ partial[g, item] over v's items

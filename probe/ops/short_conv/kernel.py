@@ -14,7 +14,7 @@ Backward, with da = dy · gate · act'(a):
     dgate_t = dy_t · act(a_t)
 in two kernels: the first recomputes a once per tile, writes da (float32 scratch) and dgate, and sums dw and db;
 the second reads da W times shifted (from cache) for dx. (Recomputing da at every shift instead, so it never
-went to memory, took W² shifted loads of x and W activations per element: 1.1 ms per call at Mamba's K = 4 pack
+went to memory, took W² shifted loads of x and W activations per element: ~1.1 ms a call in Mamba's K = 4 pack
 at L 256 on the H200.) dw and db sum over rows and positions: each program walks a run of one group's tiles, keeps
 their partial sums in registers and writes them once; the host adds the partials (no atomics: deterministic).
 Everything in float32 whatever the input dtype. No tl.dot.
@@ -136,7 +136,7 @@ def _bwd(x_ptr, w_ptr, b_ptr, gate_ptr, dy_ptr, da_ptr, dgate_ptr, dw_part_ptr, 
 @triton.jit
 def _dx(da_ptr, w_ptr, dx_ptr, L, C, n_lt, rows_per_group, W: tl.constexpr, BLOCK_L: tl.constexpr,
         BLOCK_C: tl.constexpr):
-    """dx_t = Σ_{j<W} w_{W−1−j} · da_{t+j}: the transposed convolution of da, read W times shifted (from cache)."""
+    """dx_t = Σ_{j<W} w_{W−1−j} · da_{t+j}: the transposed convolution of da, read W times shifted (cached)."""
     row, grp, ts, cs, in_c = _tile(n_lt, rows_per_group, C, BLOCK_L, BLOCK_C)
     dx = tl.zeros([BLOCK_L, BLOCK_C], dtype=tl.float32)
     for j in tl.static_range(W):
