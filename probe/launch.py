@@ -27,13 +27,22 @@ from .storage import check_readable, default_url, open_storage
 from .sweep import load_sweep
 
 
-def _parser(prog: str, description: str):
+def _parser(prog: str, description: str, cells: bool = True):
     from .cli import OneLineParser
     p = OneLineParser(prog=prog, description=description)
     p.add_argument("file", help="a sweep file (sweeps/*.py)")
     p.add_argument("--storage", default=None,
                    help="journal file path (default runs/<sweep>/journal.log) or postgresql://user:pw@host/db")
+    if cells:
+        p.add_argument("--cells", action="append", metavar="GLOB", default=[],
+                       help="only the cells whose key matches this shell pattern, e.g. 'mqar-L64-*' (a row of the "
+                            "sweep; keys as `probe status` lists them); repeat for several")
     return p
+
+
+def _load(args):
+    """The sweep file's Sweep, narrowed to --cells."""
+    return load_sweep(args.file).select(args.cells)
 
 
 def _device(value: str) -> str:
@@ -76,7 +85,7 @@ def cmd_worker(argv: list[str]) -> None:
     _add_logger_flags(p)
     args = p.parse_args(argv)
     _check_flags(args.pack, args.heartbeat, args.concurrent)
-    sweep = load_sweep(args.file)
+    sweep = _load(args)
     device = _device(args.device)
     _check_concurrent(args.concurrent, device)
     curves = _curves(args, sweep.name)
@@ -128,7 +137,7 @@ def _counts(sweep, storage_url: str) -> dict:
 def cmd_status(argv: list[str]) -> None:
     from .tuning import cell_status, cell_studies, failures, live_trials
     args = _parser("probe status", "Cells done / running / failed / pruned and the best accuracy so far.").parse_args(argv)
-    sweep = load_sweep(args.file)
+    sweep = _load(args)
     url = args.storage or default_url(sweep.name)
     check_readable(url)  # cell_studies reads an unusable storage as an empty one
     pairs = cell_studies(sweep, url)
@@ -157,7 +166,7 @@ def cmd_sweep(argv: list[str]) -> None:
     _add_logger_flags(p)
     args = p.parse_args(argv)
     _check_flags(args.pack, args.heartbeat, args.concurrent)
-    sweep = load_sweep(args.file)
+    sweep = _load(args)
     device = _device(args.device)
     _check_concurrent(args.concurrent, device)
     slots = _slots(device, args.workers_per_gpu, args.workers)
@@ -207,6 +216,8 @@ def _start_worker(args, name: str, url: str, device: str, slot: int, gpu, n_slot
     log = open(os.path.join(log_dir, f"worker{wid}.log"), "a")
     cmd = [sys.executable, "-m", "probe", "worker", args.file, "--storage", url, "--device", device,
            "--worker-id", str(wid), "--heartbeat", str(args.heartbeat)]
+    for pattern in args.cells:
+        cmd += ["--cells", pattern]
     if args.pack is not None:
         cmd += ["--pack", str(args.pack)]
     if args.concurrent != 1:
@@ -271,7 +282,7 @@ _last_line = [""]
 
 
 def cmd_results(argv: list[str]) -> None:
-    p = _parser("probe results", "Export a sweep's trials as one tidy table.")
+    p = _parser("probe results", "Export a sweep's trials as one tidy table.", cells=False)
     p.add_argument("--format", choices=["csv", "parquet"], default="csv")
     p.add_argument("--table", choices=["tidy", "trials", "curves"], default="tidy")
     p.add_argument("-o", "--output", default=None, help="file to write (default: stdout for csv)")

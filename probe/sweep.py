@@ -14,6 +14,8 @@ cell is named with the field that is wrong.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import glob
 import hashlib
 import math
 import os
@@ -141,6 +143,10 @@ class Sweep:
     #: training settings of one task, by its name, applied after train_per_seq_len, e.g. MAD's memorization
     #: {"memorization": {"num_train": 256}} (it shares its length with compression, which trains on 12,800)
     train_per_task: dict[str, dict] = field(default_factory=dict)
+    #: shell-style patterns over cell keys (e.g. "mqar-L64-*"): only the cells matching one of them are run and
+    #: shown; empty: every cell. `probe sweep/worker/status --cells` sets it, so that a sweep can run a row at a
+    #: time on one journal (a cell's key and its study do not depend on which cells are selected)
+    only: tuple[str, ...] = ()
 
     #: "auto" prunes nothing below this many trials per cell
     AUTO_PRUNE_MIN_TRIALS = 6
@@ -217,7 +223,28 @@ class Sweep:
                             train=dataclasses.replace(cell_train, seed=seed), search=self.search_for(label),
                             seed=seed,
                             key=f"{tkey}/{label}/d{d_model}/seed{seed}"))
+        if self.only:
+            out = [c for c in out if any(fnmatch.fnmatchcase(c.key, p) for p in self.only)]
         return out
+
+    def select(self, patterns: list[str] | tuple[str, ...], flag: str = "--cells") -> "Sweep":
+        """This sweep with only the cells whose key matches one of `patterns` (shell-style, case-sensitive), on
+        top of its own `only`; ProbeError naming `flag` if a pattern matches no cell. No patterns: the sweep."""
+        if not patterns:
+            return self
+        keys = [c.key for c in dataclasses.replace(self, only=()).cells()]
+        for p in patterns:
+            if not any(fnmatch.fnmatchcase(k, p) for k in keys):
+                raise ProbeError(f"{flag} {p!r} matches no cell of sweep {self.name!r} (keys look like "
+                                 f"{keys[0]!r})")
+        narrowed = dataclasses.replace(self, only=tuple(patterns))
+        if self.only:  # both must match
+            keep = {c.key for c in self.cells()}
+            narrowed = dataclasses.replace(self, only=tuple(glob.escape(k) for k in keys if k in keep and any(
+                fnmatch.fnmatchcase(k, p) for p in patterns)))
+            if not narrowed.only:
+                raise ProbeError(f"{flag} {' '.join(patterns)}: no cell left among the sweep's own `only`")
+        return narrowed
 
     # -- validation ---------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -273,6 +300,7 @@ class Sweep:
             if space.lr_grid is not None and len(space.lr_grid) != self.trials_per_cell:
                 raise ProbeError(f"{where}: arch {arch}: search.lr_grid has {len(space.lr_grid)} rates but "
                                  f"trials_per_cell={self.trials_per_cell} (one trial per grid point)")
+        self.select(self.only, flag=f"{where}: only")  # every pattern names a cell
         keys = [c.key for c in self.cells()]
         if len(set(keys)) != len(keys):
             raise ProbeError(f"{where}: two cells share the key {next(k for k in keys if keys.count(k) > 1)!r} "

@@ -141,6 +141,32 @@ def test_sweep_completes_every_cell_and_two_workers_never_share_a_trial(tmp_path
         assert column in trials.columns
 
 
+def test_a_sweep_runs_one_row_with_cells_and_the_rest_later_on_the_same_journal(tmp_path):
+    path = write_sweep(tmp_path, steps=5, trials=1)
+    row = "mqar-L8/*"
+    out = probe("sweep", path, "--device", "cpu", "--cells", row, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 cells × 1 trials" in out.stdout and "2 cells complete" in out.stdout
+    journal = str(tmp_path / "runs" / "tiny" / "journal.log")
+    names = {s.study_name for s in open_storage(journal, create=False).get_all_studies()}
+    assert names == {"tiny:mqar-L8/attention/d16/seed0", "tiny:mqar-L8/baseconv_short/d16/seed0"}
+    status = probe("status", path, "--cells", "mqar-L16/*", "--cells", "*/attention/*", cwd=tmp_path)
+    assert status.returncode == 0 and "3 cells: 1 complete, 2 pending" in status.stdout, status.stdout
+    out = probe("sweep", path, "--device", "cpu", cwd=tmp_path)  # the rest: the row's cells are not trained again
+    assert out.returncode == 0 and "4 cells complete" in out.stdout, out.stdout + out.stderr
+    cells = studies(journal, path)
+    assert all(len(s.get_trials()) == 1 for s in cells.values()), {k: len(s.get_trials()) for k, s in cells.items()}
+
+
+@pytest.mark.parametrize("flag", ["sweep", "worker", "status"])
+def test_cells_matching_nothing_fail_with_one_line_before_any_work(tmp_path, flag):
+    path = write_sweep(tmp_path)
+    out = probe(flag, path, "--cells", "mqar-L8/attention/*", "--cells", "L8*", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "--cells 'L8*' matches no cell of sweep 'tiny'" in out.stderr
+    assert not (tmp_path / "runs").exists(), "nothing may be written before the sweep is known good"
+
+
 def wait_for_running(journal: str, count: int, timeout: float = 120) -> set[tuple[str, int]]:
     """(study, trial number) of the running trials with a learning rate, once there are `count` (or the time is
     up)."""
