@@ -27,8 +27,9 @@ as [R, L, C] views of channel-major [R, C, L] memory.
                 programs walks the (channel, j) items, so the scratch stays PROGRAMS·BL² floats.
                 dbias = Σ_{b,t} dy·x is dk's lag 0, so it costs nothing more.
 
-Where it departs from the FFT reference: float32 inputs are exact float32 dot products (input_precision="ieee",
-never tf32), a different order of summation only; bf16/fp16 inputs multiply in their dtype, the filter tile cast
+Where it departs from the FFT reference: float32 inputs are float32-accurate dot products (input_precision
+"tf32x3": each operand split into TF32 high and low parts, three tensor-core products; never plain tf32), a
+different order of summation and rounding at float32's level; bf16/fp16 inputs multiply in their dtype, the filter tile cast
 to it inside the kernel (a float32 filter beside bf16 activations, as the mixers pass them under autocast, is
 rounded to bf16), and accumulate in float32, where the reference computes everything in float32. Triton 3.6 on
 Hopper miscompiles tl.dot of a tl.trans of a computed tile: no tile is transposed, dyᵀ is loaded with swapped
@@ -143,8 +144,14 @@ def _blocks(rows_per_group: int, length: int) -> tuple[int, int]:
             max(16, min(MAX_BLOCK, triton.next_power_of_2(length))))
 
 
+#: float32 tiles' dot products: "tf32x3" (three TF32 tensor-core products of each operand's high and low parts)
+#: or "ieee" (CUDA-core FMAs). Measured on the H200 (BENCHMARKS.md, 2026-12-03 third session): the same accuracy
+#: against float64 (1.2e-7 vs 1.4e-7 relative) and 1.04-1.09x faster forward and backward at L 64-512
+FLOAT32_PRECISION = "tf32x3"
+
+
 def _precision(x: torch.Tensor) -> str:
-    return "ieee" if x.dtype == torch.float32 else "tf32"  # fp32 dots in full precision; ignored for bf16/fp16
+    return FLOAT32_PRECISION if x.dtype == torch.float32 else "tf32"  # ignored for bf16/fp16 tiles
 
 
 def _channel_major(t: torch.Tensor) -> torch.Tensor:
