@@ -22,6 +22,7 @@ Design choices:
 from __future__ import annotations
 
 import copy
+import gc
 import threading
 import warnings
 
@@ -112,16 +113,21 @@ class StepGraph:
     come into being); the next step is captured once and replayed from then on, so a step costs one launch from
     the host instead of hundreds. What the step reads (weights, optimiser state, the static input buffers its
     caller copies each batch into) must stay where it is: `reset()` after anything is reallocated (a pack that
-    drops members), and the next steps warm up and capture again. A capture that fails (an op that synchronises
-    with the host) leaves the step eager for good, and `failed` says why.
+    drops members), and the next steps warm up and capture again. A capture that fails runs that step eagerly and
+    tries again after another warm-up, up to `attempts` times; then the step stays eager for good (an op that
+    synchronises with the host fails every time), and `failed` says why. Seen in a sweep on the H200: one cell's
+    capture of 7 failed ("operation failed due to a previous error during capture") and the whole trial, 5400
+    steps, ran eagerly. Python's garbage collector is held off during a capture (hardening, not a found cause: a
+    finalizer that ran there and made a CUDA call, say destroying an earlier pack's graph, would spoil it).
     """
 
-    def __init__(self, warmup: int = 2):
-        self.warmup = warmup
+    def __init__(self, warmup: int = 2, attempts: int = 3):
+        self.warmup, self.attempts = warmup, attempts
         self.graph: torch.cuda.CUDAGraph | None = None
         self.output = None
         self.eager_steps = 0
         self.captures = 0
+        self.failures = 0
         self.failed: str | None = None
 
     def reset(self) -> None:
@@ -132,7 +138,7 @@ class StepGraph:
         if self.graph is not None:
             self.graph.replay()
             return self.output
-        if self.failed is not None or self.eager_steps < self.warmup:
+        if self.failures >= self.attempts or self.eager_steps < self.warmup:
             self.eager_steps += 1
             return step()
         for p in params:  # the captured backward allocates the gradients in the graph's pool and overwrites them
@@ -141,17 +147,26 @@ class StepGraph:
         # Packs training at once in one worker (threads, a CUDA stream each) capture one at a time (torch's
         # capture stream is shared, and entering a capture empties the allocator's cache); "thread_local": the
         # other threads go on launching their own steps meanwhile, which a global capture would forbid.
+        collecting = gc.isenabled()
         with CAPTURING:
             torch.cuda.current_stream().synchronize()
+            gc.disable()  # torch.cuda.graph collects once itself, before the capture begins
             try:
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     output = step()
             except RuntimeError as e:  # nothing captured ran: weights and optimiser state are as they were
                 self.failed = str(e).splitlines()[0] if str(e) else type(e).__name__
                 graph = None
+            finally:
+                if collecting:
+                    gc.enable()
         if graph is None:
-            warnings.warn(f"training steps stay eager: the step could not be captured as a CUDA graph "
-                          f"({self.failed})", stacklevel=2)
+            self.failures += 1
+            self.eager_steps = 0
+            again = (f"trying again after {self.warmup} eager steps" if self.failures < self.attempts else
+                     f"training steps stay eager after {self.failures} attempts")
+            warnings.warn(f"a training step could not be captured as a CUDA graph ({self.failed}); {again}",
+                          stacklevel=2)
             for p in params:
                 p.grad = None
             return step()

@@ -149,3 +149,40 @@ def test_packs_training_at_once_on_their_own_streams_train_as_each_does_alone(na
             al, tl = [h["loss"] for h in a.history], [h["loss"] for h in t.history]
             assert tl == pytest.approx(al, rel=2e-2, abs=1e-3), (name, al, tl)
             assert t.accuracy == pytest.approx(a.accuracy, abs=0.02)
+
+
+def _linear_step(w, x, sync_on_capture: list):
+    """A step of gradient descent on (w·x)² whose captures call torch.cuda.synchronize while `sync_on_capture`
+    holds a True (each capture takes one), which invalidates the capture."""
+    def step():
+        if torch.cuda.is_current_stream_capturing() and sync_on_capture and sync_on_capture.pop(0):
+            torch.cuda.synchronize()
+        w.grad = None
+        loss = (w * x).sum().square()
+        loss.backward()
+        with torch.no_grad():
+            w.sub_(1e-3 * w.grad)
+        return loss.detach()
+    return step
+
+
+@pytest.mark.parametrize("fails, captured", [(1, True), (3, False)])
+def test_a_failed_capture_runs_that_step_eagerly_and_is_tried_again(fails, captured):
+    from probe.pack import StepGraph
+    x = torch.randn(64, device="cuda")
+    runs = {}
+    for mode in ("graph", "eager"):
+        w = torch.ones(64, device="cuda", requires_grad=True)
+        graph, step = StepGraph(warmup=2, attempts=3), _linear_step(w, x, [True] * fails)
+        losses = []
+        for _ in range(12):
+            if mode == "eager":
+                losses.append(step().item())
+            else:
+                losses.append(graph.run(step, [w]).item())
+        runs[mode] = (losses, graph)
+    (graphed, graph), (eager, _) = runs["graph"], runs["eager"]
+    assert graph.failures == fails and "captur" in graph.failed, graph.failed
+    assert (graph.graph is not None) == captured and graph.captures == int(captured)
+    assert graphed == pytest.approx(eager, rel=1e-5), "every step ran once, captured or not"
+
