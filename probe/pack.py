@@ -115,10 +115,11 @@ class StepGraph:
     caller copies each batch into) must stay where it is: `reset()` after anything is reallocated (a pack that
     drops members), and the next steps warm up and capture again. A capture that fails runs that step eagerly and
     tries again after another warm-up, up to `attempts` times; then the step stays eager for good (an op that
-    synchronises with the host fails every time), and `failed` says why. Seen in a sweep on the H200: one cell's
-    capture of 7 failed ("operation failed due to a previous error during capture") and the whole trial, 5400
-    steps, ran eagerly. Python's garbage collector is held off during a capture (hardening, not a found cause: a
-    finalizer that ran there and made a CUDA call, say destroying an earlier pack's graph, would spoil it).
+    synchronises with the host fails every time), and `failed` says why. Seen in a sweep on the H200: of 7 cells'
+    packs, one failed its capture ("operation failed due to a previous error during capture") and its whole
+    trial, 5400 steps, ran eagerly. Python's garbage collector is held off during a capture (hardening, not a
+    found cause: a finalizer that ran there and made a CUDA call, say destroying an earlier pack's graph, would
+    spoil it).
     """
 
     def __init__(self, warmup: int = 2, attempts: int = 3):

@@ -29,11 +29,13 @@ as [R, L, C] views of channel-major [R, C, L] memory.
 
 Where it departs from the FFT reference: float32 inputs are float32-accurate dot products (input_precision
 "tf32x3": each operand split into TF32 high and low parts, three tensor-core products; never plain tf32), a
-different order of summation and rounding at float32's level; bf16/fp16 inputs multiply in their dtype, the filter tile cast
-to it inside the kernel (a float32 filter beside bf16 activations, as the mixers pass them under autocast, is
-rounded to bf16), and accumulate in float32, where the reference computes everything in float32. Triton 3.6 on
-Hopper miscompiles tl.dot of a tl.trans of a computed tile: no tile is transposed, dyᵀ is loaded with swapped
-strides. Fixed block sizes, untuned (no GPU to hand when written; the interpreter cannot autotune).
+different order of summation and rounding at float32's level; bf16/fp16 inputs multiply in their dtype, the
+filter tile cast to it inside the kernel (a float32 filter beside bf16 activations, as the mixers pass them under
+autocast, is rounded to bf16), and accumulate in float32, where the reference computes everything in float32.
+Triton 3.6 on Hopper miscompiles tl.dot of a tl.trans of a computed tile: no tile is transposed, dyᵀ is loaded
+with swapped strides. Fixed block sizes, untuned (no GPU to hand when written; the interpreter cannot autotune).
+Measured since: 230-255 registers a program (spills in the anti-causal product), so two programs per SM; the
+product is latency-bound, not bound by its dots (BENCHMARKS.md, 2026-12-03 third session).
 """
 from __future__ import annotations
 
