@@ -185,4 +185,3 @@ def test_a_failed_capture_runs_that_step_eagerly_and_is_tried_again(fails, captu
     assert graph.failures == fails and "captur" in graph.failed, graph.failed
     assert (graph.graph is not None) == captured and graph.captures == int(captured)
     assert graphed == pytest.approx(eager, rel=1e-5), "every step ran once, captured or not"
-
