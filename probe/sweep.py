@@ -228,23 +228,18 @@ class Sweep:
         return out
 
     def select(self, patterns: list[str] | tuple[str, ...], flag: str = "--cells") -> "Sweep":
-        """This sweep with only the cells whose key matches one of `patterns` (shell-style, case-sensitive), on
-        top of its own `only`; ProbeError naming `flag` if a pattern matches no cell. No patterns: the sweep."""
+        """This sweep with only those of its cells whose key matches one of `patterns` (shell-style,
+        case-sensitive); ProbeError naming `flag` if a pattern matches none of them. No patterns: the sweep."""
         if not patterns:
             return self
-        keys = [c.key for c in dataclasses.replace(self, only=()).cells()]
+        keys = [c.key for c in self.cells()]
         for p in patterns:
             if not any(fnmatch.fnmatchcase(k, p) for k in keys):
-                raise ProbeError(f"{flag} {p!r} matches no cell of sweep {self.name!r} (keys look like "
-                                 f"{keys[0]!r})")
-        narrowed = dataclasses.replace(self, only=tuple(patterns))
-        if self.only:  # both must match
-            keep = {c.key for c in self.cells()}
-            narrowed = dataclasses.replace(self, only=tuple(glob.escape(k) for k in keys if k in keep and any(
-                fnmatch.fnmatchcase(k, p) for p in patterns)))
-            if not narrowed.only:
-                raise ProbeError(f"{flag} {' '.join(patterns)}: no cell left among the sweep's own `only`")
-        return narrowed
+                example = dataclasses.replace(self, only=()).cells()[0].key
+                raise ProbeError(f"{flag} {p!r} matches no cell of sweep {self.name!r} (keys look like {example!r})")
+        # the kept keys themselves, escaped: a sweep already narrowed stays within its own selection
+        return dataclasses.replace(self, only=tuple(glob.escape(k) for k in keys
+                                                    if any(fnmatch.fnmatchcase(k, p) for p in patterns)))
 
     # -- validation ---------------------------------------------------------------------------------------
     def check(self) -> None:
