@@ -33,6 +33,12 @@ def _layer_norm_case(shape, seed):
     return [x, w, b], {}, [0, 1, 2]  # inputs, options, which inputs are differentiable
 
 
+def _group_norm_case(shape, seed):
+    *lead, d, groups = shape
+    inputs, _, diff = _layer_norm_case((*lead, d), seed)
+    return inputs, {"groups": groups}, diff
+
+
 def _embedding_case(shape, seed):
     vocab, d, n = shape
     g = torch.Generator().manual_seed(seed)
@@ -116,6 +122,9 @@ CASES = {
     # (V, D, positions): the positions hold a token drawn from V, 80% of them token 0
     "embedding": (_embedding_case, [(1, 1, 1), (5, 3, 63), (17, 10, 200), (64, 33, 1000), (3, 130, 64)]),
     "layer_norm": (_layer_norm_case, [(1, 1, 7), (2, 63, 10), (64, 33), (1, 200, 128), (1000, 5)]),
+    # (..., D, groups): slices of odd and power-of-two widths (a slice of 2 normalises to ±1: its gradient is all
+    # float32 cancellation)
+    "group_norm": (_group_norm_case, [(1, 1, 6, 2), (2, 63, 12, 4), (64, 33, 3), (1, 200, 128, 4), (1000, 10, 2)]),
     "cross_entropy": (_cross_entropy_case, [(1, 3), (63, 100), (64, 2049), (200, 17), (1000, 64)]),
     "rotary": (_rotary_case, [(1, 1, 1, 2), (2, 3, 63, 10), (64, 6), (1, 2, 200, 32), (1000, 4)]),
     "selective_scan": (_selective_scan_case, [(2, 1, 10, 5), (2, 63, 10, 5), (1, 64, 6, 4), (3, 200, 20, 4),
@@ -137,6 +146,7 @@ CASES = {
 # op -> (how many leading arguments each member has its own of under vmap, the autograd.Function it launches)
 PACKABLE = {"embedding": (1, "probe.ops.embedding.kernel._Embedding"),
             "layer_norm": (3, "probe.ops.layer_norm.kernel._LayerNorm"),
+            "group_norm": (3, "probe.ops.layer_norm.kernel._LayerNorm"),
             "rotary": (1, "probe.ops.rotary.kernel._Rotary"),
             "selective_scan": (6, "probe.ops.selective_scan.kernel._SelectiveScan"),
             "linear_attention": (5, "probe.ops.linear_attention.kernel._LinearAttention"),
@@ -234,6 +244,8 @@ def test_dispatch_rule(monkeypatch):
 
 @pytest.mark.parametrize("name, args, message", [
     ("layer_norm", lambda: (torch.zeros(2, 4), torch.zeros(3), torch.zeros(4)), "weight and bias must be"),
+    ("group_norm", lambda: (torch.zeros(2, 6), torch.zeros(6), torch.zeros(6), 4), "groups=4 must be"),
+    ("group_norm", lambda: (torch.zeros(2, 6), torch.zeros(3), torch.zeros(6), 3), "weight and bias must be"),
     ("cross_entropy", lambda: (torch.zeros(2, 4), torch.zeros(3, dtype=torch.long)), "targets"),
     ("rotary", lambda: (torch.zeros(2, 5, 4), torch.zeros(5, 3), torch.zeros(5, 3)), "cos, sin"),
     ("rotary", lambda: (torch.zeros(2, 5, 3), torch.zeros(5, 1), torch.zeros(5, 1)), "D even"),

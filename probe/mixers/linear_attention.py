@@ -509,6 +509,15 @@ class Based(_LinearAttentionMixer):
         return self.out_proj(o.flatten(-2))
 
 
+def _norm_heads(norm: nn.GroupNorm, o: torch.Tensor) -> torch.Tensor:
+    """norm (one group per head) of each position's heads, o [B, L, H, Dv] -> [B, L, H·Dv], through
+    probe.ops.group_norm (one launch: torch's GroupNorm of a [B·L, H·Dv] view takes B·L·H tiny rows); kept in
+    float32 or wider, as x may be bf16."""
+    B, L, H, Dv = o.shape
+    acc = torch.promote_types(o.dtype, norm.weight.dtype)
+    return ops.group_norm(o.reshape(B, L, H * Dv), norm.weight, norm.bias, norm.num_groups, norm.eps, out_dtype=acc)
+
+
 class RetNet(_LinearAttentionMixer):
     """Multi-scale retention (Sun et al. 2023, "Retentive Network: A Successor to Transformer for LLMs").
 
@@ -560,9 +569,7 @@ class RetNet(_LinearAttentionMixer):
         return rotate(q, angle), rotate(k, angle), v, self.log_gamma
 
     def _readout(self, o, x):
-        B, L, H, Dv = o.shape
-        acc = torch.promote_types(o.dtype, self.group_norm.weight.dtype)
-        y = self.group_norm(o.reshape(B * L, H * Dv).to(acc)).reshape(B, L, H * Dv)  # kept in acc: x may be bf16
+        y = _norm_heads(self.group_norm, o)
         return self.out_proj(F.silu(self.g_proj(x)) * y)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
@@ -700,9 +707,7 @@ class GatedLinearAttention(_LinearAttentionMixer):
         return self._readout(o.to(x.dtype), x)
 
     def _readout(self, o, x):
-        B, L, H, Dv = o.shape
-        acc = torch.promote_types(o.dtype, self.group_norm.weight.dtype)
-        y = self.group_norm(o.reshape(B * L, H * Dv).to(acc)).reshape(B, L, H * Dv)  # kept in acc: x may be bf16
+        y = _norm_heads(self.group_norm, o)
         if self.output_gate:
             y = F.silu(self.g_proj(x)) * y
         return self.out_proj(y)

@@ -13,7 +13,7 @@ its reference, generated from this registry.
 from .cross_entropy import cross_entropy, cross_entropy_ref
 from .dispatch import backend
 from .embedding import embedding, embedding_ref
-from .layer_norm import layer_norm, layer_norm_ref
+from .layer_norm import group_norm, group_norm_ref, layer_norm, layer_norm_ref
 from .linear_attention import linear_attention, linear_attention_ref
 from .long_conv import long_conv, long_conv_ref
 from .rotary import rotary, rotary_ref
@@ -25,6 +25,7 @@ from .taylor_attention import taylor_attention, taylor_attention_ref
 OPS = {
     "embedding": (embedding, embedding_ref),
     "layer_norm": (layer_norm, layer_norm_ref),
+    "group_norm": (group_norm, group_norm_ref),
     "cross_entropy": (cross_entropy, cross_entropy_ref),
     "rotary": (rotary, rotary_ref),
     "selective_scan": (selective_scan, selective_scan_ref),
@@ -35,7 +36,7 @@ OPS = {
 }
 
 __all__ = ["OPS", "backend", "cross_entropy", "cross_entropy_ref", "embedding", "embedding_ref",
-           "layer_norm", "layer_norm_ref",
+           "group_norm", "group_norm_ref", "layer_norm", "layer_norm_ref",
            "linear_attention", "linear_attention_ref", "long_conv", "long_conv_ref", "rotary", "rotary_ref",
            "selective_scan", "selective_scan_ref", "selective_scan_step",
            "short_conv", "short_conv_ref", "short_conv_step", "taylor_attention", "taylor_attention_ref"]

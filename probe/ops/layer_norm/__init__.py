@@ -1,4 +1,6 @@
-"""LayerNorm over the last dimension: `layer_norm(x, weight, bias, eps)`, x [..., D], weight and bias [D].
+"""LayerNorm over the last dimension: `layer_norm(x, weight, bias, eps)`, x [..., D], weight and bias [D]; and
+GroupNorm of each position's channels: `group_norm(x, weight, bias, groups, eps)`, each of `groups` equal slices of
+D normalised on its own (torch's GroupNorm of x viewed as [N, D]: RetNet's and GLA's norm per head).
 
 Reference: `reference.layer_norm_ref` (its equation). Kernel: `kernel.py` (Triton, forward and backward),
 picked by `probe.ops.dispatch.backend`. Under torch.func.vmap (a pack of K models, each with its own weight and
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import backend
-from .reference import layer_norm_ref
+from .reference import group_norm_ref, layer_norm_ref
 
 MAX_D = 16384  # wider rows go to the reference (a row must fit one program's registers)
 
@@ -30,4 +32,21 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     return y.view(x.shape)
 
 
-__all__ = ["layer_norm", "layer_norm_ref"]
+def group_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float = 1e-5, *,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    d = x.shape[-1]
+    if not isinstance(groups, int) or groups < 1 or d % groups:
+        raise ValueError(f"groups={groups!r} must be a positive divisor of x's last dimension {d}")
+    if weight.shape != (d,) or bias.shape != (d,):
+        raise ValueError(f"weight and bias must be [{d}] (x's last dimension); got {tuple(weight.shape)} and "
+                         f"{tuple(bias.shape)}")
+    if out_dtype is None:  # torch's autocast runs GroupNorm in float32, as it does LayerNorm
+        out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
+    if backend(x) == "ref" or d // groups > MAX_D:
+        return group_norm_ref(x, weight, bias, groups, eps, out_dtype)
+    from .kernel import layer_norm_grouped
+    y = layer_norm_grouped(x.reshape(1, -1, d), weight[None], bias[None], eps, out_dtype, groups)
+    return y.view(x.shape)
+
+
+__all__ = ["group_norm", "group_norm_ref", "layer_norm", "layer_norm_ref"]

@@ -2,9 +2,13 @@
 
 x [G, R, D] (a pack of G models' activations, R rows each), weight and bias [G, D]. Each program normalises a
 block of rows of one group (several rows per program: D is small here, 32-1024, and one row per program leaves
-most of a GPU's lanes idle). Statistics and arithmetic in float32. The backward writes dx and, per program,
-partial sums of dweight and dbias over its rows; the partials are added on the host (no atomics: the result is
-deterministic). No tl.dot anywhere, so Triton 3.6's Hopper tl.trans miscompile cannot apply.
+most of a GPU's lanes idle). With H segments per row (GroupNorm over each row's channels, H groups of S = D/H:
+RetNet's and GLA's norm per head), the kernels see x as [G, R·H, S], each segment a row of its own with its own
+mean and variance, segment h of a row taking weight[h·S:(h+1)·S]; the backward's programs each walk the rows of
+one segment, so their partial sums of dweight stay per segment. Statistics and arithmetic in float32. The
+backward writes dx and, per program, partial sums of dweight and dbias over its rows; the partials are added on
+the host (no atomics: the result is deterministic). No tl.dot anywhere, so Triton 3.6's Hopper tl.trans
+miscompile cannot apply.
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ import triton.language as tl
 from ..dispatch import fold
 
 @triton.jit
-def _fwd(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, R, D, eps,
-         BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _fwd(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, R, D, H, eps,
+         BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, SEGMENTS: tl.constexpr):
+    # R rows of D here are a group's R·H segments (rows of the kernel) of D = S elements; weight [G, H·S]
     g = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
@@ -27,33 +32,41 @@ def _fwd(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, R, D, eps,
     mean = tl.sum(x, axis=1) / D
     xc = tl.where(mask, x - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / D + eps)
-    w = tl.load(w_ptr + g * D + cols, mask=in_d, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + g * D + cols, mask=in_d, other=0.0).to(tl.float32)
-    y = xc * rstd[:, None] * w[None, :] + b[None, :]
+    if SEGMENTS:  # row q is segment q % H of its row of the input
+        seg = g * H * D + (rows % H)[:, None] * D + cols[None, :]
+        w = tl.load(w_ptr + seg, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + seg, mask=mask, other=0.0).to(tl.float32)
+    else:
+        w = tl.load(w_ptr + g * D + cols, mask=in_d, other=0.0).to(tl.float32)[None, :]
+        b = tl.load(b_ptr + g * D + cols, mask=in_d, other=0.0).to(tl.float32)[None, :]
+    y = xc * rstd[:, None] * w + b
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(mean_ptr + g * R + rows, mean, mask=in_r)
     tl.store(rstd_ptr + g * R + rows, rstd, mask=in_r)
 
 
 @triton.jit
-def _bwd(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr, R, D, rows_per_program,
+def _bwd(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr, R, D, H, rows_per_program,
          BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    g = tl.program_id(0).to(tl.int64)
+    # program (g·H + h, p) walks rows p·rows_per_program .. of segment h (H = 1: plain rows); R: rows of H·D
+    gh = tl.program_id(0).to(tl.int64)
+    g, h = gh // H, gh % H
     p = tl.program_id(1).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     in_d = cols < D
-    w = tl.load(w_ptr + g * D + cols, mask=in_d, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + gh * D + cols, mask=in_d, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_D], dtype=tl.float32)
     db = tl.zeros([BLOCK_D], dtype=tl.float32)
     for start in range(0, rows_per_program, BLOCK_R):
         rows = p * rows_per_program + start + tl.arange(0, BLOCK_R)
         in_r = (rows < R) & (start + tl.arange(0, BLOCK_R) < rows_per_program)
         mask = in_r[:, None] & in_d[None, :]
-        offs = (g * R + rows)[:, None] * D + cols[None, :]
+        seg = (g * R + rows) * H + h  # this segment's row among the kernel's rows
+        offs = seg[:, None] * D + cols[None, :]
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + g * R + rows, mask=in_r, other=0.0)
-        rstd = tl.load(rstd_ptr + g * R + rows, mask=in_r, other=0.0)
+        mean = tl.load(mean_ptr + seg, mask=in_r, other=0.0)
+        rstd = tl.load(rstd_ptr + seg, mask=in_r, other=0.0)
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
         wdy = dy * w[None, :]
         c1 = tl.sum(xhat * wdy, axis=1) / D
@@ -63,8 +76,8 @@ def _bwd(x_ptr, w_ptr, dy_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_
         dw += tl.sum(dy * xhat, axis=0)
         db += tl.sum(dy, axis=0)
     n_programs = tl.num_programs(1)
-    tl.store(dw_part_ptr + (g * n_programs + p) * D + cols, dw, mask=in_d)
-    tl.store(db_part_ptr + (g * n_programs + p) * D + cols, db, mask=in_d)
+    tl.store(dw_part_ptr + (gh * n_programs + p) * D + cols, dw, mask=in_d)
+    tl.store(db_part_ptr + (gh * n_programs + p) * D + cols, db, mask=in_d)
 
 
 def _blocks(d: int) -> tuple[int, int]:
@@ -73,59 +86,66 @@ def _blocks(d: int) -> tuple[int, int]:
 
 
 class _LayerNorm(torch.autograd.Function):
-    """(y, mean, rstd) for x [G, R, D], weight and bias [G, D]; torch.func.vmap over it folds the vmap dimension
-    into G, so a pack of K models normalises in one launch."""
+    """(y, mean, rstd) for x [G, R, D], weight and bias [G, D], each row normalised in `heads` equal segments
+    (1: LayerNorm); torch.func.vmap over it folds the vmap dimension into G, so a pack of K models normalises in
+    one launch. mean and rstd: [G, R·heads]."""
 
     @staticmethod
-    def forward(x, weight, bias, eps, out_dtype):
+    def forward(x, weight, bias, eps, out_dtype, heads=1):
         x, weight, bias = x.contiguous(), weight.contiguous(), bias.contiguous()
         g, r, d = x.shape
+        seg = d // heads
         y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-        mean = torch.empty(g, r, dtype=torch.float32, device=x.device)
-        rstd = torch.empty(g, r, dtype=torch.float32, device=x.device)
-        block_r, block_d = _blocks(d)
+        mean = torch.empty(g, r * heads, dtype=torch.float32, device=x.device)
+        rstd = torch.empty(g, r * heads, dtype=torch.float32, device=x.device)
+        block_r, block_d = _blocks(seg)
         if r:
-            _fwd[(g, triton.cdiv(r, block_r))](x, weight, bias, y, mean, rstd, r, d, eps,
-                                               BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
+            _fwd[(g, triton.cdiv(r * heads, block_r))](x, weight, bias, y, mean, rstd, r * heads, seg, heads, eps,
+                                                       BLOCK_R=block_r, BLOCK_D=block_d, SEGMENTS=heads > 1,
+                                                       num_warps=4)
         return y, mean, rstd
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, weight, bias, eps, out_dtype = inputs
+        x, weight, bias, eps, out_dtype, *rest = inputs
         ctx.mark_non_differentiable(output[1], output[2])
         ctx.save_for_backward(x, weight, output[1], output[2])
-        ctx.bias_dtype = bias.dtype
+        ctx.bias_dtype, ctx.heads = bias.dtype, rest[0] if rest else 1
 
     @staticmethod
     def backward(ctx, dy, _dmean, _drstd):
         x, weight, mean, rstd = ctx.saved_tensors
         x, weight, dy = x.contiguous(), weight.contiguous(), dy.contiguous()
         g, r, d = x.shape
-        block_r, block_d = _blocks(d)
+        heads = ctx.heads
+        seg = d // heads
+        block_r, block_d = _blocks(seg)
         # enough programs to fill a GPU (~1k), each walking a run of rows, so the partials stay few
-        per_group = max(1, min(triton.cdiv(r, block_r), triton.cdiv(1024, g)))
+        per_group = max(1, min(triton.cdiv(r, block_r), triton.cdiv(1024, g * heads)))
         rows_per_program = block_r * triton.cdiv(triton.cdiv(r, block_r), per_group) if r else block_r
         n_programs = max(1, triton.cdiv(r, rows_per_program))
         dx = torch.empty_like(x)
-        dw_part = torch.empty(g, n_programs, d, dtype=torch.float32, device=x.device)
-        db_part = torch.empty(g, n_programs, d, dtype=torch.float32, device=x.device)
+        dw_part = torch.empty(g, heads, n_programs, seg, dtype=torch.float32, device=x.device)
+        db_part = torch.empty(g, heads, n_programs, seg, dtype=torch.float32, device=x.device)
         if r:
-            _bwd[(g, n_programs)](x, weight, dy, mean, rstd, dx, dw_part, db_part, r, d, rows_per_program,
-                                  BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
+            _bwd[(g * heads, n_programs)](x, weight, dy, mean, rstd, dx, dw_part, db_part, r, seg, heads,
+                                          rows_per_program, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
         else:
             dw_part.zero_(), db_part.zero_()
-        return dx, dw_part.sum(1).to(weight.dtype), db_part.sum(1).to(ctx.bias_dtype), None, None
+        dw, db = (part.sum(2).view(g, d) for part in (dw_part, db_part))
+        return dx, dw.to(weight.dtype), db.to(ctx.bias_dtype), None, None, None
 
     @staticmethod
-    def vmap(info, in_dims, x, weight, bias, eps, out_dtype):
+    def vmap(info, in_dims, x, weight, bias, eps, out_dtype, heads=1):
         k = info.batch_size
         groups = x.shape[0] if in_dims[0] is None else x.shape[1 if in_dims[0] == 0 else 0]
         y, mean, rstd = _LayerNorm.apply(fold(x, in_dims[0], k), fold(weight, in_dims[1], k),
-                                         fold(bias, in_dims[2], k), eps, out_dtype)
+                                         fold(bias, in_dims[2], k), eps, out_dtype, heads)
         return (y.view(k, groups, *y.shape[1:]), mean.view(k, groups, -1), rstd.view(k, groups, -1)), (0, 0, 0)
 
 
 def layer_norm_grouped(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                       out_dtype: torch.dtype) -> torch.Tensor:
-    """x [G, R, D], weight and bias [G, D] -> y [G, R, D] in out_dtype (the kernel's own layout)."""
-    return _LayerNorm.apply(x, weight, bias, eps, out_dtype)[0]
+                       out_dtype: torch.dtype, heads: int = 1) -> torch.Tensor:
+    """x [G, R, D], weight and bias [G, D] -> y [G, R, D] in out_dtype (the kernel's own layout); each row
+    normalised in `heads` equal segments of D (1: LayerNorm; more: GroupNorm with per-row statistics)."""
+    return _LayerNorm.apply(x, weight, bias, eps, out_dtype, heads)[0]

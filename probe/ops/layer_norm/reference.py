@@ -3,6 +3,10 @@
     y = (x − μ) / sqrt(σ² + eps) · weight + bias,   μ, σ²: the mean and (biased) variance of x's last dimension
 
 x [..., D], weight and bias [D] -> y [..., D], computed in float32 (float64 for float64 inputs) by torch's own layer_norm.
+
+GroupNorm of each position (Wu & He 2018, with groups over channels and statistics per position, as RetNet and GLA
+normalise each head): the same equation over each of G equal slices of D, μ and σ² per slice; torch's group_norm
+of x viewed as [N, D].
 """
 from __future__ import annotations
 
@@ -16,3 +20,12 @@ def layer_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ep
     with torch.autocast(x.device.type, enabled=False):
         y = F.layer_norm(x.to(dtype), x.shape[-1:], weight.to(dtype), bias.to(dtype), eps)
     return y.to(out_dtype or x.dtype)
+
+
+def group_norm_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, eps: float = 1e-5,
+                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    d = x.shape[-1]
+    with torch.autocast(x.device.type, enabled=False):
+        y = F.group_norm(x.reshape(-1, d).to(dtype), groups, weight.to(dtype), bias.to(dtype), eps)
+    return y.view(x.shape).to(out_dtype or x.dtype)
