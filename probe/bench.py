@@ -339,7 +339,7 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
     from .cli import check_bytes, check_fits
     from .mixers import MIXERS
     from .model import parse_pattern
-    from .train import ModelConfig, TrainConfig
+    from .config import ModelConfig, TrainConfig
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ProbeError("--device cuda but no CUDA device is available")
     if args.seq_len is None:

@@ -18,11 +18,11 @@ import sys
 
 from tasks import TASKS, TaskConfigError
 
+from .config import ModelConfig, TrainConfig
 from .errors import ProbeError
 from .flags import add_flags, dataclass_fields, pick
 from .model import build_model, mixer_options, parse_pattern
 from .outputs import check_writable, write_atomically
-from .train import ModelConfig, TrainConfig
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -20,10 +20,10 @@ import pandas as pd
 
 from tasks import TASKS, TaskConfigError
 
+from .config import ModelConfig, TrainConfig
 from .errors import ProbeError
 from .storage import check_readable, default_url, open_storage
 from .sweep import Cell, SearchSpace, Sweep, file_sha256, load_sweep
-from .train import ModelConfig, TrainConfig
 from .tuning import cell_status, cell_studies
 
 NAN = math.nan

@@ -25,9 +25,9 @@ from typing import Literal
 
 from tasks import TaskConfig, TaskConfigError
 
+from .config import ModelConfig, TrainConfig
 from .errors import ProbeError
 from .model import build_model
-from .train import ModelConfig, TrainConfig
 
 
 class _SeqLen:

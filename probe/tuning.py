@@ -43,10 +43,10 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from .config import Logger
 from .errors import ProbeError
 from .storage import reap_dead_workers, uses_heartbeat, warn_once, worker_identity
 from .sweep import Cell, Sweep
-from .train import Logger
 
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 

@@ -6,7 +6,7 @@ State size is read off each model (`state_size` at every evaluation length), so 
 trial on the accuracy-vs-state plane and draw each family's Pareto frontier.
 """
 from probe.sweep import SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.mqar import MQAR
 
 

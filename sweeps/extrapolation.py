@@ -11,7 +11,7 @@ Two protocols, side by side:
   entry per scheme (RoPE itself included, equal to the record's own numbers).
 """
 from probe.sweep import SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.mqar import MQAR
 from tasks.passkey import Passkey
 

@@ -37,7 +37,7 @@ computed by probe.report.analysis.mad_scores): per level the best trial's test a
 the mean over its levels, per arch the mean over the tasks; beside it each task's score and each level's accuracy.
 """
 from probe.sweep import SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.compression import Compression
 from tasks.copying import Copying
 from tasks.fuzzy_recall import FuzzyRecall

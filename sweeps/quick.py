@@ -14,7 +14,7 @@ settings, found by training single models first:
 The same file runs unchanged on a GPU (`probe sweep sweeps/quick.py --device cuda`).
 """
 from probe.sweep import SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.mqar import MQAR
 
 

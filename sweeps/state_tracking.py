@@ -14,7 +14,7 @@ variants (Mamba and DeltaNet with eigenvalues in [-1, 1]) are not in probe's reg
 the baselines they are compared against.
 """
 from probe.sweep import SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.state_tracking import StateTracking
 
 GROUPS = [dict(group="parity"), dict(group="modular", modulus=5), dict(group="S3"), dict(group="S5")]

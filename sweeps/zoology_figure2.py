@@ -31,7 +31,7 @@ Where probe departs, and why (each moves a point; none is tuned away):
 same range, the default mixers, warmup 100 steps, evaluation every 200 steps.
 """
 from probe.sweep import SEQ_LEN, SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.mqar import MQAR
 
 GRID = [(64, 4), (128, 8), (256, 16), (512, 64)]

@@ -11,7 +11,7 @@ flat at 0.10-0.15 for 20k steps). A late jump after such a plateau would be lost
 Zoology's protocol, has no plateau rule and shows whether one happens.
 """
 from probe.sweep import SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.mqar import MQAR
 
 

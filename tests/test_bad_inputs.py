@@ -24,7 +24,7 @@ IN = "{inputs}"  # the inputs folder, filled in per test
 # -- sweep files: one good, and bad ones made from it by one replacement each -----------------------------------
 GOOD = '''import sys
 from probe.sweep import SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.mqar import MQAR
 
 

@@ -15,7 +15,7 @@ import pytest
 
 SWEEP = """
 from probe.sweep import SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.mqar import MQAR
 
 

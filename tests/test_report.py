@@ -752,7 +752,7 @@ def test_probe_report_command_line_errors_exit_2(tmp_path):
 # -- a real sweep -------------------------------------------------------------------------------------------------
 SWEEP = '''
 from probe.sweep import SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.mqar import MQAR
 
 
@@ -811,7 +811,7 @@ TINY_SUITES = {
     "mad_tiny": '''
 import dataclasses, runpy
 from probe.sweep import SearchSpace
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 
 MAD = runpy.run_path({path!r})
 
@@ -832,7 +832,7 @@ def sweep():
     "state_tracking_tiny": '''
 import dataclasses, runpy
 from probe.sweep import SearchSpace
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 
 
 def sweep():

@@ -20,7 +20,7 @@ from probe.sweep import load_sweep
 
 TINY = """
 from probe.sweep import SearchSpace, Sweep
-from probe.train import TrainConfig
+from probe.config import TrainConfig
 from tasks.mqar import MQAR
 
 
@@ -298,7 +298,7 @@ def test_diverging_trials_are_pruned_with_their_reason_and_the_sweep_goes_on(tmp
 @pytest.mark.parametrize("end", [True, False], ids=["ends_at_target", "trains_every_trial"])
 def test_a_cell_solved_by_one_trial_stops_the_rest_of_its_pack(tmp_path, end):
     from probe.sweep import SearchSpace
-    from probe.train import TrainConfig
+    from probe.config import TrainConfig
     from probe.tuning import cell_status, cell_studies, run_worker
     # lr 1e-9 cannot learn in 40 steps; lr 3e-2 passes 0.3 at once
     sweep = grid_sweep(archs=["attention"], search=SearchSpace(lr_grid=(1e-9, 3e-2)), trials_per_cell=2, epochs=4,
@@ -432,7 +432,7 @@ def test_sqlite_is_refused_for_concurrent_writers(tmp_path):
 # -- protocols: a fixed learning-rate grid, settings per training length ---------------------------------------
 def grid_sweep(**overrides):
     from probe.sweep import SEQ_LEN, SearchSpace, Sweep
-    from probe.train import TrainConfig
+    from probe.config import TrainConfig
     from tasks.mqar import MQAR
     fields = dict(name="grid", tasks=[MQAR(seq_len=8, vocab_size=16, num_kv_pairs=2),
                                       MQAR(seq_len=16, vocab_size=16, num_kv_pairs=2)],
@@ -510,7 +510,7 @@ def test_every_study_describes_its_cell_and_names_its_objective(tmp_path):
 def test_the_extrapolation_protocols_run_side_by_side_at_a_tiny_size(tmp_path):
     # trained with the scheme (attention_pi) and trained with RoPE, evaluated under each scheme (attention)
     from probe.sweep import SearchSpace, Sweep
-    from probe.train import TrainConfig
+    from probe.config import TrainConfig
     from probe.tuning import run_worker
     from tasks.passkey import Passkey
     schemes = ("rope", "pi", "ntk", "ntk_dynamic", "rerope", "leaky_rerope")
@@ -609,7 +609,7 @@ def test_the_plateau_rule_stops_a_flat_curve_and_keeps_a_rising_or_jumping_one()
 
 def test_a_sweep_with_a_plateau_rule_prunes_a_trial_that_cannot_learn_with_the_reason(tmp_path):
     from probe.sweep import SearchSpace
-    from probe.train import TrainConfig
+    from probe.config import TrainConfig
     from probe.tuning import cell_studies, run_worker
     sweep = grid_sweep(archs=["attention"], search=SearchSpace(lr_grid=(1e-9, 3e-2)), trials_per_cell=2, epochs=4,
                        train=TrainConfig(batch_size=16, warmup_steps=0, num_train=256, num_test=64, val_every=10,
