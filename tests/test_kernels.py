@@ -1,6 +1,6 @@
 """probe's Triton kernels against their plain PyTorch references, forward and backward, on odd shapes, with every
-output buffer poisoned by NaN first. On a CPU they run through Triton's interpreter (conftest.py), in float32 and
-bf16 inputs; on a GPU the same tests run the compiled kernels."""
+output buffer poisoned by NaN first. On a CPU they run through Triton's interpreter (conftest.py), in float32 at
+short lengths; on a GPU the same tests run the compiled kernels, in float32 and bf16."""
 import pytest
 import torch
 
@@ -34,8 +34,10 @@ def rel(a, b):
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("skip", [True, False], ids=["D", "noD"])
 def test_selective_scan_matches_the_reference(rows, length, d, n, dtype, tol, skip, poisoned):
-    if length == 1000 and (dtype == torch.bfloat16 or not skip) and DEVICE == "cpu":
-        pytest.skip("the interpreter takes seconds per program at L=1000; one variant there is enough")
+    if DEVICE == "cpu" and (dtype == torch.bfloat16 or length == 1000):
+        # bf16 is tested compiled, on the GPU; the interpreter spends ~80 s at L = 1000, whose fp32 case with D
+        # tests/test_ops.py runs at the same shape
+        pytest.skip("the interpreter runs fp32 at short lengths here (bf16 and L = 1000 run on the GPU)")
     check_scan(rows, length, d, n, dtype, tol, skip)
 
 
