@@ -33,7 +33,9 @@ different order of summation and rounding at float32's level; bf16/fp16 inputs m
 filter tile cast to it inside the kernel (a float32 filter beside bf16 activations, as the mixers pass them under
 autocast, is rounded to bf16), and accumulate in float32, where the reference computes everything in float32.
 Triton 3.6 on Hopper miscompiles tl.dot of a tl.trans of a computed tile: no tile is transposed, dyᵀ is loaded
-with swapped strides. Fixed block sizes, untuned (no GPU to hand when written; the interpreter cannot autotune).
+with swapped strides. Fixed block sizes (the interpreter cannot autotune), kept after timing 7 tile shapes and warp
+counts on the H200 (BENCHMARKS.md, 2026-12-03 fourth session): 32 x 32 tiles, the fastest fwd+bwd in bf16 (1.30x,
+its forward 1.4x slower), moved a K = 4 pack's training by +4% for H3 and by noise for BaseConv.
 Measured since: 230-255 registers a program (spills in the anti-causal product), so two programs per SM; the
 product is latency-bound, not bound by its dots (BENCHMARKS.md, 2026-12-03 third session).
 """
@@ -46,7 +48,7 @@ import triton.language as tl
 
 from ..dispatch import fold
 
-NUM_WARPS = 4  # untuned
+NUM_WARPS = 4  # 8 measured no faster at [64, 64] tiles (bf16) and slower in float32
 MAX_BLOCK = 64  # positions and rows per tile: [64, 64] dots, a [64, 64] float32 accumulator
 PROGRAMS = 1024  # _filter_grad's programs: about 8 per H200 SM; each holds one BL² float32 scratch tile
 

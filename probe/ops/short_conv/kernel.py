@@ -27,6 +27,7 @@ import triton.language as tl
 
 from ..dispatch import fold
 
+NUM_WARPS = 4  # with _blocks' tiles: timed on the H200 against 2 and 8 warps and 6 tile shapes (BENCHMARKS.md)
 PROGRAMS = 2048  # the backward's programs: enough to fill an H200's 132 SMs, few enough that partials stay small
 
 
@@ -179,7 +180,8 @@ class _ShortConv(torch.autograd.Function):
         _fwd[(rows * n_lt, triton.cdiv(c, block_c))](
             x, weight, bias if bias is not None else weight, gate if gate is not None else x, y, length, c, n_lt,
             rows // weight.shape[0], *x.stride()[:2], *g_strides, W=weight.shape[-1], HAS_BIAS=bias is not None,
-            HAS_GATE=gate is not None, SILU=activation == "silu", BLOCK_L=block_l, BLOCK_C=block_c, num_warps=4)
+            HAS_GATE=gate is not None, SILU=activation == "silu", BLOCK_L=block_l, BLOCK_C=block_c,
+            num_warps=NUM_WARPS)
         return y
 
     @staticmethod
@@ -215,9 +217,9 @@ class _ShortConv(torch.autograd.Function):
                 dgate if gate is not None else dx, dw_part, db_part if bias is not None else dw_part, length, c,
                 n_lt, rows // groups, tiles_per_program, per_group, *x.stride()[:2], *g_strides, W=taps,
                 W_POW2=triton.next_power_of_2(taps), HAS_BIAS=bias is not None, HAS_GATE=gate is not None,
-                SILU=ctx.activation == "silu", BLOCK_L=block_l, BLOCK_C=block_c, num_warps=4)
+                SILU=ctx.activation == "silu", BLOCK_L=block_l, BLOCK_C=block_c, num_warps=NUM_WARPS)
             _dx[(rows * n_lt, n_cb)](da, weight, dx, length, c, n_lt, rows // groups, W=taps, BLOCK_L=block_l,
-                                     BLOCK_C=block_c, num_warps=4)
+                                     BLOCK_C=block_c, num_warps=NUM_WARPS)
         else:  # nothing to convolve: no gradient anywhere
             for t in (dx, dgate, dw_part, db_part):
                 if t is not None:
