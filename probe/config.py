@@ -1,5 +1,5 @@
-"""The configs of a training run, ModelConfig and TrainConfig, and the Logger names: plain dataclasses, importable without Lightning
-(the command line, sweep files and the report read them; probe.train re-exports both).
+"""The configs of a training run, ModelConfig and TrainConfig, and the Logger names: plain dataclasses, importable
+without Lightning (the command line, sweep files and the report read them; probe.train re-exports them).
 """
 from __future__ import annotations
 

@@ -511,8 +511,8 @@ class Based(_LinearAttentionMixer):
 
 def _norm_heads(norm: nn.GroupNorm, o: torch.Tensor) -> torch.Tensor:
     """norm (one group per head) of each position's heads, o [B, L, H, Dv] -> [B, L, H·Dv], through
-    probe.ops.group_norm (one launch: torch's GroupNorm of a [B·L, H·Dv] view takes B·L·H tiny rows); kept in
-    float32 or wider, as x may be bf16."""
+    probe.ops.group_norm (torch's GroupNorm of the [B·L, H·Dv] view took ~10x its bytes' time on the H200,
+    BENCHMARKS.md); kept in float32 or wider, as x may be bf16."""
     B, L, H, Dv = o.shape
     acc = torch.promote_types(o.dtype, norm.weight.dtype)
     return ops.group_norm(o.reshape(B, L, H * Dv), norm.weight, norm.bias, norm.num_groups, norm.eps, out_dtype=acc)

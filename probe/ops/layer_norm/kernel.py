@@ -21,7 +21,8 @@ from ..dispatch import fold
 @triton.jit
 def _fwd(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, R, D, H, eps,
          BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, SEGMENTS: tl.constexpr):
-    # R rows of D here are a group's R·H segments (rows of the kernel) of D = S elements; weight [G, H·S]
+    # with H segments per input row, R counts a group's segments (input rows · H) and D is a segment's width S;
+    # weight and bias [G, H·S]
     g = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
