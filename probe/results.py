@@ -227,7 +227,14 @@ def load_results(sweep_files: list[str], storage: str | None = None) -> Results:
 
 
 def best_per_cell(trials: pd.DataFrame) -> pd.DataFrame:
-    """The best COMPLETE trial of each cell (highest accuracy, then lowest trial number): one row per cell."""
-    done = trials[trials["state"] == "COMPLETE"].sort_values(["cell", "accuracy", "trial"],
-                                                             ascending=[True, False, True])
+    """The best COMPLETE trial of each cell (highest accuracy, then lowest trial number): one row per cell.
+
+    A cell without a COMPLETE trial whose trials the plateau rule stopped (Sweep.plateau_epochs) has its best
+    plateaued trial instead, `plateaued` True: it trained until its accuracy stopped rising, so that accuracy is
+    the cell's result (a lower bound, had it trained on), as a learning-rate grid's best point is whatever it
+    reached. Trials stopped by the median pruner, by divergence or because the cell was solved never count."""
+    reason = trials["reason"] if "reason" in trials else pd.Series("", index=trials.index)
+    plateau = (trials["state"] == "PRUNED") & reason.fillna("").astype(str).str.startswith("plateau")
+    done = trials[(trials["state"] == "COMPLETE") | plateau].assign(plateaued=plateau)
+    done = done.sort_values(["cell", "plateaued", "accuracy", "trial"], ascending=[True, True, False, True])
     return done.groupby(["sweep", "cell"], as_index=False).head(1).reset_index(drop=True)

@@ -255,6 +255,27 @@ def test_best_config_ignores_pruned_trials_even_when_they_score_higher():
     assert cells.loc[0, "best_trial"] == 2 and cells.loc[0, "accuracy"] == 0.7
 
 
+def test_a_cell_whose_trials_all_plateaued_shows_its_best_plateaued_trial_and_says_so():
+    # the plateau rule stops a trial whose accuracy stopped rising: where no trial of a cell ran to its end, that
+    # accuracy is the cell's result (BaseConv at L 64 in the shipped sweep); a median-pruned trial never counts,
+    # and a COMPLETE trial beats a plateaued one that scored higher
+    plateau = "plateau: accuracy 0.3000 has not risen 0.01 above 0.2950 since step 800"
+    trials = [make_trial("mamba", 32, 32, 0, 0, "PRUNED", plateau, acc=0.25),
+              make_trial("mamba", 32, 32, 0, 1, "PRUNED", plateau, acc=0.3),
+              make_trial("mamba", 32, 32, 0, 2, "PRUNED", "pruned at step 100 by the median pruner", acc=0.9),
+              make_trial("mamba", 32, 64, 0, 0, acc=0.5), make_trial("mamba", 32, 64, 0, 1, "PRUNED", plateau, acc=0.8),
+              make_trial("mamba", 64, 32, 0, 0, "PRUNED", "pruned at step 100 by the median pruner", acc=0.7)]
+    res = assemble(trials, {})
+    cells = A.cell_table(res.trials, res.provenance).set_index(["seq_len", "d_model"])
+    assert (cells.loc[(32, 32), "status"], cells.loc[(32, 32), "best_trial"]) == ("plateaued", 1)
+    assert cells.loc[(32, 32), "accuracy"] == 0.3
+    assert (cells.loc[(32, 64), "status"], cells.loc[(32, 64), "best_trial"]) == ("complete", 0)
+    assert cells.loc[(64, 32), "status"] == "pruned" and math.isnan(cells.loc[(64, 32), "accuracy"])
+    summary = {s.id: s for s in page.build(res.trials, res.tidy, res.curves, res.provenance, "r")}["summary"]
+    notes = " ".join(str(n) for n in summary.notes)
+    assert "Holes: 1 of 3 cells" in notes and "Plateaued: 1 of 3 cells" in notes
+
+
 def test_best_per_column_is_highlighted_within_each_length_and_width(full_report):
     html = full_report.read_text()
     table = section(html, "best")

@@ -2,7 +2,8 @@
 
 Words used throughout:
 - cell: one Optuna study, task config × arch × d_model × seed; its key is `<task key>/<arch>/d<d_model>/seed<seed>`
-  (probe.sweep.Sweep.cells). A cell's result is its best COMPLETE trial (probe.results.best_per_cell).
+  (probe.sweep.Sweep.cells). A cell's result is its best COMPLETE trial, or where it has none its best trial
+  stopped by the plateau rule, its status then "plateaued" (probe.results.best_per_cell).
 - setting: a cell without its seed. A setting's accuracy is the mean ± std over seeds of each seed's best
   trial: the learning rate is tuned per seed, then the seeds are averaged.
 - problem: what stays fixed on a heatmap's axes: the task, plus any task field that varies at a fixed seq_len,
@@ -38,7 +39,7 @@ TRIAL_STATES = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
 #: a best learning rate this close to an end of the searched range (in decades) suggests widening the range
 EDGE_DECADES = 0.1
 #: the order in which a setting's worst cell names the setting's status
-STATUS_ORDER = ["failed", "running", "pending", "pruned", "complete"]
+STATUS_ORDER = ["failed", "running", "pending", "pruned", "plateaued", "complete"]
 
 CELL_KEY = re.compile(r"^(?P<task_key>(?P<task>[^-/]+)-L(?P<seq_len>\d+)[^/]*)/(?P<arch>[^/]+)"
                       r"/d(?P<d_model>\d+)/seed(?P<seed>\d+)$")
@@ -159,6 +160,8 @@ def _cell_row(cell, info, g, labels, problem_of_task_key, best) -> dict:
     if best is not None:
         row.update(best_trial=int(best["trial"]), accuracy=best["accuracy"], lr=best["lr"], params=best["params"],
                    state_size=best["state_size"], train_tokens_per_s=best["train_tokens_per_s"])
+        if best.get("plateaued", False):  # no trial ran to its end: the result is where accuracy stopped rising
+            row["status"] = "plateaued"
     elif row["status"] == "complete":
         row["status"] = "pruned"  # its budget is spent, but no trial ran to the end
     return row

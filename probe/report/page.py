@@ -188,6 +188,8 @@ def summary_section(d: Data) -> Section:
                    "narrowest width whose tuned model solves the task at that length, with its state size (values "
                    "carried from token to token); where none does, the best accuracy reached and where.")
     s.notes.append(_holes_line(d))
+    if (plateaued := _plateaued_line(d)) is not None:
+        s.notes.append(plateaued)
     if d.settings["accuracy"].isna().all():
         s.notes.append(NO_RESULT)
         return s
@@ -242,6 +244,14 @@ def _holes_line(d: Data) -> Markup:
     counts = ", ".join(f"{n} {s}" for s, n in missing["status"].value_counts().items())
     return Markup(f'Holes: {len(missing)} of {len(d.cells)} cells have no completed trial ({escape(counts)}); '
                   '<a href="#provenance">why, per cell</a>.')
+
+
+def _plateaued_line(d: Data) -> Markup | None:
+    n = int((d.cells["status"] == "plateaued").sum()) if len(d.cells) else 0
+    if not n:
+        return None
+    return Markup(f"Plateaued: {n} of {len(d.cells)} cells have no trial that ran to its end, every one stopped by "
+                  "the plateau rule; each shows its best such trial, the accuracy where it stopped rising.")
 
 
 # -- MAD's aggregate ----------------------------------------------------------------------------------------------
@@ -487,7 +497,8 @@ BEST_MARKS = {"accuracy": ("best-acc", "highest accuracy"), "state_size": ("best
 def best_section(d: Data) -> Section:
     s = Section("best", "Best configuration per arch, length and width")
     legend = Markup(" ").join(Markup(f'<span class="mark {css}">{what}</span>') for css, what in BEST_MARKS.values())
-    s.notes.append(Markup("Per cell (one seed) the COMPLETE trial with the highest accuracy at the training length; "
+    s.notes.append(Markup("Per cell (one seed) the COMPLETE trial with the highest accuracy at the training length "
+                          "(where none is, the best trial the plateau rule stopped: status plateaued); "
                           "then mean ± std over seeds. lr is the tuned learning rate (geometric mean over seeds). "
                           "Marked, among the archs at each problem, length and width: ") + legend + ".")
     if d.settings["accuracy"].isna().all():
