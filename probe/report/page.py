@@ -250,8 +250,8 @@ def _plateaued_line(d: Data) -> Markup | None:
     n = int((d.cells["status"] == "plateaued").sum()) if len(d.cells) else 0
     if not n:
         return None
-    return Markup(f"Plateaued: {n} of {len(d.cells)} cells have no trial that ran to its end, every one stopped by "
-                  "the plateau rule; each shows its best such trial, the accuracy where it stopped rising.")
+    return Markup(f"Plateaued: {n} of {len(d.cells)} cells have no trial that ran to its end, only trials the "
+                  "plateau rule stopped; each shows its best such trial, the accuracy where it stopped rising.")
 
 
 # -- MAD's aggregate ----------------------------------------------------------------------------------------------
