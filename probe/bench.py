@@ -196,6 +196,7 @@ def bench_train(device: torch.device, archs: list[str], steps: int, packs: list[
     `graphs`: each pack with its steps captured as CUDA graphs (True, what fit does on CUDA), eager (False), or
     both, the ratio printed. `concurrent`: also N such packs at once (threads, a CUDA stream each), their
     aggregate tokens/s over the span they trained in against one pack's, timed the same way."""
+    from .pack import release_memory
     from .train import ModelConfig, RunSpec, TrainConfig, fit
     task = TASKS["mqar"](seq_len=seq_len, vocab_size=8192, num_kv_pairs=seq_len // 16)
     model_cfg = ModelConfig(d_model=128, n_layers=2)
@@ -216,9 +217,10 @@ def bench_train(device: torch.device, archs: list[str], steps: int, packs: list[
                     run(k, 20, 256 * 20, graph)
                     records = run(k, steps, 100_000, graph)
                 except torch.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    print(f"{arch:24s} K={k:<3d} does not fit in GPU memory", flush=True)
                     fits = False
+                if not fits:  # out of the except block, where the error no longer holds the pack's tensors
+                    release_memory()
+                    print(f"{arch:24s} K={k:<3d} does not fit in GPU memory", flush=True)
                     break
                 total = sum(r.train_tokens_per_s for r in records)
                 single.setdefault(graph, total)  # K = 1 comes first

@@ -106,6 +106,20 @@ class PackedModel(nn.Module):
 CAPTURING = threading.Lock()
 
 
+def release_memory() -> None:
+    """Free what finished packs still hold. A pack's Lightning trainer, module, optimiser and data refer to each
+    other in cycles, which only Python's cyclic collector frees, and it runs by counts of Python objects, not by
+    device memory: seen on an H100 (`probe bench train`, 2026-12-07), each finished pack's weights, optimiser
+    state, data set and captured step's memory pool stayed on the GPU until later packs ran out of memory (RetNet
+    failed at K = 1 after eleven packs of other archs), and a sweep's worker, which trains pack after pack, would
+    halve packs for memory its finished ones held. On CUDA the allocator's cache, the released graph pools
+    included, goes back too. Not while another thread of the worker captures its step (see StepGraph.run)."""
+    with CAPTURING:
+        gc.collect()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+
 class StepGraph:
     """One whole training step (the closure's forward and backward, then the optimiser's update) as a CUDA graph.
 

@@ -43,7 +43,7 @@ from .metrics import ExampleCounts, summarise
 from .mixers.attention import evaluated_with
 from .model import build_model
 from .ops import cross_entropy
-from .pack import PackedAdamW, PackedModel, StepGraph
+from .pack import PackedAdamW, PackedModel, StepGraph, release_memory
 
 
 @dataclass(frozen=True)
@@ -404,7 +404,23 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
 
     `logger` ("csv" or "tensorboard") writes live learning curves into `log_dir`: each member's training loss
     and its accuracy at every evaluation length, named `log_names[k]` (default member0, member1, ...), so a
-    pack of K shows K curves."""
+    pack of K shows K curves.
+
+    When it returns, nothing of the pack is left in memory (its weights, optimiser state, data and captured
+    step are freed: `release_memory`), so a worker's next pack has the whole device."""
+    try:
+        return _fit(specs, progress=progress, callbacks=callbacks, judges=judges, logger=logger, log_dir=log_dir,
+                    log_names=log_names, end_at_first_target=end_at_first_target)
+    finally:
+        for callback in callbacks or ():  # Lightning gives each callback the module's log methods, which would
+            for name in ("log", "log_dict"):  # keep the pack alive as long as the caller keeps its callbacks
+                callback.__dict__.pop(name, None)
+        release_memory()  # on an error, the traceback still holds the pack: whoever catches it releases again
+
+
+def _fit(specs: list[RunSpec], *, progress: bool, callbacks: list | None, judges: list[Judge] | None,
+         logger: Logger | None, log_dir: str | None, log_names: list[str] | None,
+         end_at_first_target: bool) -> list[RunRecord]:
     if not specs:
         raise ProbeError("fit needs at least one run")
     check_logger(logger)

@@ -195,14 +195,14 @@ def fit_halving(specs: list, judges: list, progress: bool, names: list[str], cur
     except torch.OutOfMemoryError:
         if len(specs) == 1:
             raise
-        from .pack import CAPTURING
-        with CAPTURING:  # not while another pack of this worker captures its step
-            torch.cuda.empty_cache()
-        half = len(specs) // 2
-        return (fit_halving(specs[:half], judges[:half], progress, names[:half], curves, cell, end_at_target,
-                            callbacks)
-                + fit_halving(specs[half:], judges[half:], progress, names[half:], curves, cell, end_at_target,
-                              callbacks))
+    # out of the except block: the error's traceback, which held the failed pack's tensors, is gone
+    from .pack import release_memory
+    release_memory()
+    half = len(specs) // 2
+    return (fit_halving(specs[:half], judges[:half], progress, names[:half], curves, cell, end_at_target,
+                        callbacks)
+            + fit_halving(specs[half:], judges[half:], progress, names[half:], curves, cell, end_at_target,
+                          callbacks))
 
 
 def train_pack(cell: Cell, sweep: Sweep, study: optuna.Study, asked: list[tuple[optuna.Trial, dict]], *,

@@ -137,3 +137,28 @@ def test_probe_train_with_a_csv_logger_writes_a_metrics_file(tmp_path, capsys):
     assert f"learning curves (csv) in {tmp_path / 'curves'}" in capsys.readouterr().out
     metrics = pd.read_csv(tmp_path / "curves" / "metrics.csv")
     assert metrics["member0/loss"].notna().sum() == 2 and metrics["member0/accuracy"].notna().sum() == 2
+
+
+def test_a_finished_pack_leaves_nothing_in_memory():
+    """A worker trains pack after pack in one process: each pack's module, weights and data must be gone when fit
+    returns, not left in reference cycles for Python's collector to find some time later (on a GPU they piled up
+    until later packs ran out of memory)."""
+    import weakref
+
+    import lightning as L
+
+    from probe.train import RunSpec, fit
+
+    class Watch(L.Callback):
+        refs: list = []
+
+        def on_train_start(self, trainer, pl_module):
+            self.refs = [weakref.ref(x) for x in (trainer, pl_module, pl_module.pack, pl_module.pack.stacked[0])]
+
+    watch = Watch()
+    task = MQAR(seq_len=16, vocab_size=32, num_kv_pairs=2)
+    fit([RunSpec(task, "attention", ModelConfig(d_model=16), TrainConfig(
+        lr=lr, max_steps=4, val_every=2, batch_size=8, num_train=32, num_test=8, device="cpu")) for lr in (1e-3, 1e-2)],
+        callbacks=[watch])
+    assert len(watch.refs) == 4
+    assert [r() is None for r in watch.refs] == [True] * 4  # trainer, module, pack, a stacked weight
