@@ -10,7 +10,9 @@ Zoology's grid, as its configs define it:
 - attention: 1 head, learned absolute positions, dropout 0.1 on the attention weights.
 - hyena: the reference operator (one long implicit filter between two gates).
 - rwkv: RWKV's time mixer; probe has no RWKV, and RetNet stands in (a decaying linear recurrence).
-- base_conv: Zoology's BaseConv (feed-through and residual), kernels alternating 3 and long over the layers.
+- base_conv: Zoology's BaseConv (feed-through and residual), kernels alternating 3 and long over the layers; the
+  long convolution implicit (`ImplicitLongConvolution`: BaseConv's `implicit_long_conv` defaults to True and
+  the configs do not set it).
 - h3: d_state = L ("makes it mathematically equivalent to Hyena"), head_dim 2.
 - based: Zoology's hybrid of a short (3) BaseConv and Based (Taylor feature map, feature_dim 8, 1 head).
 - mamba: Mamba's defaults.
@@ -48,7 +50,7 @@ def sweep() -> Sweep:
             "attention": {"arch": "attention_learned", "n_heads": 1, "dropout": 0.1},
             "hyena": {},
             "retnet": {},
-            "baseconv": {"arch": "baseconv_short,baseconv", "form": "zoology"},
+            "baseconv": {"arch": "baseconv_short,baseconv_implicit", "form": "zoology"},
             "h3": {"d_state": SEQ_LEN, "head_dim": 2},
             "based": {"arch": "baseconv_short,based", "form": "zoology", "feature_dim": 8, "n_heads": 1},
             "mamba": {},

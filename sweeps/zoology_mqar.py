@@ -21,8 +21,9 @@ def sweep() -> Sweep:
         tasks=[MQAR(seq_len=L, vocab_size=8192, num_kv_pairs=N) for L, N in [(64, 4), (128, 8), (256, 16), (512, 64)]],
         # Zoology's Based mixes a short convolution with Taylor linear attention; the Taylor layer alone cannot
         # bind a key to the value after it (0.09 after 6 epochs at L=256, see BENCHMARKS.md). BaseConv is the
-        # form of Zoology's code (feed-through + residual, N(0, 1) long filter), kernels alternating 3 and long
-        archs={"attention": {}, "baseconv": {"arch": "baseconv_short,baseconv", "form": "zoology"},
+        # form of Zoology's code (feed-through + residual), kernels alternating 3 and long, the long one implicit
+        # (Zoology's BaseConv default, which its Figure-2 configs keep)
+        archs={"attention": {}, "baseconv": {"arch": "baseconv_short,baseconv_implicit", "form": "zoology"},
                "hyena": {}, "h3": {}, "retnet": {},
                "based": {"arch": "baseconv_short,based"}, "mamba": {}},
         d_models=(64, 128, 256, 512),

@@ -138,13 +138,22 @@ def test_zoology_baseconv_recurrent_form_and_state(kwargs):
     assert state_numel(state, 2) == mixer.state_size(20)
 
 
-def test_zoology_figure2_pattern_alternates_short_and_long_kernels():
-    model = build_model("baseconv_short,baseconv", vocab_size=16, d_model=8, n_layers=4, max_seq_len=32,
+def test_zoology_figure2_pattern_alternates_short_and_implicit_long_kernels():
+    from probe.mixers.conv import ZoologyImplicitFilter
+    model = build_model("baseconv_short,baseconv_implicit", vocab_size=16, d_model=8, n_layers=4, max_seq_len=32,
                         form="zoology")
     mixers = [block.mixer for block in model.blocks]
-    assert [(m.filter, m.kernel_size if m.filter == "short" else None) for m in mixers] == \
-        [("short", 3), ("long", None), ("short", 3), ("long", None)]
+    assert [(m.filter, m.kernel_size if m.filter == "short" else m.implicit) for m in mixers] == \
+        [("short", 3), ("long", True), ("short", 3), ("long", True)]
     assert all(m.form == "zoology" for m in mixers)
+    assert isinstance(mixers[1].implicit_filter, ZoologyImplicitFilter)  # Zoology's ImplicitLongConvolution
+
+
+@pytest.mark.parametrize("name", ["zoology_mqar", "zoology_figure2"])
+def test_zoology_sweeps_build_baseconv_as_zoologys_figure_2_does(name):
+    from probe.sweep import load_sweep
+    options = load_sweep(f"sweeps/{name}.py").archs["baseconv"]
+    assert options["arch"] == "baseconv_short,baseconv_implicit" and options["form"] == "zoology"
 
 
 def test_implicit_filter_decays_under_its_window():

@@ -155,7 +155,7 @@ def make_empty() -> Results:
 
 
 #: sweeps/zoology_mqar.py's archs: label -> what it builds
-ZOOLOGY = {"attention": "attention", "baseconv": "baseconv_short,baseconv", "hyena": "hyena", "h3": "h3",
+ZOOLOGY = {"attention": "attention", "baseconv": "baseconv_short,baseconv_implicit", "hyena": "hyena", "h3": "h3",
            "retnet": "retnet", "based": "baseconv_short,based", "mamba": "mamba"}
 ZOOLOGY_PAIRS = {64: 4, 128: 8, 256: 16, 512: 64}
 #: the narrowest width that solves MQAR, per arch and length (None: none does)

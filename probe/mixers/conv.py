@@ -216,8 +216,11 @@ class BaseConv(Mixer):
       - the explicit long filter is drawn standard normal, not 0.02 · N(0, 1);
       - the short convolution is a Conv1d with a bias: b' drawn like the taps, U(±1/√kernel_size), not zero;
       - implicit=True is Zoology's `ZoologyImplicitFilter` (ReLU network, no window), not `ImplicitFilter`.
-    Zoology's Figure 2 alternates kernel sizes over the layers (3, long, 3, long): the pattern
-    `baseconv_short,baseconv` with form="zoology".
+    Zoology's Figure 2 alternates kernel sizes over the layers (3, long, 3, long), and its long convolution is
+    implicit: Zoology's BaseConv takes `implicit_long_conv=True` by default and the Figure-2 configs do not set
+    it. That is the pattern `baseconv_short,baseconv_implicit` with form="zoology" (`baseconv_implicit`: a
+    registered name, since an option of a pattern goes to every layer that takes it, and a short filter refuses
+    implicit=True).
 
     State after L tokens (the past inputs the convolution still reaches):
         long, explicit: d_model·min(L, max_seq_len − 1);  long, implicit: d_model·L;
@@ -389,6 +392,8 @@ class Hyena(Mixer):
 ARCHS: dict[str, MixerSpec] = {
     "baseconv": MixerSpec(BaseConv, "BaseConv: linear projection gated by a long causal convolution (Zoology)",
                           {"filter": "long"}),
+    "baseconv_implicit": MixerSpec(BaseConv, "BaseConv with an implicit long filter (Zoology's default long "
+                                   "convolution)", {"filter": "long", "implicit": True}),
     "baseconv_short": MixerSpec(BaseConv, "BaseConv with a short convolution (kernel 3), the Based conv layer",
                                 {"filter": "short", "kernel_size": 3}),
     "hyena": MixerSpec(Hyena, "Hyena (order 2): one implicit long convolution between two gates"),
