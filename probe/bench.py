@@ -1,4 +1,5 @@
-"""`probe bench tasks|mixers|ops|train`: the speed figures recorded in BENCHMARKS.md, measured the same way each time.
+"""`probe bench tasks|mixers|ops|train|step`: the speed figures recorded in BENCHMARKS.md, measured the same way each
+time.
 
 - tasks:  seconds to generate n examples of each task at a reference config (median of repeats, after a
           warm-up, device synchronised).
@@ -21,6 +22,9 @@
           and prints their aggregate
           tokens/s (all tokens over the span from the first pack's start to the last one's end) against one pack
           timed the same way in the same run.
+- step:   where a pack's training step goes, at the same cell (`--archs`, `--pack K`, `--seq-len L`): the step's
+          milliseconds (CUDA: captured as a graph, as fit replays it) and, from a profile of eager steps, the
+          `--top N` kernels (CUDA) or aten ops (CPU) by their own time per step, with their launches per step.
 """
 from __future__ import annotations
 
@@ -263,6 +267,71 @@ def bench_train(device: torch.device, archs: list[str], steps: int, packs: list[
     return rows
 
 
+def bench_step(device: torch.device, archs: list[str], packs: list[int], seq_len: int = 256, repeats: int = 5,
+               top: int = 15) -> list[dict]:
+    """One training step of a pack at Zoology's Figure-2 cell (or its row at `seq_len`), as fit runs it (forward
+    under bf16 autocast on CUDA, the scored positions' loss, backward, the pack's AdamW update): its time (CUDA:
+    captured as a CUDA graph, as fit replays it; CPU: eager) and, from a profile of eager steps, the `top` kernels
+    (CUDA) or aten ops (CPU) by their own time per step. Where a pack's step goes, before deciding what to fuse."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from .data import Scored
+    from .model import build_model
+    from .ops import cross_entropy
+    from .pack import PackedAdamW, PackedModel, release_memory
+    task = TASKS["mqar"](seq_len=seq_len, vocab_size=8192, num_kv_pairs=seq_len // 16)
+    examples = task.generate(256, seed=1, device=device)
+    scored = Scored(examples.targets)
+    inputs, positions, targets = examples.inputs, scored.positions, scored.targets
+    cuda = device.type == "cuda"
+    rows = []
+    for arch in archs:
+        for k in packs:
+            torch.manual_seed(0)
+            pack = PackedModel([build_model(arch, vocab_size=task.vocab_size, d_model=128, n_layers=2,
+                                            max_seq_len=task.max_seq_len, decoder=task.decoder)
+                                for _ in range(k)]).to(device)
+            opt = PackedAdamW(pack, lr=[1e-3] * k, weight_decay=[0.1] * k)
+
+            def closure():
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    logits = pack.scored_logits(inputs, positions)  # [K, B, M, V]
+                losses = cross_entropy(logits.flatten(0, 2), targets.flatten().repeat(k), -100).view(k, -1)
+                losses.sum().backward()
+
+            def step():
+                opt.step(closure)
+            seconds = _timed_captured(step, repeats, per_graph=1) if cuda else _timed(step, device, repeats)
+            step()
+            step()
+            with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    step()
+                if cuda:
+                    torch.cuda.synchronize()
+            kind = "CUDA" if cuda else "CPU"
+            events = [e for e in prof.key_averages() if e.device_type.name == kind
+                      and (cuda or e.key.startswith("aten::"))]
+            own = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)  # µs
+            total = sum(own(e) for e in events) / 3 / 1e3
+            tokens = k * inputs.numel()
+            row = {"arch": arch, "seq_len": seq_len, "pack": k, "step_ms": 1e3 * seconds,
+                   "tokens_per_s": tokens / seconds, "profiled_ms": total,
+                   "launches": sum(e.count for e in events) / 3 if cuda else None,
+                   "top": [(e.key, own(e) / 3 / 1e3, e.count / 3) for e in sorted(events, key=own, reverse=True)[:top]]}
+            rows.append(row)
+            what = (f"kernels {total:.3f} ms/step in {row['launches']:.0f} launches" if cuda else
+                    f"aten ops {total:.3f} ms/step of their own")
+            print(f"{arch:24s} L={seq_len:<4d} K={k:<3d} step {1e3 * seconds:8.3f} ms "
+                  f"({'captured' if cuda else 'eager'}), {tokens / seconds / 1e6:8.3f} M tok/s; {what}", flush=True)
+            for name, ms, count in row["top"]:
+                print(f"    {ms:8.3f} ms  {count:5.0f}/step  {name[:100]}", flush=True)
+            del pack, opt, closure, step, prof, events
+            release_memory()
+    return rows
+
+
 def op_inputs(name: str, batch: int, seq_len: int, d_model: int, device: torch.device, dtype: torch.dtype):
     """(args, kwargs) for op `name` at a probe shape; floating tensors that take a gradient require one."""
     g = torch.Generator(device=device).manual_seed(0)
@@ -345,7 +414,7 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ProbeError("--device cuda but no CUDA device is available")
     if args.seq_len is None:
-        args.seq_len = 256 if args.what == "train" else 1024
+        args.seq_len = 256 if args.what in ("train", "step") else 1024
     for flag in ("n", "d_model", "seq_len", "batch", "steps", "repeats"):
         if getattr(args, flag) < 1:
             raise ProbeError(f"{'-n' if flag == 'n' else '--' + flag.replace('_', '-')} {getattr(args, flag)} "
@@ -362,8 +431,10 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
         raise ProbeError(f"--concurrent {args.concurrent!r} must be comma-separated integers") from None
     if any(n < 1 for n in args.concurrent):
         raise ProbeError(f"--concurrent {','.join(map(str, args.concurrent))}: every number must be >= 1")
-    if args.what == "train" and args.seq_len < 16:
-        raise ProbeError(f"--seq-len {args.seq_len}: bench train's MQAR row needs L >= 16 (pairs L/16)")
+    if args.what in ("train", "step") and args.seq_len < 16:
+        raise ProbeError(f"--seq-len {args.seq_len}: bench {args.what}'s MQAR row needs L >= 16 (pairs L/16)")
+    if args.top < 1:
+        raise ProbeError(f"--top {args.top} must be >= 1")
     archs = [a.strip() for a in args.archs.split(",")] if args.archs else None
     if args.cuda_graphs == "both" and args.device != "cuda":
         raise ProbeError("--cuda-graphs both needs --device cuda (CUDA graphs capture CUDA steps)")
@@ -388,7 +459,7 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
                     raise ProbeError(f"--archs {name}: {e}") from None
             check_bytes(f"bench mixers {name}", {"weights with gradients": 8 * params,
                                                  "activations": 4 * args.batch * args.seq_len * args.d_model})
-    else:
+    else:  # train, step
         task = TASKS["mqar"](seq_len=args.seq_len, vocab_size=8192, num_kv_pairs=args.seq_len // 16)
         archs = archs or TRAIN_ARCHS
         for arch in archs:
@@ -401,7 +472,7 @@ def _check(args) -> tuple[list[str] | None, list[int]]:
 def main(argv: list[str]) -> None:
     from .cli import OneLineParser
     p = OneLineParser(prog="probe bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["tasks", "mixers", "ops", "train"])
+    p.add_argument("what", choices=["tasks", "mixers", "ops", "train", "step"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("-n", type=int, default=100_000, help="tasks: examples to generate")
     p.add_argument("--d-model", type=int, default=128)
@@ -417,6 +488,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--concurrent", default="1", help="train: comma-separated numbers of identical packs trained at "
                    "once, a thread and CUDA stream each (the aggregate printed)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--top", type=int, default=15, help="step: the kernels (CUDA) or aten ops (CPU) listed per pack")
     args = p.parse_args(argv)
     archs, packs = _check(args)
     device = torch.device(args.device)
@@ -428,6 +500,8 @@ def main(argv: list[str]) -> None:
         bench_mixers(device, args.d_model, args.seq_len, args.batch, args.repeats, archs)
     elif args.what == "ops":
         bench_ops(device, args.d_model, args.seq_len, args.batch, args.repeats, archs)
+    elif args.what == "step":
+        bench_step(device, archs, packs, args.seq_len, args.repeats, args.top)
     else:
         graphs = {"on": (device.type == "cuda",), "off": (False,), "both": (False, True)}[args.cuda_graphs]
         bench_train(device, archs, args.steps, packs, graphs, args.seq_len, args.concurrent)

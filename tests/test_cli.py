@@ -68,6 +68,17 @@ def test_bench_measures_tasks_and_mixers_on_the_cpu():
                for o in ("rotary", "short_conv"))
 
 
+def test_bench_step_says_where_a_packs_step_goes():
+    out = probe("bench", "step", "--device", "cpu", "--archs", "attention", "--pack", "2", "--seq-len", "16",
+                "--repeats", "1", "--top", "3")
+    assert out.returncode == 0, out.stderr
+    head = re.search(r"^attention +L=16 +K=2 +step +([\d.]+) ms \(eager\), +[\d.]+ M tok/s; aten ops ([\d.]+) "
+                     r"ms/step of their own$", out.stdout, re.M)
+    assert head and float(head[1]) > 0 and float(head[2]) > 0, out.stdout
+    ops = re.findall(r"^ +([\d.]+) ms +\d+/step  aten::\w+$", out.stdout, re.M)
+    assert len(ops) == 3 and sorted(map(float, ops), reverse=True) == list(map(float, ops))  # the top 3, largest first
+
+
 def test_train_writes_the_json_record(tmp_path):
     path = tmp_path / "r.json"
     out = probe("train", "--task", "mqar", "--arch", "attention", "--vocab-size", "32", "--seq-len", "16",
