@@ -68,6 +68,10 @@ class PackedModel(nn.Module):
         object.__setattr__(self, "template", copy.deepcopy(wrapped[0]).to("meta"))
         #: matrices get weight decay (as a single run decays p.dim() >= 2), vectors and scalars do not
         self.decays = [p.dim() >= 2 for p in wrapped[0].parameters()]
+        #: the biases of the members' nn.Linear layers, cast to autocast's dtype before each call (see
+        #: `scored_logits`)
+        self.linear_biases = {f"{name}.bias" for name, m in wrapped[0].named_modules()
+                              if isinstance(m, nn.Linear) and m.bias is not None}
 
     @property
     def size(self) -> int:
@@ -79,8 +83,19 @@ class PackedModel(nn.Module):
         return params, buffers
 
     def scored_logits(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """inputs [B, L] and positions [B, M], shared by all members -> logits [K, B, M, V]."""
+        """inputs [B, L] and positions [B, M], shared by all members -> logits [K, B, M, V].
+
+        Under autocast each member computes as a single run does. Autocast casts a linear layer's input, weight
+        and bias to its dtype, but under vmap torch splits a linear with batched weights into a matrix product,
+        which autocast casts, and the bias add, which it does not: a bf16 product plus a float32 bias gave a
+        float32 output, and every gate, convolution and product after it ran in float32 (seen in Hyena's and
+        H3's packs, where float32 elementwise kernels took ~7 ms of a 17-20 ms step on an H100, 2026-12-07).
+        So the Linear biases are cast here, once per call, as autocast would inside each member's linear."""
         params, buffers = self._state()
+        device = inputs.device.type
+        if self.size > 1 and self.linear_biases and torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            params = {n: p.to(dtype) if n in self.linear_biases else p for n, p in params.items()}
         if self.size == 1:  # one run: its own weights as views, no vmap
             one = functional_call(self.template, ({n: p[0] for n, p in params.items()},
                                                   {n: b[0] for n, b in buffers.items()}), (inputs, positions))

@@ -47,6 +47,32 @@ def test_every_arch_in_a_pack_computes_each_members_own_outputs_and_gradients(ar
             torch.testing.assert_close(stacked.grad[k], p.grad, rtol=1e-7, atol=1e-9, msg=name)
 
 
+@pytest.mark.parametrize("arch", sorted(MIXERS))
+def test_under_autocast_a_pack_computes_in_the_dtypes_a_single_run_does(arch):
+    """bf16 autocast (bf16-mixed on CUDA; the CPU's autocast here): every linear layer's output has the dtype it
+    has in a single run (vmap splits a batched linear into a product, which autocast casts, and a bias add, which
+    it does not, so without care a pack's biased layers came out float32), and the logits are the single run's
+    within bf16 tolerance."""
+    members = models(arch, 2, torch.float32)
+    inputs = torch.randint(0, 16, (2, 24), generator=torch.Generator().manual_seed(1))
+    positions = torch.tensor([[0, 5, 23], [3, 4, 22]])
+
+    def run(pack):
+        seen = []
+        hooks = [m.register_forward_hook(lambda mod, args, out, name=name: seen.append((name, out.dtype)))
+                 for name, m in pack.template.named_modules() if isinstance(m, torch.nn.Linear)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = pack.scored_logits(inputs, positions)
+        for h in hooks:
+            h.remove()
+        return logits, seen
+    packed, packed_dtypes = run(PackedModel(members))
+    for k, member in enumerate(members):
+        alone, alone_dtypes = run(PackedModel([member]))
+        assert packed_dtypes == alone_dtypes
+        torch.testing.assert_close(packed[k].float(), alone[0].float(), rtol=0.05, atol=0.05)
+
+
 def test_a_pack_of_compression_models_computes_each_members_own_outputs_and_gradients():
     members = []
     for seed in range(2):
