@@ -277,8 +277,8 @@ def bench_step(device: torch.device, archs: list[str], packs: list[int], seq_len
 
     from .data import Scored
     from .model import build_model
-    from .ops import cross_entropy
     from .pack import PackedAdamW, PackedModel, release_memory
+    from .train import pack_losses
     task = TASKS["mqar"](seq_len=seq_len, vocab_size=8192, num_kv_pairs=seq_len // 16)
     examples = task.generate(256, seed=1, device=device)
     scored = Scored(examples.targets)
@@ -296,8 +296,7 @@ def bench_step(device: torch.device, archs: list[str], packs: list[int], seq_len
             def closure():
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    logits = pack.scored_logits(inputs, positions)  # [K, B, M, V]
-                losses = cross_entropy(logits.flatten(0, 2), targets.flatten().repeat(k), -100).view(k, -1)
+                    losses = pack_losses(pack, inputs, positions, targets)  # fit's loss, [K]
                 losses.sum().backward()
 
             def step():

@@ -114,6 +114,17 @@ class RunRecord:
 Judge = Callable[[int, float], "str | None"]
 
 
+def pack_losses(pack: PackedModel, inputs: torch.Tensor, positions: torch.Tensor,
+                targets: torch.Tensor) -> torch.Tensor:
+    """Each member's mean training loss over the scored tokens, [K]: inputs [B, L], positions and targets
+    [B, M] (IGNORE where an example has fewer scored positions)."""
+    logits = pack.scored_logits(inputs, positions)  # [K, B, M, V]
+    k = logits.shape[0]
+    # bf16 logits, the loss in fp32 (the kernel on CUDA reads them without a float32 copy)
+    ce = cross_entropy(logits.flatten(0, 2), targets.flatten().repeat(k), IGNORE).view(k, -1)  # [K, B·M]
+    return ce.sum(1) / (targets != IGNORE).sum().clamp(min=1)
+
+
 @dataclass
 class _Member:
     spec: RunSpec
@@ -159,14 +170,6 @@ class PackModule(L.LightningModule):
         self.step_graph = StepGraph() if graphs else None
         self.batch_buffers: tuple | None = None
 
-    def _losses(self, inputs, positions, targets) -> torch.Tensor:
-        """Each member's mean loss over the scored tokens, [K]."""
-        logits = self.pack.scored_logits(inputs, positions)  # [K, B, M, V]
-        k = logits.shape[0]
-        # bf16 logits, the loss in fp32 (the kernel on CUDA reads them without a float32 copy)
-        ce = cross_entropy(logits.flatten(0, 2), targets.flatten().repeat(k), IGNORE).view(k, -1)  # [K, B·M]
-        return ce.sum(1) / (targets != IGNORE).sum().clamp(min=1)
-
     def _static(self, batch) -> tuple:
         """The batch copied into buffers that stay where they are, which a captured step reads."""
         if self.batch_buffers is None or any(b.shape != x.shape for b, x in zip(self.batch_buffers, batch)):
@@ -183,7 +186,7 @@ class PackModule(L.LightningModule):
 
         def closure():  # a whole step's forward and backward; captured with the update when graphed
             opt.zero_grad(set_to_none=True)
-            loss = self._losses(inputs, positions, targets)
+            loss = pack_losses(self.pack, inputs, positions, targets)
             self.manual_backward(loss.sum())  # members share no weights: each gets exactly its own loss's gradient
             self.nonfinite |= ~torch.isfinite(loss.detach())
             self.last_loss.copy_(loss.detach())
