@@ -167,6 +167,10 @@ def _rel(a, b):
 @pytest.mark.parametrize("name, shape", [(n, s) for n, (_, shapes) in CASES.items() for s in shapes],
                          ids=lambda v: str(v))
 def test_kernel_matches_the_float64_reference(name, shape, dtype, kernel, poisoned):
+    _check_against_reference(name, shape, dtype)
+
+
+def _check_against_reference(name, shape, dtype):
     op, ref = ops.OPS[name]
     build, _ = CASES[name]
     inputs, options, diff = build(shape, seed=sum(shape))
@@ -187,6 +191,10 @@ def test_kernel_matches_the_float64_reference(name, shape, dtype, kernel, poison
 
 @pytest.mark.parametrize("name", sorted(PACKABLE))
 def test_a_packed_call_is_each_members_own_call_in_one_launch(name, kernel, poisoned, monkeypatch):
+    _check_packed_call(name, monkeypatch)
+
+
+def _check_packed_call(name, monkeypatch):
     op, ref = ops.OPS[name]
     build, shapes = CASES[name]
     k, (per_member, function) = 3, PACKABLE[name]
@@ -390,6 +398,43 @@ def test_long_conv_reads_a_channel_major_view_without_a_copy_first(kernel, poiso
     assert view.stride(1) == 1
     out = ops.long_conv(view, k.float().to(DEVICE), bias.float().to(DEVICE))
     assert _rel(out.cpu(), ops.long_conv_ref(x, k, bias)) < TOL[torch.float32]
+
+
+@pytest.fixture
+def token_major_float32(monkeypatch):
+    """long_conv's token-major kernels on float32 tiles: 16-bit tiles always take them, float32 ones by default
+    the channel-major kernels, and the CPU interpreter computes dots correctly only in float32."""
+    from probe.ops.long_conv import kernel as long_conv_kernel
+    monkeypatch.setattr(long_conv_kernel, "FLOAT32_KERNELS", "token")
+
+
+@pytest.mark.parametrize("shape", CASES["long_conv"][1], ids=str)
+def test_long_conv_token_major_kernels_match_the_float64_reference(shape, kernel, poisoned, token_major_float32):
+    _check_against_reference("long_conv", shape, torch.float32)
+
+
+def test_long_conv_token_major_kernels_pack_in_one_launch(kernel, poisoned, token_major_float32, monkeypatch):
+    _check_packed_call("long_conv", monkeypatch)
+
+
+def test_long_conv_reads_a_column_slice_of_a_projection_and_returns_token_major(kernel, poisoned,
+                                                                                token_major_float32):
+    # Hyena's gates and H3's k are column slices of wider projections: channels contiguous, rows and positions
+    # strided; the output is contiguous token-major, for the elementwise gates and projection after it
+    (x, k, bias), _, _ = _long_conv_case((2, 70, 6, 70, 1), seed=5)
+    wide = torch.cat([torch.randn_like(x), x, torch.randn_like(x)], -1).float().to(DEVICE).requires_grad_()
+    view = wide[..., 6:12]
+    assert view.stride(-1) == 1 and not view.is_contiguous()
+    out = ops.long_conv(view, k.float().to(DEVICE), bias.float().to(DEVICE))
+    assert out.is_contiguous()
+    exact = x.clone().requires_grad_()
+    expected = ops.long_conv_ref(exact, k, bias)
+    assert _rel(out.detach().cpu(), expected) < TOL[torch.float32]
+    dout = torch.randn(expected.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    (g,) = torch.autograd.grad(out, wide, dout.float().to(DEVICE))
+    (g_ref,) = torch.autograd.grad(expected, exact, dout)
+    assert _rel(g[..., 6:12].cpu(), g_ref) < 4 * TOL[torch.float32]
+    assert not g[..., :6].any() and not g[..., 12:].any()
 
 
 def test_taylor_attention_reads_head_slices_of_a_fused_projection_without_a_copy_first(kernel, poisoned):

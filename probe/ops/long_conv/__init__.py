@@ -5,8 +5,8 @@
 
 The convolution with a filter as long as the sequence of BaseConv, Hyena, S4D and H3. Reference:
 `reference.long_conv_ref` (its equation, as a zero-padded FFT: what CPUs run). Kernel: `kernel.py` (Triton,
-forward and backward: the convolution as lower-triangular Toeplitz products on tensor cores), picked by
-`probe.ops.dispatch.backend`. k [G, C, Lk] convolves G groups of rows with their own filters; under
+forward and backward: the convolution as lower-triangular Toeplitz products on tensor cores, token-major, a block
+of channels a program; float32 tiles on `channel_major.py`'s kernels), picked by `probe.ops.dispatch.backend`. k [G, C, Lk] convolves G groups of rows with their own filters; under
 torch.func.vmap a pack of K models, each with its own filter, is one launch.
 """
 from __future__ import annotations
