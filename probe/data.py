@@ -40,11 +40,14 @@ def derived_seed(seed: int, purpose: str, *extra: int) -> int:
 class Batches:
     """Minibatches over one Examples set; reshuffled per epoch (train) or in order (evaluation)."""
 
-    def __init__(self, examples: Examples, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last=False):
+    def __init__(self, examples: Examples, batch_size: int, *, shuffle: bool, seed: int = 0, drop_last=False,
+                 start: int = 0):
         self.examples, self.batch_size, self.shuffle, self.seed = examples, batch_size, shuffle, seed
         self.scored = Scored(examples.targets)
         self.drop_last = drop_last
-        self.epoch = 0
+        # start: batches already served (a resumed run's steps); the first pass begins where they left off
+        n = len(self)
+        self.epoch, self.skip = (start // n, start % n) if shuffle and n else (0, 0)
 
     def __len__(self) -> int:
         n = len(self.examples)
@@ -58,7 +61,8 @@ class Batches:
             self.epoch += 1
         else:
             order = torch.arange(n, device=device)
-        for i in range(len(self)):
+        first, self.skip = self.skip, 0
+        for i in range(first, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield self.examples.inputs[idx], self.scored.positions[idx], self.scored.targets[idx], idx
 
@@ -75,6 +79,7 @@ class TaskData(L.LightningDataModule):
         self.eval_tasks = task.eval_configs()
         self.train: Examples | None = None
         self.tests: list[Examples] = []
+        self.start_step = 0  # training batches already served: a resumed pack's steps (train.fit(resume=...))
 
     @property
     def eval_lengths(self) -> list[int]:
@@ -88,7 +93,8 @@ class TaskData(L.LightningDataModule):
                       for t in self.eval_tasks]
 
     def train_dataloader(self):
-        return Batches(self.train, self.batch_size, shuffle=True, seed=self.seed, drop_last=len(self.train) >= self.batch_size)
+        return Batches(self.train, self.batch_size, shuffle=True, seed=self.seed,
+                       drop_last=len(self.train) >= self.batch_size, start=self.start_step)
 
     def val_dataloader(self):
         # the same number of tokens per evaluation batch at every length: a 16x longer test set gets 16x

@@ -114,6 +114,21 @@ class RunRecord:
 Judge = Callable[[int, float], "str | None"]
 
 
+class Paused(Exception):
+    """Raised by `fit` when its `pause` event was set: the pack stopped at an evaluation, and `state` (`fit`'s
+    `resume`) holds everything needed to go on from there as if it had not stopped. A sweep's worker saves it
+    when interrupted (probe.tuning) and resumes the pack from it on the next run."""
+
+    def __init__(self, state: dict):
+        super().__init__(f"paused at step {state['step']}")
+        self.state = state
+
+
+def pack_fingerprint(specs: list[RunSpec]) -> str:
+    """What a paused pack's state must match to resume: the shared configuration and each member's own."""
+    return repr((specs[0].pack_key(), [(s.train.lr, s.train.weight_decay, s.train.stop_at) for s in specs]))
+
+
 def pack_losses(pack: PackedModel, inputs: torch.Tensor, positions: torch.Tensor,
                 targets: torch.Tensor) -> torch.Tensor:
     """Each member's mean training loss over the scored tokens, [K]: inputs [B, L], positions and targets
@@ -133,6 +148,10 @@ class _Member:
     pruned: str | None = None
     steps: int | None = None  # set when it leaves the pack
     train_time: float | None = None
+
+    def state(self) -> dict:
+        return dict(history=self.history, diverged=self.diverged, pruned=self.pruned, steps=self.steps,
+                    train_time=self.train_time)
 
 
 class PackModule(L.LightningModule):
@@ -169,6 +188,38 @@ class PackModule(L.LightningModule):
         #: CUDA: each training step captured as a CUDA graph and replayed (StepGraph); None: eager steps
         self.step_graph = StepGraph() if graphs else None
         self.batch_buffers: tuple | None = None
+        #: steps trained before this fit, by the paused pack it resumes (`fit(resume=...)`); `step` counts them
+        self.step_offset = 0
+        #: set (by another thread or a signal handler): stop at the next evaluation and raise Paused
+        self.pause: threading.Event | None = None
+        #: the paused pack's optimiser state, loaded when training starts (the optimiser exists only then)
+        self.resume_optimizer: dict | None = None
+
+    @property
+    def step(self) -> int:
+        """Training steps so far, those before a resume included."""
+        return int(self.global_step) + self.step_offset
+
+    def on_train_start(self):
+        if self.resume_optimizer is not None:
+            opt = self.optimizers().optimizer
+            opt.load_state_dict(self.resume_optimizer["state"])
+            opt.steps.fill_(self.resume_optimizer["steps"])
+            self.resume_optimizer = None
+
+    def paused_state(self) -> dict:
+        """Everything a resumed fit needs (on the CPU): the step, which members are still in, every member's
+        curve and verdict, the pack's weights and optimiser state, the training time so far."""
+        opt = self.optimizers().optimizer
+        to_cpu = lambda t: t.detach().cpu() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        opt_state = opt.state_dict()
+        opt_state["state"] = {i: {k: to_cpu(v) for k, v in st.items()} for i, st in opt_state["state"].items()}
+        return {"version": 1, "fingerprint": pack_fingerprint([m.spec for m in self.members]),
+                "step": self.step, "rows": list(self.rows),
+                "members": [m.state() for m in self.members],
+                "pack": {k: to_cpu(v) for k, v in self.pack.state_dict().items()},
+                "optimizer": {"state": opt_state, "steps": float(opt.steps)},
+                "train_time": self.clock.train_time}
 
     def _static(self, batch) -> tuple:
         """The batch copied into buffers that stay where they are, which a captured step reads."""
@@ -203,7 +254,7 @@ class PackModule(L.LightningModule):
         if self.logger is not None and self.global_step % self.trainer.log_every_n_steps == 0:
             self.logger.log_metrics({f"{self.log_names[m]}/loss": v for m, v in zip(self.rows,
                                                                                    self.last_loss.tolist())},
-                                    step=self.global_step)
+                                    step=self.step)
 
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         inputs, positions, targets, idx = batch
@@ -219,7 +270,7 @@ class PackModule(L.LightningModule):
             self.counts[m][dataloader_idx].update(idx, ((preds[row] == targets) & scored).sum(1), scored.sum(1))
 
     def _evaluation(self, m: int) -> dict:
-        entry = {"step": int(self.global_step), "by_length": {}}
+        entry = {"step": self.step, "by_length": {}}
         for i, (scheme, length) in enumerate(self.eval_runs):
             correct, scored = self.counts[m][i].compute()
             slices = {k: v.to(correct.device) for k, v in self.eval_slices[i % len(self.eval_lengths)].items()}
@@ -267,9 +318,12 @@ class PackModule(L.LightningModule):
                     for length, result in self.members[m].history[-1]["by_length"].items():
                         at = "" if length == self.train_len else f"_L{length}"
                         curves[f"{self.log_names[m]}/accuracy{at}"] = result["accuracy"]
-                self.logger.log_metrics(curves, step=self.global_step)
+                self.logger.log_metrics(curves, step=self.step)
         if fitting and len(keep) < len(self.rows):
             self._drop(keep)
+        if fitting and self.rows and self.pause is not None and self.pause.is_set() \
+                and self.step < self.trainer.max_steps + self.step_offset:
+            raise Paused(self.paused_state())  # train_time as of this evaluation (Throughput)
 
     def _stop_for(self, solver: int, rows: list[int]) -> None:
         """Stop the members at pack rows `rows` because member `solver` has just reached its target."""
@@ -301,6 +355,7 @@ class PackModule(L.LightningModule):
         warmup, total = cfg.warmup_steps, cfg.max_steps
 
         def schedule(step: int) -> float:
+            step += self.step_offset  # a resumed pack goes on where its schedule was
             if step < warmup:
                 return (step + 1) / warmup
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -314,10 +369,11 @@ class Throughput(L.Callback):
     """Wall time of training alone (evaluation excluded), measured with the pack's CUDA stream synchronised;
     `train_time` is the time so far at each evaluation during training, and the total once training ends."""
 
-    def __init__(self):
+    def __init__(self, before: float = 0.0):
         self.start = self.eval_start = None
         self.eval_time = 0.0
-        self.train_time = 0.0
+        self.before = before  # a resumed pack's training time before it paused
+        self.train_time = before
 
     @staticmethod
     def _now(pl_module) -> float:
@@ -331,7 +387,7 @@ class Throughput(L.Callback):
     def on_validation_start(self, trainer, pl_module):
         self.eval_start = self._now(pl_module)
         if trainer.state.fn == "fit":  # training time so far: what a member leaving the pack here used
-            self.train_time = self.eval_start - self.start - self.eval_time
+            self.train_time = self.before + self.eval_start - self.start - self.eval_time
 
     def on_validation_end(self, trainer, pl_module):
         if self.eval_start is not None:
@@ -339,7 +395,7 @@ class Throughput(L.Callback):
             self.eval_start = None
 
     def on_train_end(self, trainer, pl_module):
-        self.train_time = self._now(pl_module) - self.start - self.eval_time
+        self.train_time = self.before + self._now(pl_module) - self.start - self.eval_time
 
 
 def versions() -> dict[str, str]:
@@ -399,7 +455,8 @@ _SEEDING = threading.Lock()
 
 def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None = None,
         judges: list[Judge] | None = None, logger: Logger | None = None, log_dir: str | None = None,
-        log_names: list[str] | None = None, end_at_first_target: bool = False) -> list[RunRecord]:
+        log_names: list[str] | None = None, end_at_first_target: bool = False,
+        pause: threading.Event | None = None, resume: dict | None = None) -> list[RunRecord]:
     """Train the runs as one pack (they must differ only in lr, weight_decay and stop_at); one record per run,
     in order. `judges[k]`, if given, is asked about run k after every evaluation (a sweep's pruner).
     `end_at_first_target`: once a run reaches its stop-at accuracy, the runs still training stop at that
@@ -409,11 +466,16 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
     and its accuracy at every evaluation length, named `log_names[k]` (default member0, member1, ...), so a
     pack of K shows K curves.
 
+    `pause`: once set, the pack stops at its next evaluation and fit raises `Paused`, whose `state` passed back
+    as `resume` (with the same specs and judges) goes on from that evaluation exactly as if it had not stopped:
+    the same weights, optimiser state, schedule, data order, curves and verdicts (the judges are shown every
+    evaluation before the pause again, which rebuilds their state; dropout's random stream starts anew).
+
     When it returns, nothing of the pack is left in memory (its weights, optimiser state, data and captured
     step are freed: `release_memory`), so a worker's next pack has the whole device."""
     try:
         return _fit(specs, progress=progress, callbacks=callbacks, judges=judges, logger=logger, log_dir=log_dir,
-                    log_names=log_names, end_at_first_target=end_at_first_target)
+                    log_names=log_names, end_at_first_target=end_at_first_target, pause=pause, resume=resume)
     finally:
         for callback in callbacks or ():  # Lightning gives each callback the module's log methods, which would
             for name in ("log", "log_dict"):  # keep the pack alive as long as the caller keeps its callbacks
@@ -423,7 +485,8 @@ def fit(specs: list[RunSpec], *, progress: bool = False, callbacks: list | None 
 
 def _fit(specs: list[RunSpec], *, progress: bool, callbacks: list | None, judges: list[Judge] | None,
          logger: Logger | None, log_dir: str | None, log_names: list[str] | None,
-         end_at_first_target: bool) -> list[RunRecord]:
+         end_at_first_target: bool, pause: threading.Event | None = None,
+         resume: dict | None = None) -> list[RunRecord]:
     if not specs:
         raise ProbeError("fit needs at least one run")
     check_logger(logger)
@@ -437,6 +500,8 @@ def _fit(specs: list[RunSpec], *, progress: bool, callbacks: list | None, judges
         raise ProbeError("the runs of one pack must differ only in lr, weight_decay and stop_at")
     if judges is not None and len(judges) != len(specs):
         raise ProbeError(f"{len(judges)} judges for {len(specs)} runs")
+    if resume is not None and resume.get("fingerprint") != pack_fingerprint(specs):
+        raise ProbeError("fit: the paused pack to resume was trained with other runs or settings")
     first = specs[0]
     task, cfg = first.task, first.train
     device = cfg.resolve_device()
@@ -451,17 +516,19 @@ def _fit(specs: list[RunSpec], *, progress: bool, callbacks: list | None, judges
                     seed=cfg.seed, device=device, repeats=1 + len(cfg.eval_position_schemes))
     data.setup()
     members = [_Member(spec) for spec in specs]
-    clock = Throughput()
+    clock = Throughput(resume["train_time"] if resume else 0.0)
     module = PackModule(PackedModel(models), members, vocab_size=task.vocab_size, eval_lengths=data.eval_lengths,
                         eval_slices=[t.slices for t in data.tests], num_test=cfg.num_test, judges=judges,
                         schemes=cfg.eval_position_schemes, train_len=task.seq_len,
                         clock=clock, log_names=log_names, graphs=device.type == "cuda" and cfg.cuda_graphs,
                         end_at_first_target=end_at_first_target)
+    module.pause = pause
+    offset = _restore(module, resume, data, judges) if resume is not None else 0
     quiet_lightning()
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
         precision="bf16-mixed" if device.type == "cuda" else "32-true",
-        max_steps=cfg.max_steps, val_check_interval=cfg.val_every, check_val_every_n_epoch=None,
+        max_steps=cfg.max_steps - offset, val_check_interval=cfg.val_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=make_logger(logger, log_dir) if logger else False,
         log_every_n_steps=min(50, cfg.val_every), enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=progress, callbacks=[clock, *(callbacks or [])])
@@ -475,18 +542,38 @@ def _fit(specs: list[RunSpec], *, progress: bool, callbacks: list | None, judges
             raise KeyboardInterrupt from None
         raise
     still_in = [members[m] for m in module.rows]  # they share their evaluation steps
-    if still_in and (not still_in[0].history or still_in[0].history[-1]["step"] != trainer.global_step):
+    if still_in and (not still_in[0].history or still_in[0].history[-1]["step"] != module.step):
         trainer.validate(module, datamodule=data, verbose=False)  # the final weights are always evaluated
     wall = time.perf_counter() - wall_start
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     for m in module.rows:  # trained to the end
-        members[m].steps, members[m].train_time = int(trainer.global_step), clock.train_time
+        members[m].steps, members[m].train_time = module.step, clock.train_time
     common = dict(state_size=models[0].state_size(task.seq_len), cache_size=models[0].cache_size(task.seq_len),
                   state_size_by_length={L_: models[0].state_size(L_) for L_ in data.eval_lengths},
                   params=models[0].num_params(), wall_time_s=wall, pack_size=len(specs), peak_memory_bytes=peak,
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   versions=versions())
     return [_record(member, task, common) for member in members]
+
+
+def _restore(module: PackModule, state: dict, data: TaskData, judges: list[Judge] | None) -> int:
+    """Set a new pack up as the paused one was at its pause (`fit(resume=...)`); returns the steps it had
+    trained."""
+    rows, step = list(state["rows"]), int(state["step"])
+    for member, saved in zip(module.members, state["members"]):
+        for key, value in saved.items():
+            setattr(member, key, value)
+    if rows != list(range(len(module.members))):
+        module.pack.keep(rows)
+        module.nonfinite, module.last_loss = module.nonfinite[rows], module.last_loss[rows]
+    module.rows = rows
+    module.pack.load_state_dict(state["pack"])
+    module.step_offset, module.resume_optimizer = step, state["optimizer"]
+    data.start_step = step
+    for m, member in enumerate(module.members):  # each judge sees the curve so far again: its state as it was
+        for entry in member.history if judges else ():
+            judges[m](entry["step"], entry["accuracy"])
+    return step
 
 
 def _record(member: _Member, task: TaskConfig, common: dict) -> RunRecord:

@@ -210,3 +210,44 @@ def test_runs_that_differ_in_more_than_lr_weight_decay_and_stop_at_do_not_share_
         fit([a, dataclasses.replace(a, train=dataclasses.replace(BASE, seed=1))])
     with pytest.raises(ProbeError, match="differ only"):
         fit([a, dataclasses.replace(a, model=ModelConfig(d_model=32))])
+
+
+def test_a_paused_pack_resumed_trains_on_as_if_it_had_never_stopped(float64, tmp_path):
+    import io
+    import threading
+
+    import lightning as L
+
+    from probe.train import Paused
+    from probe.tuning import plateau_judge
+    cfg = dataclasses.replace(BASE, num_train=96)  # 6 batches an epoch: the pause at step 8 is mid-epoch
+    specs = [RunSpec(TASK, "attention", ModelConfig(d_model=16), dataclasses.replace(cfg, lr=lr))
+             for lr in (1e-2, 3e-3, 2e-2)]
+
+    def judges():  # member 1 leaves at the first evaluation, before the pause; member 2's judge has state:
+        # a plateau of 8 steps without +1.0 stops it at step 16, which it sees only if shown step 8 again
+        return [lambda step, acc: None, lambda step, acc: "out at 8" if step == 8 else None,
+                plateau_judge(8, 1.0)]
+    whole = fit(specs, judges=judges())
+
+    pause = threading.Event()
+
+    class PauseAt5(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 5:
+                pause.set()
+    with pytest.raises(Paused) as paused:
+        fit(specs, judges=judges(), pause=pause, callbacks=[PauseAt5()])
+    state = paused.value.state
+    assert state["step"] == 8 and state["rows"] == [0, 2]
+    buffer = io.BytesIO()  # as a worker keeps it: through a file
+    torch.save(state, buffer)
+    buffer.seek(0)
+    resumed = fit(specs, judges=judges(), resume=torch.load(buffer, weights_only=False))
+    for a, b in zip(whole, resumed):
+        assert_same_trajectory(curve(a), curve(b), rel=1e-12, acc=0.0)
+        assert (a.steps, a.pruned, a.accuracy) == (b.steps, b.pruned, b.accuracy)
+        assert b.train_time_s > 0
+    assert [r.steps for r in resumed] == [24, 8, 16] and resumed[2].pruned.startswith("plateau")
+    with pytest.raises(ProbeError, match="other runs or settings"):
+        fit(specs[:2], resume=state)
