@@ -5,7 +5,9 @@ worker process per slot: on CUDA, `--workers-per-gpu` per visible GPU, each pinn
 its own TRITON_CACHE_DIR; on the CPU, `--workers`. It shows live progress and returns when no cell needs work.
 Killing anything is safe: run the same command again and the sweep goes on where it stopped (a killed worker's
 trial is failed and redone). SIGINT or SIGTERM to `probe sweep` is passed on to its workers (each in a session of
-its own, so a terminal's Ctrl-C reaches them once, through the launcher), which are waited for. Worker ids are
+its own, so a terminal's Ctrl-C reaches them once, through the launcher), which are waited for: each lets its packs
+train to their next evaluation, saves them there (next to a journal, `<journal>.packs/`) and stops, and the next
+run trains them on from there; a second interrupt, or 60 s gone by, stops them at once. Worker ids are
 `<launcher pid>·1000 + slot`, unique across launchers sharing one journal (logs: runs/<sweep>/logs/worker<id>.log).
 `probe worker FILE --storage URL` joins a running sweep from another machine. `--logger csv|tensorboard` (on
 either) writes each pack's live learning curves to runs/<sweep>/curves/<cell>/trial<i>-trial<j>-...
@@ -13,6 +15,7 @@ either) writes each pack's live learning curves to runs/<sweep>/curves/<cell>/tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import signal
@@ -20,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from .cli import interrupted
+from .cli import Interrupted, interrupted
 from .errors import ProbeError
 from .outputs import check_writable, write_atomically
 from .storage import check_readable, default_url, open_storage
@@ -89,16 +92,54 @@ def cmd_worker(argv: list[str]) -> None:
     device = _device(args.device)
     _check_concurrent(args.concurrent, device)
     curves = _curves(args, sweep.name)
-    storage = open_storage(args.storage or default_url(sweep.name), heartbeat=args.heartbeat)
+    url = args.storage or default_url(sweep.name)
+    storage = open_storage(url, heartbeat=args.heartbeat)
     from .train import quiet_lightning
     from .tuning import run_worker
     quiet_lightning()
     wid = args.worker_id if args.worker_id is not None else os.getpid()
-    did = run_worker(sweep, storage, device=device, worker_seed=wid, pack=args.pack, concurrent=args.concurrent,
-                     progress=args.progress, curves=curves,
-                     log=lambda m: print(m, flush=True))
+    checkpoints = checkpoint_dir(url)
+    # where paused packs can be saved, the first signal pauses them; elsewhere it interrupts at once (cli's)
+    with _pausing() if checkpoints else contextlib.nullcontext((None, [])) as (pause, received):
+        try:
+            did = run_worker(sweep, storage, device=device, worker_seed=wid, pack=args.pack,
+                             concurrent=args.concurrent, progress=args.progress, curves=curves,
+                             log=lambda m: print(m, flush=True), pause=pause, checkpoints=checkpoints)
+        except KeyboardInterrupt as e:
+            if received and not isinstance(e, Interrupted):  # paused: exit as the signal's interrupt
+                raise Interrupted(received[0]) from None
+            raise
     print(f"[worker {wid}] done: {did['trials']} trials ({did['failed']} failed), "
           f"{did['reaped']} dead workers' trials failed for retry", flush=True)
+
+
+def checkpoint_dir(url: str) -> str | None:
+    """Where a sweep's workers save the packs they pause: next to a journal, `<journal>.packs`; none for an RDB
+    storage (its workers may not share a file system)."""
+    return None if "://" in url else url + ".packs"
+
+
+@contextlib.contextmanager
+def _pausing():
+    """A worker's SIGINT and SIGTERM: the first sets `pause` (each pack in flight is saved at its next
+    evaluation, then the worker stops), a second interrupts at once (the packs in flight are lost)."""
+    import threading
+    pause, received = threading.Event(), []
+
+    def on_signal(signum, frame):
+        if pause.is_set():
+            raise Interrupted(signum)
+        received.append(signum)
+        pause.set()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in handlers.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, on_signal)
+    try:
+        yield pause, received
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
 
 
 def _add_logger_flags(p) -> None:
@@ -229,8 +270,8 @@ def _start_worker(args, name: str, url: str, device: str, slot: int, gpu, n_slot
 
 
 def _stop(procs, grace_s: float = 60.0) -> None:
-    """Pass an interrupt on to the workers (SIGTERM: each ends its trials as interrupted) and wait for them; kill
-    what is left after `grace_s` or at a second interrupt."""
+    """Pass an interrupt on to the workers (SIGTERM: each saves its packs at their next evaluation) and wait for
+    them; kill what is left after `grace_s` or at a second interrupt."""
     for proc, _ in procs:
         if proc.poll() is None:
             proc.terminate()

@@ -287,7 +287,7 @@ def worker_identity() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -315,7 +315,7 @@ def reap_dead_workers(study: optuna.Study, untagged_after_s: float = 60.0) -> in
             if age <= untagged_after_s:
                 continue
             reason = f"never claimed by a worker ({age:.0f} s old)"
-        elif worker.get("host") != host or _pid_alive(worker.get("pid", -1)):
+        elif worker.get("host") != host or pid_alive(worker.get("pid", -1)):
             continue
         else:
             reason = f"worker pid {worker['pid']} on {host} died"

@@ -125,8 +125,10 @@ class Paused(Exception):
 
 
 def pack_fingerprint(specs: list[RunSpec]) -> str:
-    """What a paused pack's state must match to resume: the shared configuration and each member's own."""
-    return repr((specs[0].pack_key(), [(s.train.lr, s.train.weight_decay, s.train.stop_at) for s in specs]))
+    """What a paused pack's state must match to resume: the shared configuration and each member's own (not the
+    device: a pack paused on a GPU goes on on another, or on a CPU)."""
+    first = dataclasses.replace(specs[0], train=dataclasses.replace(specs[0].train, device="auto"))
+    return repr((first.pack_key(), [(s.train.lr, s.train.weight_decay, s.train.stop_at) for s in specs]))
 
 
 def pack_losses(pack: PackedModel, inputs: torch.Tensor, positions: torch.Tensor,
@@ -532,6 +534,9 @@ def _fit(specs: list[RunSpec], *, progress: bool, callbacks: list | None, judges
         num_sanity_val_steps=0, logger=make_logger(logger, log_dir) if logger else False,
         log_every_n_steps=min(50, cfg.val_every), enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=progress, callbacks=[clock, *(callbacks or [])])
+    # probe's commands handle SIGTERM themselves (a sweep's worker pauses its packs at their next evaluation);
+    # Lightning's own handler would end fit at the next step instead
+    trainer._signal_connector.register_signal_handlers = lambda: None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     wall_start = time.perf_counter()

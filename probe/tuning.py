@@ -24,6 +24,12 @@ Design choices:
   cell trains more trials than its budget.
 - Lost is not failed: a trial whose worker died or was interrupted is FAILED and marked `lost`; the cell asks
   for a new one, and lost trials never count toward `max_failures_per_cell`.
+- Nothing trained is lost to an interrupt: given a folder for them (`checkpoints`; a journal's is
+  `<journal>.packs`), a worker asked to pause (`pause`, set by the first SIGINT or SIGTERM: `probe worker`) lets
+  each pack in flight train to its next evaluation, saves it there (`PausedPack`: weights, optimiser, curves and
+  verdicts, probe.train.fit's `Paused`) and stops; its trials end FAILED and lost as before. The next worker at
+  that cell claims the file, asks for new trials with the same parameters (enqueued) and trains the pack on from
+  that evaluation, as if it had not stopped. A second signal stops at once, losing the packs in flight.
 """
 from __future__ import annotations
 
@@ -45,7 +51,7 @@ from optuna.trial import TrialState
 
 from .config import Logger
 from .errors import ProbeError
-from .storage import reap_dead_workers, uses_heartbeat, warn_once, worker_identity
+from .storage import pid_alive, reap_dead_workers, uses_heartbeat, warn_once, worker_identity
 from .sweep import Cell, Sweep
 
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -182,57 +188,144 @@ class Curves:
 
 
 def fit_halving(specs: list, judges: list, progress: bool, names: list[str], curves: Curves | None = None,
-                cell: Cell | None = None, end_at_target: bool = False, callbacks: list | None = None) -> list:
+                cell: Cell | None = None, end_at_target: bool = False, callbacks: list | None = None,
+                pause: threading.Event | None = None, resume: dict | None = None) -> list:
     """fit(), halving the pack (and retrying each half) when it does not fit in GPU memory. `names`: the
-    members' trials, which name their curves."""
+    members' trials, which name their curves. A pack resumed from a pause (`resume`) is not halved (it fitted
+    before)."""
     import torch
 
     from .train import fit
     log = dict(logger=curves.logger, log_dir=curves.pack_dir(cell, names)) if curves else {}
     try:
         return fit(specs, judges=judges, progress=progress, end_at_first_target=end_at_target, log_names=names,
-                   callbacks=callbacks, **log)
+                   callbacks=callbacks, pause=pause, resume=resume, **log)
     except torch.OutOfMemoryError:
-        if len(specs) == 1:
+        if len(specs) == 1 or resume is not None:
             raise
     # out of the except block: the error's traceback, which held the failed pack's tensors, is gone
     from .pack import release_memory
     release_memory()
     half = len(specs) // 2
     return (fit_halving(specs[:half], judges[:half], progress, names[:half], curves, cell, end_at_target,
-                        callbacks)
+                        callbacks, pause)
             + fit_halving(specs[half:], judges[half:], progress, names[half:], curves, cell, end_at_target,
-                          callbacks))
+                          callbacks, pause))
+
+
+@dataclass
+class PausedPack:
+    """A pack saved at an evaluation when its worker was asked to pause, as `<checkpoints>/<cell key>/trial<i>-
+    ....pt` (written whole or not at all): the cell, each member's parameters and fit's `Paused` state. A worker
+    claims one by renaming it to `....pt.claimed-<pid>` (a claim whose process is gone, on this machine, is taken
+    over), trains it on, and removes it once the pack has finished, failed or paused again."""
+
+    path: str  # the claimed file
+    params: list[dict]
+    state: dict
+
+    @staticmethod
+    def folder(checkpoints: str, cell: Cell) -> str:
+        return os.path.join(checkpoints, *cell.key.split("/"))
+
+    @staticmethod
+    def save(checkpoints: str, cell: Cell, asked: list[tuple[optuna.Trial, dict]], state: dict, device: str) -> str:
+        import torch
+
+        from .outputs import write_atomically
+        from .train import pack_fingerprint
+        # a pack halved for memory pauses in one of its parts: the members the state was trained with
+        part = next(asked[i:j] for i in range(len(asked)) for j in range(len(asked), i, -1)
+                    if pack_fingerprint(_specs(cell, device, asked[i:j])) == state["fingerprint"])
+        folder = PausedPack.folder(checkpoints, cell)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, "-".join(f"trial{trial.number}" for trial, _ in part) + ".pt")
+        write_atomically(path, "paused pack", lambda tmp: torch.save(
+            {"cell": cell.key, "params": [p for _, p in part], "state": state}, tmp))
+        return path
+
+    @staticmethod
+    def claim(checkpoints: str, cell: Cell) -> "PausedPack | None":
+        """A paused pack of this cell, claimed by this process, or None."""
+        import torch
+        folder = PausedPack.folder(checkpoints, cell)
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        for name in names:
+            path = os.path.join(folder, name)
+            if ".pt.claimed-" in name:  # another worker's: taken over if that process is gone
+                pid = name.rsplit(".claimed-", 1)[1]
+                if not pid.isdigit() or pid_alive(int(pid)):
+                    continue
+            elif not name.endswith(".pt"):
+                continue
+            claimed = path.split(".claimed-")[0] + f".claimed-{os.getpid()}"
+            try:
+                os.rename(path, claimed)
+            except FileNotFoundError:  # another worker claimed it first
+                continue
+            saved = torch.load(claimed, weights_only=True)
+            if saved.get("cell") != cell.key:
+                os.rename(claimed, path)
+                continue
+            return PausedPack(claimed, saved["params"], saved["state"])
+        return None
+
+    def release(self) -> None:
+        """Give the claim back: the file is there for the next worker."""
+        os.rename(self.path, self.path.rsplit(".claimed-", 1)[0])
+
+    def done(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)
+
+
+def _specs(cell: Cell, device: str, asked: list[tuple[optuna.Trial, dict]]) -> list:
+    from .train import RunSpec
+    return [RunSpec(cell.task, cell.arch, cell.model, dataclasses.replace(cell.train, device=device, **params),
+                    cell.mixer_options) for _, params in asked]
 
 
 def train_pack(cell: Cell, sweep: Sweep, study: optuna.Study, asked: list[tuple[optuna.Trial, dict]], *,
                device: str, progress: bool, curves: Curves | None = None,
-               callbacks: list | None = None) -> list[tuple[int, TrialState, str]]:
+               callbacks: list | None = None, pause: threading.Event | None = None,
+               checkpoints: str | None = None, resume: "PausedPack | None" = None) -> list[tuple[int, TrialState, str]]:
     """Train the asked trials as one pack and tell each its result: COMPLETE with its accuracy, PRUNED (by the
     pruner, whose rule the reason names, by the sweep's plateau rule, diverged, or stopped because another
     member solved the cell: `Sweep.end_cell_at_target`) with the reason, or FAILED with the error if training
     raised. An interrupt fails the pack's trials as lost, which are retried and never count as failures of the
-    cell."""
-    from .train import RunSpec
-    specs = [RunSpec(cell.task, cell.arch, cell.model, dataclasses.replace(cell.train, device=device, **params),
-                     cell.mixer_options) for _, params in asked]
+    cell. A pause (`pause` set, and a `checkpoints` folder) first saves the pack at its next evaluation
+    (`PausedPack`), from which the next worker at the cell goes on; `resume`: such a pack, claimed, whose
+    parameters `asked` has."""
+    from .train import Paused
+    specs = _specs(cell, device, asked)
     try:
         records = fit_halving(specs, [cell_judge(trial, cell, sweep) for trial, _ in asked], progress,
                               [f"trial{trial.number}" for trial, _ in asked], curves, cell, sweep.end_cell_at_target,
-                              callbacks)
-    except (KeyboardInterrupt, Interrupted):
+                              callbacks, pause if checkpoints else None, resume.state if resume else None)
+    except (KeyboardInterrupt, Interrupted, Paused) as e:
+        saved = PausedPack.save(checkpoints, cell, asked, e.state, device) if isinstance(e, Paused) else None
+        if resume is not None:
+            resume.done()
         for trial, _ in asked:
-            trial.set_user_attr("reason", "interrupted")
+            trial.set_user_attr("reason", f"paused at step {e.state['step']}" if saved else "interrupted")
             trial.set_user_attr("lost", True)
+            if saved:
+                trial.set_user_attr("paused", saved)
             study.tell(trial, state=TrialState.FAIL)
+        if isinstance(e, Paused):  # the worker stops as at an interrupt, the pack saved
+            raise KeyboardInterrupt(f"paused: {saved}") from None
         raise
     except Exception as e:
+        if resume is not None:
+            resume.done()
         reason = f"{type(e).__name__}: {e}"
         for trial, _ in asked:
             trial.set_user_attr("reason", reason)
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
             study.tell(trial, state=TrialState.FAIL)
         return [(trial.number, TrialState.FAIL, reason) for trial, _ in asked]
+    if resume is not None:
+        resume.done()
     told = []
     for (trial, _), record in zip(asked, records):
         trial.set_user_attr("record", {**record.as_dict(), "worker": worker_identity()})
@@ -298,7 +391,8 @@ def cell_status(study: optuna.Study | None, sweep: Sweep) -> str:
 
 def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack: int | None = None,
                progress: bool = False, log=print, curves: Curves | None = None,
-               concurrent: int = 1) -> dict[str, int]:
+               concurrent: int = 1, pause: threading.Event | None = None,
+               checkpoints: str | None = None) -> dict[str, int]:
     """Work on the sweep's cells until none needs a trial. Returns counts of what this worker did.
 
     Each round asks a cell for as many trials as it still needs, up to the pack size (`pack`, else the sweep's
@@ -306,6 +400,8 @@ def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack
     curves live. `concurrent` > 1: up to that many packs (of different cells) train at once, each in a thread
     of its own and, on CUDA, on a CUDA stream of its own, so that small packs share the GPU inside one process
     (processes only take turns on it). An interrupt stops every pack in flight and fails their trials as lost.
+    `pause` set (with a `checkpoints` folder): each pack in flight is saved at its next evaluation, and the worker
+    stops (KeyboardInterrupt); a cell's paused packs are trained on before new trials are asked for.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").setLevel(logging.ERROR)
@@ -347,22 +443,32 @@ def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack
                 study = open_study(cell, sweep, storage, worker_seed)
                 did["reaped"] += reap_dead_workers(study)
                 while True:
+                    if pause is not None and pause.is_set():
+                        raise KeyboardInterrupt("paused")
                     need = to_ask(study, sweep)
                     if need <= 0 or failures(study) >= sweep.max_failures_per_cell:
                         break
                     before = time.time()
-                    asked, surplus = ask_pack(cell, sweep, study, min(need, most))
+                    resume = _claim_paused(checkpoints, cell, sweep, study, device, need, log) if checkpoints else None
+                    asked, surplus = ask_pack(cell, sweep, study, len(resume.params) if resume else min(need, most))
                     did["surplus"] += surplus
+                    if resume is not None and [p for _, p in asked] != resume.params:
+                        resume.release()  # not the paused pack's trials after all (a race): train them anew
+                        resume = None
                     if not asked:
                         break
                     worked = True
                     beats.hold(asked)
+                    if resume is not None:
+                        log(f"[worker {worker_seed}] {cell.key}: trials {', '.join(str(t.number) for t, _ in asked)} "
+                            f"go on from step {resume.state['step']} of a paused pack ({resume.path})")
                     if pool is None:
                         told(cell, asked, before, train_pack(cell, sweep, study, asked, device=device,
-                                                             progress=progress, curves=curves))
+                                                             progress=progress, curves=curves, pause=pause,
+                                                             checkpoints=checkpoints, resume=resume))
                     else:
                         flying[pool.submit(_train_on_own_stream, cell, sweep, study, asked, device, progress,
-                                           curves, stop)] = (cell, asked, before)
+                                           curves, stop, pause, checkpoints, resume)] = (cell, asked, before)
                         land(block_until=concurrent - 1)
                         break
                     if surplus:
@@ -378,13 +484,18 @@ def run_worker(sweep: Sweep, storage, *, device: str, worker_seed: int = 0, pack
                 if not running or not uses_heartbeat(storage) and not _other_workers_alive(sweep, storage, cells):
                     return did
                 time.sleep(5)
+                if pause is not None and pause.is_set():
+                    raise KeyboardInterrupt("paused")
     except BaseException:
-        stop.set()  # every pack in flight fails its trials as lost (train_pack), then this re-raises
-        for future in list(flying):
-            try:
-                future.result()
-            except BaseException:
-                pass
+        if pause is None or not pause.is_set() or checkpoints is None:
+            stop.set()  # every pack in flight fails its trials as lost (train_pack), then this re-raises
+        # else each pack in flight saves itself at its next evaluation (train_pack), unless a second interrupt
+        # comes first
+        try:
+            wait(list(flying))
+        except KeyboardInterrupt:
+            stop.set()
+            wait(list(flying))
         raise
     finally:
         if pool is not None:
@@ -398,11 +509,33 @@ class Interrupted(Exception):
 
 
 def _train_on_own_stream(cell: Cell, sweep: Sweep, study: optuna.Study, asked: list, device: str, progress: bool,
-                         curves: Curves | None, stop: threading.Event):
+                         curves: Curves | None, stop: threading.Event, pause: threading.Event | None = None,
+                         checkpoints: str | None = None, resume: PausedPack | None = None):
     import torch
     with torch.cuda.stream(torch.cuda.Stream()) if device == "cuda" else contextlib.nullcontext():
         return train_pack(cell, sweep, study, asked, device=device, progress=progress, curves=curves,
-                          callbacks=[_stop_when(stop)])
+                          callbacks=[_stop_when(stop)], pause=pause, checkpoints=checkpoints, resume=resume)
+
+
+def _claim_paused(checkpoints: str, cell: Cell, sweep: Sweep, study: optuna.Study, device: str, need: int,
+                  log) -> PausedPack | None:
+    """A paused pack of the cell to train on, claimed, with its members' trials enqueued (so that the next asks
+    get its parameters), or None. One the cell can no longer take (its budget filled meanwhile) stays for
+    later; one trained with other settings (the sweep file changed) is removed."""
+    from .train import pack_fingerprint
+    resume = PausedPack.claim(checkpoints, cell)
+    if resume is None:
+        return None
+    if len(resume.params) > need:
+        resume.release()
+        return None
+    if pack_fingerprint(_specs(cell, device, [(None, p) for p in resume.params])) != resume.state["fingerprint"]:
+        log(f"{cell.key}: the paused pack {resume.path} was trained with other settings; starting anew")
+        resume.done()
+        return None
+    for params in resume.params:
+        study.enqueue_trial(params, user_attrs={"resumes": resume.path})
+    return resume
 
 
 def _stop_when(event: threading.Event):

@@ -228,7 +228,7 @@ def running_worker_pid(journal, timeout=120) -> int:
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_to_a_sweep_stops_its_workers_too(tmp_path, sig, code):
-    path = write_sweep(tmp_path, steps=1_000_000, val_every=1000)
+    path = write_sweep(tmp_path, steps=1_000_000, val_every=50)  # the workers pause at their next evaluation
     launcher = start("sweep", path, "--device", "cpu", cwd=tmp_path)
     worker = None
     try:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import optuna
@@ -228,7 +229,7 @@ def test_a_worker_training_two_packs_at_once_completes_every_cell_with_its_budge
         assert t.user_attrs["record"]["pack_size"] == 2 and t.user_attrs["record"]["steps"] == 40
 
 
-def test_an_interrupted_worker_with_two_packs_in_flight_loses_all_their_trials_and_a_rerun_completes(tmp_path):
+def test_an_interrupted_worker_with_two_packs_in_flight_saves_both_and_a_rerun_completes(tmp_path):
     path = write_sweep(tmp_path, name="stopme", steps=100_000)
     journal = str(tmp_path / "runs" / "stopme" / "journal.log")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -248,14 +249,71 @@ def test_an_interrupted_worker_with_two_packs_in_flight_loses_all_their_trials_a
     states = {(summary.study_name, t.number): t for summary in storage.get_all_studies()
               for t in storage.get_all_trials(summary._study_id)}
     assert not [k for k, t in states.items() if t.state == TrialState.RUNNING], "a trial was left running"
-    for key in victims:
+    saved = {os.path.join(tmp_path, states[key].user_attrs.get("paused")) for key in victims}
+    for key in victims:  # each pack trained to its next evaluation and was saved there
         assert states[key].state == TrialState.FAIL and states[key].user_attrs["lost"], key
-        assert states[key].user_attrs["reason"] == "interrupted"
+        assert re.fullmatch(r"paused at step [1-9]\d*0", states[key].user_attrs["reason"]), key
+    assert len(saved) == 2 and all(os.path.isfile(p) for p in saved), saved
 
-    path = write_sweep(tmp_path, name="stopme", steps=20)  # the same cells, now short
-    out = probe("worker", path, "--device", "cpu", "--concurrent", "2", cwd=tmp_path)
+    path = write_sweep(tmp_path, name="stopme", steps=20)  # the same cells, now short: the saved packs, trained
+    out = probe("worker", path, "--device", "cpu", "--concurrent", "2", cwd=tmp_path)  # otherwise, start anew
     assert out.returncode == 0, out.stdout + out.stderr
     assert all(len(live(s)) == 2 for s in studies(journal, path).values()), "every cell ends with its budget"
+    assert not any(os.path.exists(p) for p in saved) and out.stdout.count("trained with other settings") == 2
+
+
+class _PauseAtLook(threading.Event):
+    """Set from its n-th look on: a worker's pause arriving at a known evaluation of its pack."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.looks = n, 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks >= self.n or super().is_set()
+
+
+def test_a_paused_worker_saves_its_pack_and_the_next_run_ends_the_cell_as_if_never_paused(tmp_path, monkeypatch):
+    from probe.train import PackModule
+    from probe.tuning import run_worker
+    sweep = load_sweep(write_sweep(tmp_path, name="pauseme", archs=("attention",), steps=60))
+    whole = str(tmp_path / "whole.log")
+    run_worker(sweep, open_storage(whole), device="cpu", log=lambda m: None)
+    journal = str(tmp_path / "paused.log")
+    packs = journal + ".packs"
+    # looks: the worker's before its first pack, then the pack's at steps 10 and 20: it pauses at step 20
+    with pytest.raises(KeyboardInterrupt, match="paused"):
+        run_worker(sweep, open_storage(journal), device="cpu", log=lambda m: None, pause=_PauseAtLook(3),
+                   checkpoints=packs)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(packs) for f in fs]
+    assert len(files) == 1 and files[0].endswith("trial0-trial1.pt"), files
+    storage = open_storage(journal, create=False)
+    (first,) = storage.get_all_studies()  # the worker stopped in its first cell
+    lost = storage.get_all_trials(first._study_id)
+    assert [(t.state, t.user_attrs["reason"], t.user_attrs["paused"]) for t in lost] == \
+        [(TrialState.FAIL, "paused at step 20", files[0])] * 2
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    os.rename(files[0], f"{files[0]}.claimed-{int(gone.stdout)}")  # claimed by a worker that died: taken over
+    logs, steps, step = [], [], PackModule.training_step
+    monkeypatch.setattr(PackModule, "training_step", lambda self, *a: steps.append(1) or step(self, *a))
+    run_worker(sweep, open_storage(journal), device="cpu", log=logs.append, checkpoints=packs)
+    assert any("go on from step 20 of a paused pack" in m for m in logs), logs
+    assert len(steps) == 40 + 60, "the paused pack trains its last 40 steps, the other cell's pack all 60"
+    assert not [f for _, _, fs in os.walk(packs) for f in fs], "the claimed pack is removed once trained"
+    path = write_sweep(tmp_path, name="pauseme", archs=("attention",), steps=60)
+    for key, study in studies(journal, path).items():
+        done = sorted(live(study), key=lambda t: t.params["lr"])
+        alone = sorted(live(studies(whole, path)[key]), key=lambda t: t.params["lr"])
+        assert len(done) == len(alone) == 2
+        assert len(study.get_trials()) == (4 if study.study_name == first.study_name else 2)
+        for a, b in zip(done, alone):
+            ra, rb = a.user_attrs["record"], b.user_attrs["record"]
+            assert a.params == b.params and ra["steps"] == rb["steps"] == 60
+            assert [h["step"] for h in ra["history"]] == [h["step"] for h in rb["history"]]
+            for ha, hb in zip(ra["history"], rb["history"]):
+                assert ha["loss"] == pytest.approx(hb["loss"], rel=1e-5) and ha["accuracy"] == hb["accuracy"]
 
 
 def test_trials_lost_to_dead_workers_never_make_a_cell_failed(tmp_path):
