@@ -534,7 +534,7 @@ def _claim_paused(checkpoints: str, cell: Cell, sweep: Sweep, study: optuna.Stud
         resume.done()
         return None
     for params in resume.params:
-        study.enqueue_trial(params, user_attrs={"resumes": resume.path})
+        study.enqueue_trial(params, user_attrs={"resumes": resume.path.rsplit(".claimed-", 1)[0]})
     return resume
 
 
