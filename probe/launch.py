@@ -194,6 +194,11 @@ def cmd_status(argv: list[str]) -> None:
         print(f"{cell.key:{width}s}  {status:9s} {n['COMPLETE']:>5d} {n['RUNNING']:>4d} {n['PRUNED']:>6d} "
               f"{failures(study) if study else 0:>6d}  {'' if best is None else f'{best:.4f}'}")
     print(f"{len(pairs)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(totals.items())) + f"  [storage {url}]")
+    packs = checkpoint_dir(url)
+    paused = [f for _, _, files in os.walk(packs) for f in files if f.endswith(".pt") or ".pt.claimed-" in f] \
+        if packs else []
+    if paused:
+        print(f"{len(paused)} paused pack(s) in {packs}: the next run trains them on from where they stopped")
 
 
 def cmd_sweep(argv: list[str]) -> None:

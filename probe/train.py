@@ -196,6 +196,7 @@ class PackModule(L.LightningModule):
         self.pause: threading.Event | None = None
         #: the paused pack's optimiser state, loaded when training starts (the optimiser exists only then)
         self.resume_optimizer: dict | None = None
+        self.wall_start = time.perf_counter()  # set again by fit when training starts
 
     @property
     def step(self) -> int:
@@ -221,7 +222,7 @@ class PackModule(L.LightningModule):
                 "members": [m.state() for m in self.members],
                 "pack": {k: to_cpu(v) for k, v in self.pack.state_dict().items()},
                 "optimizer": {"state": opt_state, "steps": float(opt.steps)},
-                "train_time": self.clock.train_time}
+                "train_time": self.clock.train_time, "wall_time": time.perf_counter() - self.wall_start}
 
     def _static(self, batch) -> tuple:
         """The batch copied into buffers that stay where they are, which a captured step reads."""
@@ -539,7 +540,8 @@ def _fit(specs: list[RunSpec], *, progress: bool, callbacks: list | None, judges
     trainer._signal_connector.register_signal_handlers = lambda: None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    wall_start = time.perf_counter()
+    # a resumed pack's wall time counts its time before the pause too
+    module.wall_start = time.perf_counter() - (resume.get("wall_time", 0.0) if resume else 0.0)
     try:
         trainer.fit(module, datamodule=data)
     except SystemExit:
@@ -549,7 +551,7 @@ def _fit(specs: list[RunSpec], *, progress: bool, callbacks: list | None, judges
     still_in = [members[m] for m in module.rows]  # they share their evaluation steps
     if still_in and (not still_in[0].history or still_in[0].history[-1]["step"] != module.step):
         trainer.validate(module, datamodule=data, verbose=False)  # the final weights are always evaluated
-    wall = time.perf_counter() - wall_start
+    wall = time.perf_counter() - module.wall_start
     peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
     for m in module.rows:  # trained to the end
         members[m].steps, members[m].train_time = module.step, clock.train_time

@@ -247,7 +247,7 @@ def test_a_paused_pack_resumed_trains_on_as_if_it_had_never_stopped(float64, tmp
     for a, b in zip(whole, resumed):
         assert_same_trajectory(curve(a), curve(b), rel=1e-12, acc=0.0)
         assert (a.steps, a.pruned, a.accuracy) == (b.steps, b.pruned, b.accuracy)
-        assert b.train_time_s > 0
+        assert b.train_time_s > 0 and b.wall_time_s > state["wall_time"] > 0  # the time before the pause too
     assert [r.steps for r in resumed] == [24, 8, 16] and resumed[2].pruned.startswith("plateau")
     with pytest.raises(ProbeError, match="other runs or settings"):
         fit(specs[:2], resume=state)

@@ -254,6 +254,8 @@ def test_an_interrupted_worker_with_two_packs_in_flight_saves_both_and_a_rerun_c
         assert states[key].state == TrialState.FAIL and states[key].user_attrs["lost"], key
         assert re.fullmatch(r"paused at step [1-9]\d*0", states[key].user_attrs["reason"]), key
     assert len(saved) == 2 and all(os.path.isfile(p) for p in saved), saved
+    status = probe("status", path, cwd=tmp_path)
+    assert "2 paused pack(s) in runs/stopme/journal.log.packs" in status.stdout, status.stdout + status.stderr
 
     path = write_sweep(tmp_path, name="stopme", steps=20)  # the same cells, now short: the saved packs, trained
     out = probe("worker", path, "--device", "cpu", "--concurrent", "2", cwd=tmp_path)  # otherwise, start anew
