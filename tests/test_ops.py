@@ -392,7 +392,7 @@ def test_long_conv_reference_is_the_direct_sum(length, taps, groups):
 
 
 def test_long_conv_reads_a_channel_major_view_without_a_copy_first(kernel, poisoned):
-    # H3's kv and the op's own outputs are [B, L, C] views of channel-major [B, C, L] memory
+    # the op's float32 outputs are [B, L, C] views of channel-major [B, C, L] memory, and may come back in
     (x, k, bias), _, _ = _long_conv_case((2, 70, 6, 70, 1), seed=5)
     view = x.float().transpose(1, 2).contiguous().to(DEVICE).transpose(1, 2)  # the same values, positions contiguous
     assert view.stride(1) == 1
