@@ -305,21 +305,30 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)})")
         print("usage: probe {" + ",".join(COMMANDS) + "} ...   (probe COMMAND --help for its flags)")
         raise SystemExit(0 if argv else 2)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s, handler in handlers.items():
-        if handler is not signal.SIG_IGN:  # `nohup` and `&` ignore some: they stay ignored
-            signal.signal(s, _on_signal)
     _received.clear()
-    try:
-        COMMANDS[argv[0]](argv[1:])
-    except (ProbeError, TaskConfigError) as e:
-        fail(str(e))
-    except KeyboardInterrupt as e:
-        interrupted(getattr(e, "signum", signal.SIGINT))
-    except SystemExit as e:
-        if e.code == 1 and _received:  # Lightning's trainer turns an interrupt into exit(1)
-            interrupted(_received[-1])
-        raise
-    finally:
-        for s, handler in handlers.items():
+    with on_interrupts(_on_signal):
+        try:
+            COMMANDS[argv[0]](argv[1:])
+        except (ProbeError, TaskConfigError) as e:
+            fail(str(e))
+        except KeyboardInterrupt as e:
+            interrupted(getattr(e, "signum", signal.SIGINT))
+        except SystemExit as e:
+            if e.code == 1 and _received:  # Lightning's trainer turns an interrupt into exit(1)
+                interrupted(_received[-1])
+            raise
+
+
+@contextlib.contextmanager
+def on_interrupts(handler):
+    """SIGINT and SIGTERM go to `handler` inside the block, the previous handlers back after it. A signal that is
+    ignored stays ignored (`nohup` and `&` ignore some)."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, previous in handlers.items():
+        if previous is not signal.SIG_IGN:
             signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, previous in handlers.items():
+            signal.signal(s, previous)

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from .cli import Interrupted, interrupted
+from .cli import Interrupted, interrupted, on_interrupts
 from .errors import ProbeError
 from .outputs import check_writable, write_atomically
 from .storage import check_readable, default_url, open_storage
@@ -131,15 +131,8 @@ def _pausing():
             raise Interrupted(signum)
         received.append(signum)
         pause.set()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s, handler in handlers.items():
-        if handler is not signal.SIG_IGN:
-            signal.signal(s, on_signal)
-    try:
+    with on_interrupts(on_signal):
         yield pause, received
-    finally:
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
 
 
 def _add_logger_flags(p) -> None:

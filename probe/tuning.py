@@ -237,9 +237,7 @@ class PausedPack:
         # a pack halved for memory pauses in one of its parts: the members the state was trained with
         part = next(asked[i:j] for i in range(len(asked)) for j in range(len(asked), i, -1)
                     if pack_fingerprint(_specs(cell, device, asked[i:j])) == state["fingerprint"])
-        folder = PausedPack.folder(checkpoints, cell)
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, "-".join(f"trial{trial.number}" for trial, _ in part) + ".pt")
+        path = os.path.join(PausedPack.folder(checkpoints, cell), "-".join(f"trial{trial.number}" for trial, _ in part) + ".pt")
         write_atomically(path, "paused pack", lambda tmp: torch.save(
             {"cell": cell.key, "params": [p for _, p in part], "state": state}, tmp))
         return path
