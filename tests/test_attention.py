@@ -443,3 +443,42 @@ def test_rerope_scales_queries_by_log_n_only_past_the_training_length():
     plain = layer(x)
     torch.testing.assert_close(scaled[:, :16], plain[:, :16])
     assert not torch.allclose(scaled[:, 20:], plain[:, 20:])
+
+
+# --------------------------------------------------------------------------- the fused kernel's path
+@pytest.mark.parametrize("pos, heads, kv_heads, window, bias", [
+    ("rope", 2, 1, None, False), ("alibi", 4, 2, 5, False), ("ntk", 1, 1, None, True), ("learned", 2, 2, 3, False)])
+def test_the_fused_kernel_path_equals_the_separate_projections_rotation_and_core(pos, heads, kv_heads, window,
+                                                                                 bias, monkeypatch, poisoned):
+    """PROBE_OPS=triton sends the layer through probe.ops.causal_attention (its Triton kernel, through the
+    interpreter on a CPU): q/k rows taken in half-split order, rotation and ALiBi inside the kernel. It must give
+    the outputs and every parameter gradient of the path through separate q/k/v, `rotate` and the core, for one
+    layer and for a pack of three under vmap (ALiBi's slopes are then each member's own stacked buffer)."""
+    kwargs = dict(n_heads=heads, n_kv_heads=kv_heads, pos=pos, window=window, bias=bias, max_seq_len=64)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    layers = [build(seed, **kwargs).float().to(device) for seed in range(3)]
+    x = randn(3, B, 37, D, seed=4).float().to(device)
+
+    def run(forced):
+        monkeypatch.setenv("PROBE_OPS", forced)
+        outs = [layer(x[i]) for i, layer in enumerate(layers)]
+        grads = [torch.autograd.grad(o.square().sum(), list(layer.parameters())) for o, layer in zip(outs, layers)]
+        params, buffers = torch.func.stack_module_state(layers)
+        packed = torch.func.vmap(lambda p, b, xi: torch.func.functional_call(layers[0], (p, b), (xi,)))(
+            params, buffers, x)
+        packed_grads = torch.autograd.grad(packed.square().sum(), list(params.values()))
+        return outs, grads, packed, packed_grads
+
+    ref_outs, ref_grads, ref_packed, ref_packed_grads = run("ref")
+    launches = []
+    from probe.ops.attention import kernel as attention_kernel
+    original = attention_kernel._CausalAttention.forward
+    monkeypatch.setattr(attention_kernel._CausalAttention, "forward",
+                        staticmethod(lambda *a: launches.append(1) or original(*a)))
+    outs, grads, packed, packed_grads = run("triton")
+    assert len(launches) == 4, "each layer's call, then the pack's in one launch"
+    for o, o_ref in zip(outs + [packed], ref_outs + [ref_packed]):
+        torch.testing.assert_close(o, o_ref, atol=1e-4, rtol=1e-4)
+    for g, g_ref in zip([t for gs in grads for t in gs] + list(packed_grads),
+                        [t for gs in ref_grads for t in gs] + list(ref_packed_grads)):
+        torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)

@@ -117,6 +117,20 @@ def _taylor_attention_case(shape, seed):
     return [q, k, v], ({"eps": 0.5} if length == 1 else {}), [0, 1, 2]
 
 
+def _causal_attention_case(shape, seed):
+    batch, length, heads, kv_heads, d, rotary, window, alibi = shape
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(batch, length, (heads + 2 * kv_heads) * d, generator=g, dtype=torch.float64)
+    options = {"n_heads": heads, "n_kv_heads": kv_heads, "window": window or None}
+    if rotary:
+        inv_freq = 10000.0 ** (-torch.arange(d // 2, dtype=torch.float64) * 2 / d)
+        angles = torch.arange(length, dtype=torch.float64)[:, None] * inv_freq
+        options.update(cos=angles.cos(), sin=angles.sin())
+    if alibi:
+        options["slopes"] = 2.0 ** -torch.arange(1, heads + 1, dtype=torch.float64)
+    return [qkv], options, [0]
+
+
 # op -> (case builder, shapes: lengths 1, 63, 64, 200, 1000 rows; odd widths; and its packed form)
 CASES = {
     # (V, D, positions): the positions hold a token drawn from V, 80% of them token 0
@@ -142,6 +156,12 @@ CASES = {
     # (B, L, H, d', Dv)
     "taylor_attention": (_taylor_attention_case, [(2, 1, 3, 8, 16), (2, 63, 3, 16, 33), (1, 64, 2, 33, 16),
                                                   (2, 200, 2, 16, 16), (1, 1000, 1, 16, 33), (1, 130, 5, 8, 64)]),
+    # (B, L, H, G, D, rotary, window or 0, alibi): GQA and MQA groups, head halves padded (D 24, 20), a window
+    # shorter than a block and one longer than the sequence
+    "causal_attention": (_causal_attention_case, [(2, 1, 1, 1, 16, 1, 0, 0), (1, 63, 2, 1, 32, 1, 0, 0),
+                                                  (1, 64, 4, 1, 16, 0, 5, 1), (1, 200, 2, 2, 24, 1, 0, 1),
+                                                  (1, 1000, 1, 1, 16, 0, 100, 0), (1, 70, 2, 1, 128, 1, 300, 0),
+                                                  (2, 130, 3, 3, 20, 1, 50, 1)]),
 }
 # op -> (how many leading arguments each member has its own of under vmap, the autograd.Function it launches)
 PACKABLE = {"embedding": (1, "probe.ops.embedding.kernel._Embedding"),
@@ -152,7 +172,8 @@ PACKABLE = {"embedding": (1, "probe.ops.embedding.kernel._Embedding"),
             "linear_attention": (5, "probe.ops.linear_attention.kernel._LinearAttention"),
             "short_conv": (4, "probe.ops.short_conv.kernel._ShortConv"),
             "long_conv": (3, "probe.ops.long_conv.kernel._LongConv"),
-            "taylor_attention": (3, "probe.ops.taylor_attention.kernel._TaylorAttention")}
+            "taylor_attention": (3, "probe.ops.taylor_attention.kernel._TaylorAttention"),
+            "causal_attention": (1, "probe.ops.attention.kernel._CausalAttention")}
 
 
 def test_every_registered_op_has_test_cases():

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import rotary, rotary_ref
+from ..ops import causal_attention, causal_attention_serves, rotary, rotary_ref
 from .base import Mixer, MixerSpec, State
 
 Position = Literal["none", "learned", "rope", "alibi", "xpos", "pi", "ntk", "ntk_dynamic", "rerope",
@@ -31,6 +31,8 @@ POSITIONS = Position.__args__
 ROTARY = ("rope", "xpos", "pi", "ntk", "ntk_dynamic", "rerope", "leaky_rerope", "coca")
 # schemes whose scores depend on absolute positions, so a sliding-window cache must count tokens
 ABSOLUTE = ("learned", "ntk_dynamic")
+# schemes probe.ops.causal_attention's kernel computes whole (rotary with one frequency set, or none, or ALiBi)
+FUSED = ("none", "learned", "rope", "pi", "ntk", "alibi")
 
 
 # ----------------------------------------------------------------------------------------------- masks, cores
@@ -365,6 +367,33 @@ class Attention(Mixer):
             k = F.relu((k[..., 0::2] + k[..., 1::2]) / 2)  # one non-negative t per rotary pair
         return q, k, v
 
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D] -> attention output [B, L, H·hd] through probe.ops.causal_attention's kernel, which reads q,
+        k and v from the one projection's output and applies the rotation (or ALiBi) itself. Its rotary pairs are
+        half-split, (x_p, x_{p+hd/2}), where this mixer's are interleaved, (x_2p, x_2p+1): the q and k rows of the
+        projection weight are taken in half-split order (evens, then odds, per head), which permutes q and k alike
+        and so leaves every score as the interleaved scheme gives it. The parameters keep their layout."""
+        l = x.shape[1]
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        weights = [p.weight for p in projections]
+        biases = [p.bias for p in projections] if self.q_proj.bias is not None else None
+        rotary_pos = self.pos not in ("none", "learned", "alibi")
+        if rotary_pos:
+            def half_split(t):  # [heads·hd, ...] rows -> per head: even rows, then odd rows
+                return t.unflatten(0, (-1, self.head_dim // 2, 2)).transpose(1, 2).flatten(0, 2)
+            weights[:2] = [half_split(w) for w in weights[:2]]
+            if biases is not None:
+                biases[:2] = [half_split(b_) for b_ in biases[:2]]
+        qkv = F.linear(x, torch.cat(weights), torch.cat(biases) if biases is not None else None)
+        cos = sin = slopes = None
+        if rotary_pos:
+            angles = self._angles(torch.arange(l, device=x.device), rope_inv_freq(self.head_dim, self.base, x.device))
+            cos, sin = angles.cos().float(), angles.sin().float()
+        if self.pos == "alibi":
+            slopes = self.slopes
+        return causal_attention(qkv, self.n_heads, self.n_kv_heads, cos=cos, sin=sin, window=self.window,
+                                slopes=slopes)
+
     # --------------------------------------------------------------------------------- position schemes
     def _angles(self, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:  # [L], [d/2] -> [L, d/2]
         return (pos.to(torch.float64) * self.position_scale)[:, None] * inv_freq
@@ -436,6 +465,9 @@ class Attention(Mixer):
             if l > self.max_seq_len:
                 raise ValueError(f"sequence length {l} exceeds max_seq_len={self.max_seq_len} (pos='learned')")
             x = x + self.pos_emb[:l].to(x.dtype)
+        if (self.pos in FUSED and not self.log_n_scale and self._dropout_p() == 0
+                and causal_attention_serves(x, self.head_dim)):
+            return self.o_proj(self._fused(x))
         q, k, v = self._project(x)
         positions = torch.arange(l, device=x.device)
         o = self._attend(q, k, v, positions, positions, n_shared=min(l, self.train_len))

@@ -10,6 +10,7 @@ Every kernel packs: under torch.func.vmap (K models trained as one, probe.pack) 
 its own leading dimension, so the K members cost one launch. tests/test_ops.py checks every op of OPS against
 its reference, generated from this registry.
 """
+from .attention import causal_attention, causal_attention_ref, causal_attention_serves
 from .cross_entropy import cross_entropy, cross_entropy_ref
 from .dispatch import backend
 from .embedding import embedding, embedding_ref
@@ -33,9 +34,11 @@ OPS = {
     "short_conv": (short_conv, short_conv_ref),
     "long_conv": (long_conv, long_conv_ref),
     "taylor_attention": (taylor_attention, taylor_attention_ref),
+    "causal_attention": (causal_attention, causal_attention_ref),
 }
 
-__all__ = ["OPS", "backend", "cross_entropy", "cross_entropy_ref", "embedding", "embedding_ref",
+__all__ = ["OPS", "backend", "causal_attention", "causal_attention_ref", "causal_attention_serves",
+           "cross_entropy", "cross_entropy_ref", "embedding", "embedding_ref",
            "group_norm", "group_norm_ref", "layer_norm", "layer_norm_ref",
            "linear_attention", "linear_attention_ref", "long_conv", "long_conv_ref", "rotary", "rotary_ref",
            "selective_scan", "selective_scan_ref", "selective_scan_step",

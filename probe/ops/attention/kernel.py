@@ -1,0 +1,356 @@
+"""Causal softmax attention as fused Triton kernels, forward and backward, flash-attention style (Dao et al. 2022):
+the L×L scores live only as tiles in registers; q, k and v are read straight from the fused projection, rotary
+and ALiBi are applied inside the kernels, and the gradient comes back as one tensor in the projection's layout.
+
+    qkv [B, L, (H + 2·G)·D], any batch and position strides, columns contiguous: no split, transpose or copy first
+    o   [B, L, H·D] contiguous (what the output projection reads); lse [B·H, L] float32, base-2 log-sum-exp per row
+    dqkv [B, L, (H + 2·G)·D] contiguous: dq, dk and dv written by the kernels into their own columns (no cat)
+
+The function is `reference.causal_attention_ref`, which the dispatch rule (probe.ops.dispatch) runs wherever this
+kernel does not. Every head is handled as two halves of D/2 columns (the half-split rotary pairs (x_p, x_{p+D/2})),
+each loaded contiguously and rotated in float32 on load; a score is the sum of the two halves' products.
+
+  _forward   one program per (query block, b·h): walks the key blocks the block's rows may see (from the window's
+             start, or 0, to the diagonal) with the online softmax in base 2; stores o and lse.
+  _grad_q    one program per (query block, b·h): δ = rowsum(do ⊙ o) for its rows (stored for _grad_kv), then the
+             same key blocks, recomputing p from lse: dq = scale · Σ p ⊙ (do vᵀ − δ) k, rotated back (Rᵀ).
+  _grad_kv   one program per (key block, b·g): for each query head of its group, the query blocks that see it,
+             forming the transposed tiles sᵀ = k qᵀ, pᵀ, dpᵀ = v doᵀ directly: dv = Σ pᵀ do,
+             dk = scale · Σ pᵀ ⊙ (dpᵀ − δ) q, rotated back.
+Each gradient has one writer (no atomics: results do not depend on timing). Triton 3.6 on Hopper miscompiles a
+tl.dot of a tl.trans of a computed tile, so no tile is transposed in registers: a transposed operand (kᵀ, vᵀ, qᵀ,
+doᵀ) is loaded from memory with swapped strides and rotated as loaded. Dots take the inputs' dtype (bf16 on the
+GPU) and accumulate in float32; with float32 inputs they are IEEE float32, never tf32. Head halves are padded to a
+power of two of at least 16 (what tl.dot needs) by masked loads. Fixed block sizes, no autotuning.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..dispatch import fold
+
+LOG2E = math.log2(math.e)
+#: (query block, key block, warps, pipeline stages) of the forward and of the two backward kernels, by head width
+#: D ≤ 64 / ≤ 128. The backward loads four operand tiles a step (q and do, each both ways round): at D = 128 more
+#: than one stage of them overflows a Hopper SM's 227 KiB of shared memory. Float32 tiles take one stage.
+FORWARD = {64: (64, 64, 4, 3), 128: (64, 64, 4, 2)}
+BACKWARD = {64: (64, 64, 4, 2), 128: (64, 64, 8, 1)}
+
+
+# --- tiles -----------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _rows(ptr, base, t, L, s_l, col, offs, width):
+    """x[t, col + offs] as a [len(t), len(offs)] tile, zeros outside L and the width."""
+    mask = (t[:, None] < L) & (offs[None, :] < width)
+    return tl.load(ptr + base + t.to(tl.int64)[:, None] * s_l + col + offs[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _cols(ptr, base, t, L, s_l, col, offs, width):
+    """The same tile transposed, [len(offs), len(t)], read from memory with swapped strides."""
+    mask = (t[None, :] < L) & (offs[:, None] < width)
+    return tl.load(ptr + base + t.to(tl.int64)[None, :] * s_l + col + offs[:, None], mask=mask, other=0.0)
+
+
+@triton.jit
+def _turn(a, b, cos_ptr, sin_ptr, at, mask, sign):
+    """Halves a and b rotated by the angles at table offsets `at` (sign −1: rotated back), in a's and b's dtypes."""
+    c = tl.load(cos_ptr + at, mask=mask, other=0.0)
+    s = tl.load(sin_ptr + at, mask=mask, other=0.0) * sign
+    af, bf = a.to(tl.float32), b.to(tl.float32)
+    return (af * c - bf * s).to(a.dtype), (af * s + bf * c).to(b.dtype)
+
+
+@triton.jit
+def _halves(ptr, base, t, L, s_l, col, offs_p, P, cos_ptr, sin_ptr, ROTARY: tl.constexpr):
+    """A head's two halves (columns col + p and col + P + p) at positions t, [len(t), BP] each, rotated by the
+    angles of positions t when ROTARY; in the input's dtype."""
+    a = _rows(ptr, base, t, L, s_l, col, offs_p, P)
+    b = _rows(ptr, base, t, L, s_l, col + P, offs_p, P)
+    if ROTARY:
+        mask = (t[:, None] < L) & (offs_p[None, :] < P)
+        a, b = _turn(a, b, cos_ptr, sin_ptr, t.to(tl.int64)[:, None] * P + offs_p[None, :], mask, 1.0)
+    return a, b
+
+
+@triton.jit
+def _halves_t(ptr, base, t, L, s_l, col, offs_p, P, cos_ptr, sin_ptr, ROTARY: tl.constexpr):
+    """_halves transposed, [BP, len(t)] each, loaded with swapped strides and rotated as loaded."""
+    a = _cols(ptr, base, t, L, s_l, col, offs_p, P)
+    b = _cols(ptr, base, t, L, s_l, col + P, offs_p, P)
+    if ROTARY:
+        mask = (t[None, :] < L) & (offs_p[:, None] < P)
+        a, b = _turn(a, b, cos_ptr, sin_ptr, t.to(tl.int64)[None, :] * P + offs_p[:, None], mask, 1.0)
+    return a, b
+
+
+@triton.jit
+def _unrotate(ga, gb, t, L, offs_p, P, cos_ptr, sin_ptr, ROTARY: tl.constexpr):
+    """The gradient of the rotated halves carried back to the unrotated ones (the rotation's transpose: the
+    rotation by −angle), float32 [len(t), BP] each."""
+    if ROTARY:
+        mask = (t[:, None] < L) & (offs_p[None, :] < P)
+        ga, gb = _turn(ga, gb, cos_ptr, sin_ptr, t.to(tl.int64)[:, None] * P + offs_p[None, :], mask, -1.0)
+    return ga, gb
+
+
+@triton.jit
+def _store_rows(ptr, base, t, L, s_l, col, offs, width, x):
+    mask = (t[:, None] < L) & (offs[None, :] < width)
+    tl.store(ptr + base + t.to(tl.int64)[:, None] * s_l + col + offs[None, :], x.to(ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def _logits(s, i, j, L, qk_scale, slope2, window, ALIBI: tl.constexpr, WINDOW: tl.constexpr):
+    """Scores in base-2 units and which of them count, for query positions i and key positions j (broadcast
+    against each other: [BM, 1] and [1, BN], or transposed)."""
+    s = s * qk_scale
+    if ALIBI:
+        s = s - slope2 * (i - j).to(tl.float32)
+    keep = (j <= i) & (i < L) & (j < L)
+    if WINDOW:
+        keep = keep & (i - j < window)
+    return s, keep
+
+
+# --- kernels ---------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _forward(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l, s_sb, qk_scale, window,
+             BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, ROTARY: tl.constexpr, ALIBI: tl.constexpr,
+             WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+    m0 = tl.program_id(0) * BM
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    g = h // (H // G)
+    D = 2 * P
+    base = b * s_b
+    offs_m, offs_n, offs_p, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
+    qa, qb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+    slope2 = 0.0
+    if ALIBI:  # in base-2 units, as the scores
+        slope2 = tl.load(slopes_ptr + b * s_sb + h).to(tl.float32) * 1.4426950408889634
+    m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BM], dtype=tl.float32)
+    acc = tl.zeros([BM, 2 * BP], dtype=tl.float32)
+    lo = 0
+    if WINDOW:
+        lo = tl.maximum(m0 - window + 1, 0) // BN * BN
+    hi = tl.minimum(m0 + BM, L)
+    for n0 in range(lo, hi, BN):
+        t = n0 + offs_n
+        kaT, kbT = _halves_t(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+        v = _rows(qkv_ptr, base, t, L, s_l, (H + G + g) * D, offs_d, D)  # [BN, 2·BP]
+        s = tl.dot(qa, kaT, input_precision=PRECISION)
+        s = tl.dot(qb, kbT, s, input_precision=PRECISION)
+        s, keep = _logits(s, offs_m[:, None], t[None, :], L, qk_scale, slope2, window, ALIBI, WINDOW)
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees no key yet adds nothing
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    o = acc / l_safe[:, None]
+    _store_rows(o_ptr, b * L * H * D, offs_m, L, H * D, h * D, offs_d, D, o)
+    tl.store(lse_ptr + bh * L + offs_m, m_i + tl.log2(l_safe), mask=offs_m < L)
+
+
+@triton.jit
+def _grad_q(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
+            s_b, s_l, s_sb, qk_scale, scale, window, BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
+            ROTARY: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+    m0 = tl.program_id(0) * BM
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    g = h // (H // G)
+    D = 2 * P
+    base = b * s_b
+    o_base = b * L * H * D
+    offs_m, offs_n, offs_p, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
+    qa, qb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+    do = _rows(do_ptr, o_base, offs_m, L, H * D, h * D, offs_d, D)  # [BM, 2·BP]
+    o = _rows(o_ptr, o_base, offs_m, L, H * D, h * D, offs_d, D)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    tl.store(delta_ptr + bh * L + offs_m, delta, mask=offs_m < L)
+    lse = tl.load(lse_ptr + bh * L + offs_m, mask=offs_m < L, other=0.0)
+    slope2 = 0.0
+    if ALIBI:  # in base-2 units, as the scores
+        slope2 = tl.load(slopes_ptr + b * s_sb + h).to(tl.float32) * 1.4426950408889634
+    dqa = tl.zeros([BM, BP], dtype=tl.float32)
+    dqb = tl.zeros([BM, BP], dtype=tl.float32)
+    lo = 0
+    if WINDOW:
+        lo = tl.maximum(m0 - window + 1, 0) // BN * BN
+    hi = tl.minimum(m0 + BM, L)
+    for n0 in range(lo, hi, BN):
+        t = n0 + offs_n
+        kaT, kbT = _halves_t(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+        ka, kb = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+        vT = _cols(qkv_ptr, base, t, L, s_l, (H + G + g) * D, offs_d, D)  # [2·BP, BN]
+        s = tl.dot(qa, kaT, input_precision=PRECISION)
+        s = tl.dot(qb, kbT, s, input_precision=PRECISION)
+        s, keep = _logits(s, offs_m[:, None], t[None, :], L, qk_scale, slope2, window, ALIBI, WINDOW)
+        p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, vT, input_precision=PRECISION)
+        ds = (p * (dp - delta[:, None])).to(ka.dtype)
+        dqa = tl.dot(ds, ka, dqa, input_precision=PRECISION)
+        dqb = tl.dot(ds, kb, dqb, input_precision=PRECISION)
+    dqa, dqb = _unrotate(dqa * scale, dqb * scale, offs_m, L, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+    d_base = b * L * (H + 2 * G) * D
+    _store_rows(dqkv_ptr, d_base, offs_m, L, (H + 2 * G) * D, h * D, offs_p, P, dqa)
+    _store_rows(dqkv_ptr, d_base, offs_m, L, (H + 2 * G) * D, h * D + P, offs_p, P, dqb)
+
+
+@triton.jit
+def _grad_kv(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
+             s_b, s_l, s_sb, qk_scale, scale, window, BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
+             ROTARY: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+    n0 = tl.program_id(0) * BN
+    bg = tl.program_id(1).to(tl.int64)
+    b, g = bg // G, bg % G
+    D = 2 * P
+    base = b * s_b
+    o_base = b * L * H * D
+    offs_m, offs_n, offs_p, offs_d = tl.arange(0, BM), n0 + tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
+    ka, kb = _halves(qkv_ptr, base, offs_n, L, s_l, (H + g) * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+    v = _rows(qkv_ptr, base, offs_n, L, s_l, (H + G + g) * D, offs_d, D)  # [BN, 2·BP]
+    dka = tl.zeros([BN, BP], dtype=tl.float32)
+    dkb = tl.zeros([BN, BP], dtype=tl.float32)
+    dv = tl.zeros([BN, 2 * BP], dtype=tl.float32)
+    lo = n0 // BM * BM
+    hi = L
+    if WINDOW:
+        hi = tl.minimum(n0 + BN + window - 1, L)
+    group = H // G
+    for hh in range(0, group):
+        h = g * group + hh
+        slope2 = 0.0
+        if ALIBI:  # in base-2 units, as the scores
+            slope2 = tl.load(slopes_ptr + b * s_sb + h).to(tl.float32) * 1.4426950408889634
+        for m0 in range(lo, hi, BM):
+            t = m0 + offs_m
+            qaT, qbT = _halves_t(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+            qa, qb = _halves(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+            do = _rows(do_ptr, o_base, t, L, H * D, h * D, offs_d, D)  # [BM, 2·BP]
+            doT = _cols(do_ptr, o_base, t, L, H * D, h * D, offs_d, D)  # [2·BP, BM]
+            row = (b * H + h) * L + t
+            lse = tl.load(lse_ptr + row, mask=t < L, other=0.0)
+            delta = tl.load(delta_ptr + row, mask=t < L, other=0.0)
+            sT = tl.dot(ka, qaT, input_precision=PRECISION)
+            sT = tl.dot(kb, qbT, sT, input_precision=PRECISION)  # [BN (j), BM (i)]
+            sT, keep = _logits(sT, t[None, :], offs_n[:, None], L, qk_scale, slope2, window, ALIBI, WINDOW)
+            pT = tl.where(keep, tl.exp2(sT - lse[None, :]), 0.0)
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
+            dpT = tl.dot(v, doT, input_precision=PRECISION)
+            dsT = (pT * (dpT - delta[None, :])).to(qa.dtype)
+            dka = tl.dot(dsT, qa, dka, input_precision=PRECISION)
+            dkb = tl.dot(dsT, qb, dkb, input_precision=PRECISION)
+    dka, dkb = _unrotate(dka * scale, dkb * scale, offs_n, L, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+    d_base = b * L * (H + 2 * G) * D
+    width = (H + 2 * G) * D
+    _store_rows(dqkv_ptr, d_base, offs_n, L, width, (H + g) * D, offs_p, P, dka)
+    _store_rows(dqkv_ptr, d_base, offs_n, L, width, (H + g) * D + P, offs_p, P, dkb)
+    _store_rows(dqkv_ptr, d_base, offs_n, L, width, (H + G + g) * D, offs_d, D, dv)
+
+
+# --- host ------------------------------------------------------------------------------------------------------
+
+def _blocks(table: dict, d: int, length: int, dtype: torch.dtype) -> tuple[int, int, dict]:
+    bm, bn, warps, stages = table[64 if d <= 64 else 128]
+    fit = max(16, triton.next_power_of_2(length))  # short sequences: no block much longer than the sequence
+    return min(bm, fit), min(bn, fit), dict(num_warps=warps, num_stages=1 if dtype == torch.float32 else stages)
+
+
+def _flags(q, cos, slopes, window):
+    """(ROTARY, ALIBI, WINDOW, PRECISION) and the stand-in pointers for absent tables."""
+    return dict(ROTARY=cos is not None, ALIBI=slopes is not None, WINDOW=window is not None,
+                PRECISION="ieee" if q.dtype == torch.float32 else "tf32")  # tf32 means the native bf16 dot here
+
+
+def _slope_stride(slopes) -> int:
+    """ALiBi's slopes are [H] (shared by every batch row) or [B, H] (a pack's members' own, one row per example)."""
+    return slopes.shape[-1] if slopes is not None and slopes.dim() == 2 else 0
+
+
+class _CausalAttention(torch.autograd.Function):
+    """(o [B, L, H·D], lse [B·H, L] float32: kept for the backward, not differentiable) from qkv [B, L, (H + 2G)·D].
+    cos and sin [L, D/2] float32 or None, slopes [H] float32 or None; window an int or None. torch.func.vmap over
+    it folds the vmap dimension into B: one launch per pack (the rotary tables shared by the members; slopes may be
+    each member's own, as a pack's stacked buffers are)."""
+
+    @staticmethod
+    def forward(qkv, cos, sin, slopes, n_heads, n_kv_heads, window, scale):
+        qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
+        B, L, W = qkv.shape
+        H, G = n_heads, n_kv_heads
+        D = W // (H + 2 * G)
+        P = D // 2
+        bm, bn, launch = _blocks(FORWARD, D, L, qkv.dtype)
+        o = torch.empty(B, L, H * D, dtype=qkv.dtype, device=qkv.device)
+        lse = torch.empty(B * H, L, dtype=torch.float32, device=qkv.device)
+        _forward[(triton.cdiv(L, bm), B * H)](
+            qkv, cos if cos is not None else qkv, sin if sin is not None else qkv,
+            slopes if slopes is not None else qkv, o, lse, L, H, G, P, qkv.stride(0), qkv.stride(1),
+            _slope_stride(slopes), scale * LOG2E, window or 0, BM=bm, BN=bn, BP=max(16, triton.next_power_of_2(P)),
+            **_flags(qkv, cos, slopes, window), **launch)
+        return o, lse
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        qkv, cos, sin, slopes, n_heads, n_kv_heads, window, scale = inputs
+        o, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(qkv, cos, sin, slopes, o, lse)
+        ctx.heads, ctx.window, ctx.scale = (n_heads, n_kv_heads), window, scale
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        qkv, cos, sin, slopes, o, lse = ctx.saved_tensors
+        qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
+        (H, G), window, scale = ctx.heads, ctx.window, ctx.scale
+        do = do.to(o.dtype).contiguous()  # the kernels read do with o's (contiguous) strides
+        B, L, W = qkv.shape
+        D = W // (H + 2 * G)
+        P = D // 2
+        bm, bn, launch = _blocks(BACKWARD, D, L, qkv.dtype)
+        delta = torch.empty(B * H, L, dtype=torch.float32, device=qkv.device)
+        dqkv = torch.empty(B, L, W, dtype=qkv.dtype, device=qkv.device)
+        tables = (cos if cos is not None else qkv, sin if sin is not None else qkv,
+                  slopes if slopes is not None else qkv)
+        common = dict(BM=bm, BN=bn, BP=max(16, triton.next_power_of_2(P)), **_flags(qkv, cos, slopes, window),
+                      **launch)
+        scalars = (L, H, G, P, qkv.stride(0), qkv.stride(1), _slope_stride(slopes), scale * LOG2E, scale,
+                   window or 0)
+        _grad_q[(triton.cdiv(L, bm), B * H)](qkv, *tables, o, do, lse, delta, dqkv, *scalars, **common)
+        _grad_kv[(triton.cdiv(L, bn), B * G)](qkv, *tables, do, lse, delta, dqkv, *scalars, **common)
+        return dqkv, None, None, None, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, qkv, cos, sin, slopes, n_heads, n_kv_heads, window, scale):
+        if in_dims[1] is not None or in_dims[2] is not None:
+            raise NotImplementedError("rotary tables of their own per pack member")
+        size = info.batch_size
+        qkv = fold(qkv, in_dims[0], size)
+        if in_dims[3] is not None:  # [K, H] -> one row per example of the folded batch, [K·B, H]
+            if slopes.dim() != 2:
+                raise NotImplementedError("ALiBi slopes batched other than per pack member")
+            slopes = slopes.movedim(in_dims[3], 0).repeat_interleave(qkv.shape[0] // size, 0).contiguous()
+        o, lse = _CausalAttention.apply(qkv, cos, sin, slopes, n_heads, n_kv_heads, window, scale)
+        return (o.view(size, -1, *o.shape[1:]), lse.view(size, -1, lse.shape[-1])), (0, 0)
+
+
+def causal_attention_kernel(qkv, n_heads, n_kv_heads, cos, sin, window, slopes, scale) -> torch.Tensor:
+    """o [B, L, H·D] (qkv's dtype) from qkv [B, L, (H + 2G)·D], D even (shapes checked by the caller); cos, sin
+    [L, D/2] and slopes [H] are cast to float32 here. Runs under torch.func.vmap (one launch for all K members)."""
+    f32 = (lambda t: None if t is None else t.to(device=qkv.device, dtype=torch.float32).contiguous())
+    return _CausalAttention.apply(qkv, f32(cos), f32(sin), f32(slopes), n_heads, n_kv_heads, window,
+                                  float(scale))[0]

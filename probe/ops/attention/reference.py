@@ -1,0 +1,77 @@
+"""Causal softmax attention read straight from a fused q/k/v projection, the contract its kernel is tested against:
+
+    qkv [B, L, (H + 2·G)·D]  = [q heads 0..H-1 | k heads 0..G-1 | v heads 0..G-1] per position, each D wide
+    s_hij = scale · q̃_hi · k̃_gj − slope_h · (i − j)      (g = h // (H/G): query heads share k/v heads in groups)
+    allowed: j ≤ i, and i − j < window when a window is given
+    o_hi  = Σ_j softmax_j(s_hij over the allowed j) v_gj  ->  o [B, L, H·D], head h in columns h·D .. h·D + D
+
+q̃, k̃: q and k rotated (when cos and sin [L, D/2] are given) on half-split pairs (x_p, x_{p+D/2}) by the angle of
+position i, pair p:  x̃_p = x_p cos − x_{p+D/2} sin,  x̃_{p+D/2} = x_p sin + x_{p+D/2} cos, rounded to qkv's
+dtype (as a separate rotation would leave them). A caller whose rotary pairs are interleaved, (x_2p, x_2p+1),
+permutes the q and k columns of its projection to half-split order first: q·k is unchanged by one permutation of
+both, so the scores are the interleaved scheme's. scale defaults to D^-1/2; slopes [H] are ALiBi's (Press et al.
+2022). Scores and softmax in float32 (float64 for float64 inputs); o in qkv's dtype. Here every score is
+materialised ([B, H, L, L]): the oracle's clarity, not its speed.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def check(qkv: torch.Tensor, n_heads: int, n_kv_heads: int, cos, sin, window, slopes) -> int:
+    """The head width D, after naming every misfit (the same checks on either path)."""
+    if not (isinstance(n_heads, int) and isinstance(n_kv_heads, int) and n_heads >= 1 and n_kv_heads >= 1
+            and n_heads % n_kv_heads == 0):
+        raise ValueError(f"n_kv_heads={n_kv_heads!r} must be a positive divisor of n_heads={n_heads!r}")
+    width = n_heads + 2 * n_kv_heads
+    if qkv.dim() != 3 or qkv.shape[-1] % width or qkv.shape[-1] == 0:
+        raise ValueError(f"qkv must be [B, L, (n_heads + 2·n_kv_heads)·D] = [B, L, {width}·D]; got "
+                         f"{tuple(qkv.shape)}")
+    d = qkv.shape[-1] // width
+    if (cos is None) != (sin is None):
+        raise ValueError("cos and sin come together (rotary) or not at all")
+    if cos is not None and (d % 2 or cos.shape != (qkv.shape[1], d // 2) or sin.shape != cos.shape):
+        raise ValueError(f"cos and sin must be [L, D/2] = [{qkv.shape[1]}, {d // 2}] with D = {d} even; got "
+                         f"{tuple(cos.shape)} and {tuple(sin.shape)}")
+    if window is not None and (not isinstance(window, int) or window < 1):
+        raise ValueError(f"window={window!r} must be a positive int or None")
+    if slopes is not None and slopes.shape != (n_heads,):
+        raise ValueError(f"slopes must be [n_heads] = [{n_heads}]; got {tuple(slopes.shape)}")
+    return d
+
+
+def rotate_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., L, D] rotated on pairs (x_p, x_{p+D/2}) by cos, sin [L, D/2], in float32 or wider, back in x's dtype."""
+    ct = torch.promote_types(x.dtype, torch.float32)
+    a, b = x.to(ct).chunk(2, -1)
+    c, s = cos.to(ct), sin.to(ct)
+    return torch.cat((a * c - b * s, a * s + b * c), -1).to(x.dtype)
+
+
+def causal_attention_ref(qkv: torch.Tensor, n_heads: int, n_kv_heads: int | None = None, *,
+                         cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
+                         window: int | None = None, slopes: torch.Tensor | None = None,
+                         scale: float | None = None) -> torch.Tensor:
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    d = check(qkv, n_heads, n_kv_heads, cos, sin, window, slopes)
+    B, L, _ = qkv.shape
+    scale = d ** -0.5 if scale is None else scale
+    q, k, v = qkv.split([n_heads * d, n_kv_heads * d, n_kv_heads * d], -1)
+    q, k, v = (t.reshape(B, L, -1, d).transpose(1, 2) for t in (q, k, v))  # [B, heads, L, D]
+    if cos is not None:
+        q, k = rotate_half_split(q, cos, sin), rotate_half_split(k, cos, sin)
+    group = n_heads // n_kv_heads
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    ct = torch.promote_types(qkv.dtype, torch.float32)
+    with torch.autocast(device_type=qkv.device.type, enabled=False):
+        s = (q.to(ct) @ k.to(ct).transpose(-1, -2)) * scale  # [B, H, L, L]
+        i = torch.arange(L, device=qkv.device)[:, None]
+        j = torch.arange(L, device=qkv.device)[None, :]
+        if slopes is not None:
+            s = s - slopes.to(ct)[:, None, None] * (i - j).to(ct)
+        allowed = j <= i
+        if window is not None:
+            allowed = allowed & (i - j < window)
+        p = s.masked_fill(~allowed, float("-inf")).softmax(-1)
+        o = p @ v.to(ct)
+    return o.transpose(1, 2).reshape(B, L, n_heads * d).to(qkv.dtype)
