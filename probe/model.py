@@ -10,6 +10,14 @@ The head costs most of a small model's FLOPs (vocab 8192 vs d_model 64-512) whil
 scored, so `hidden(tokens, positions)` and `logits(hidden)` are separate: training applies the head only at scored
 positions, and every path (training, evaluation, a pack's members, `forward`) goes through `hidden`.
 
+Each residual add is left pending and done by the norm that reads its sum next (`probe.ops.add_layer_norm`: one
+kernel pass writes both the new residual stream and its norm, and one backward pass both addends' gradients):
+block i's mixer output is added inside block i's norm2 (with an MLP) or block i+1's norm1, the last block's inside
+the final norm, after the gather of the scored positions (gathering x and y and adding them there is the same
+sum, at fewer positions). `Block.residual` hands its output on as such a pending pair; `Block.forward` adds it.
+The model runs its blocks through `residual`, not as module calls, so a block's forward hooks fire only where
+`features` calls the last block (a decoder's path, and `features` itself).
+
 A task may need a model-level decoder between the mixer stack and the final norm (`TaskConfig.decoder`, built by
 `build_model(..., decoder=task.decoder)`): "compression" is MAD's autoencoder decoder (CompressionDecoder), which
 reads every output position from the last position's features. Without one, output position p is position p.
@@ -27,6 +35,7 @@ from torch import nn
 from .errors import ProbeError
 from .mixers import MIXERS, Mixer
 from .ops import embedding, layer_norm
+from .ops.layer_norm import add_layer_norm
 
 ChannelMixer = Literal["none", "mlp", "swiglu"]
 
@@ -66,11 +75,23 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(normalized_shape, *args, **kwargs)
         self.autocast_output = autocast_output
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _out_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         device = x.device.type
         cast = self.autocast_output and torch.is_autocast_enabled(device)
-        out_dtype = torch.get_autocast_dtype(device) if cast else None
-        return layer_norm(x, self.weight, self.bias, self.eps, out_dtype=out_dtype)
+        return torch.get_autocast_dtype(device) if cast else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, self.bias, self.eps, out_dtype=self._out_dtype(x))
+
+    def add_norm(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + y, this norm of it) in one pass: x the residual stream [..., D], y the pending addend (a mixer's
+        or MLP's output) or None (nothing to add: (x, norm(x)))."""
+        if y is None:
+            return x, self(x)
+        if y.shape != x.shape or torch.promote_types(x.dtype, y.dtype) != x.dtype:
+            s = x + y  # a sum that would broadcast or leave x's dtype: unfused, as torch computes it
+            return s, self(s)
+        return add_layer_norm(x, y, self.weight, self.bias, self.eps, out_dtype=self._out_dtype(x))
 
 
 class Embedding(nn.Embedding):
@@ -90,11 +111,22 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(d_model) if channel_mixer != "none" else None
         self.mlp = MLP(d_model, channel_mixer) if channel_mixer != "none" else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
-        x = x + self.mixer(self.norm1(x))
+    def forward(self, x: torch.Tensor, pending: torch.Tensor | None = None) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
+        """x + mixer(norm1(x)), then + mlp(norm2(·)) with a channel mixer; the block's input is x + pending when
+        a previous block's output add is pending (see `residual`)."""
+        x, y = self.residual(x, pending)
+        return x + y
+
+    def residual(self, x: torch.Tensor, pending: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's output as a pending add (x', y'), output = x' + y' ([B, L, D] each; y' the mixer's or the
+        MLP's output, bf16 under autocast): whichever norm reads the output next adds it in its own kernel pass.
+        The block's input is x + pending (pending None: x), added here by norm1."""
+        x, h = self.norm1.add_norm(x, pending)
+        y = self.mixer(h)
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
-        return x
+            x, h = self.norm2.add_norm(x, y)
+            y = self.mlp(h)
+        return x, y
 
 
 def sinusoidal_embedding(positions: torch.Tensor, d_model: int) -> torch.Tensor:
@@ -154,24 +186,35 @@ class LanguageModel(nn.Module):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         nn.init.normal_(self.embed.weight, std=0.02)
 
+    def _stream(self, tokens: torch.Tensor, blocks) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The residual stream after `blocks` as a pending add (x, y), each [B, L, D]: x + y (y None: x)."""
+        x, y = self.embed(tokens), None
+        for block in blocks:
+            x, y = block.residual(x, y)
+        return x, y
+
     def features(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, L] -> [B, L, D], before the final norm
-        x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
-        return x
+        if not len(self.blocks):
+            return self.embed(tokens)
+        x, y = self._stream(tokens, self.blocks[:-1])
+        return self.blocks[-1](x, y)  # the last block called as a module: its forward hooks see the features
 
     def hidden(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """The normalised hidden states the head reads: tokens [B, L], output positions [B, M] -> [B, M, D]
         (every position, M = L, when positions is None). Without a decoder, the features at those positions;
-        with one, the decoder's output at those positions, read from the last position's features."""
-        x = self.features(tokens)  # [B, L, D]
+        with one, the decoder's output at those positions, read from the last position's features (`features`).
+        Without a decoder the features are never formed whole: the last block's output add is done by the final
+        norm at the gathered positions (so a forward hook on the last block fires only with a decoder)."""
         if self.decoder is not None:
+            x = self.features(tokens)  # [B, L, D]
             if positions is None:
                 positions = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-            x = self.decoder(x[:, -1], positions)
-        elif positions is not None:  # the final norm acts per position, so it runs after the gather
-            x = x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))
-        return self.norm(x)
+            return self.norm(self.decoder(x[:, -1], positions))
+        x, y = self._stream(tokens, self.blocks)  # features x + y, [B, L, D] each
+        if positions is not None:  # the final norm acts per position, so it (and the add) runs after the gather
+            index = positions[..., None].expand(-1, -1, x.shape[-1])
+            x, y = x.gather(1, index), (y.gather(1, index) if y is not None else None)
+        return self.norm.add_norm(x, y)[1]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., V]
         return self.head(hidden)
