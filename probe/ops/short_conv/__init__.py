@@ -17,7 +17,7 @@ import torch
 from ..dispatch import backend
 from .reference import check, short_conv_ref, short_conv_step
 
-MAX_TAPS = 8  # the kernel's backward recomputes W² shifted tiles: a short filter's cost, not a long one's
+MAX_TAPS = 8  # the kernel's backward keeps ~4W values an element in registers: a short filter's cost, not a long one's
 
 
 def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
