@@ -10,11 +10,11 @@ The function is `reference.causal_attention_ref`, which the dispatch rule (probe
 kernel does not. Every head is handled as two halves of D/2 columns (the half-split rotary pairs (x_p, x_{p+D/2})),
 each loaded contiguously and rotated in float32 on load; a score is the sum of the two halves' products.
 
-  _forward   one program per (query block, b·h): walks the key blocks the block's rows may see (from the window's
+  _forward   one program per (b·h, query block): walks the key blocks the block's rows may see (from the window's
              start, or 0, to the diagonal) with the online softmax in base 2; stores o and lse.
-  _grad_q    one program per (query block, b·h): δ = rowsum(do ⊙ o) for its rows (stored for _grad_kv), then the
+  _grad_q    one program per (b·h, query block): δ = rowsum(do ⊙ o) for its rows (stored for _grad_kv), then the
              same key blocks, recomputing p from lse: dq = scale · Σ p ⊙ (do vᵀ − δ) k, rotated back (Rᵀ).
-  _grad_kv   one program per (key block, b·g): for each query head of its group, the query blocks that see it,
+  _grad_kv   one program per (b·g, key block): for each query head of its group, the query blocks that see it,
              forming the transposed tiles sᵀ = k qᵀ, pᵀ, dpᵀ = v doᵀ directly: dv = Σ pᵀ do,
              dk = scale · Σ pᵀ ⊙ (dpᵀ − δ) q, rotated back.
 Each gradient has one writer (no atomics: results do not depend on timing). Triton 3.6 on Hopper miscompiles a
@@ -119,14 +119,23 @@ def _logits(s, i, j, L, qk_scale, slope2, window, ALIBI: tl.constexpr, WINDOW: t
     return s, keep
 
 
+@triton.jit
+def _program(L, BLOCK: tl.constexpr):
+    """(batch row · head, first position of the block) of this program: one grid axis (a second holds at most
+    65535, fewer than a large pack's batch rows · heads), each head's blocks launched one after another so that
+    their reads of the same k and v meet in L2."""
+    n_blocks = tl.cdiv(L, BLOCK)
+    pid = tl.program_id(0).to(tl.int64)
+    return pid // n_blocks, (pid % n_blocks).to(tl.int32) * BLOCK
+
+
 # --- kernels ---------------------------------------------------------------------------------------------------
 
 @triton.jit
 def _forward(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l, s_sb, qk_scale, window,
              BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, ROTARY: tl.constexpr, ALIBI: tl.constexpr,
              WINDOW: tl.constexpr, PRECISION: tl.constexpr):
-    m0 = tl.program_id(0) * BM
-    bh = tl.program_id(1).to(tl.int64)
+    bh, m0 = _program(L, BM)
     b, h = bh // H, bh % H
     g = h // (H // G)
     D = 2 * P
@@ -168,8 +177,7 @@ def _forward(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, 
 def _grad_q(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
             s_b, s_l, s_sb, qk_scale, scale, window, BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
             ROTARY: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
-    m0 = tl.program_id(0) * BM
-    bh = tl.program_id(1).to(tl.int64)
+    bh, m0 = _program(L, BM)
     b, h = bh // H, bh % H
     g = h // (H // G)
     D = 2 * P
@@ -214,8 +222,7 @@ def _grad_q(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta
 def _grad_kv(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
              s_b, s_l, s_sb, qk_scale, scale, window, BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
              ROTARY: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
-    n0 = tl.program_id(0) * BN
-    bg = tl.program_id(1).to(tl.int64)
+    bg, n0 = _program(L, BN)
     b, g = bg // G, bg % G
     D = 2 * P
     base = b * s_b
@@ -297,7 +304,7 @@ class _CausalAttention(torch.autograd.Function):
         bm, bn, launch = _blocks(FORWARD, D, L, qkv.dtype)
         o = torch.empty(B, L, H * D, dtype=qkv.dtype, device=qkv.device)
         lse = torch.empty(B * H, L, dtype=torch.float32, device=qkv.device)
-        _forward[(triton.cdiv(L, bm), B * H)](
+        _forward[(triton.cdiv(L, bm) * B * H,)](
             qkv, cos if cos is not None else qkv, sin if sin is not None else qkv,
             slopes if slopes is not None else qkv, o, lse, L, H, G, P, qkv.stride(0), qkv.stride(1),
             _slope_stride(slopes), scale * LOG2E, window or 0, BM=bm, BN=bn, BP=max(16, triton.next_power_of_2(P)),
@@ -330,8 +337,8 @@ class _CausalAttention(torch.autograd.Function):
                       **launch)
         scalars = (L, H, G, P, qkv.stride(0), qkv.stride(1), _slope_stride(slopes), scale * LOG2E, scale,
                    window or 0)
-        _grad_q[(triton.cdiv(L, bm), B * H)](qkv, *tables, o, do, lse, delta, dqkv, *scalars, **common)
-        _grad_kv[(triton.cdiv(L, bn), B * G)](qkv, *tables, do, lse, delta, dqkv, *scalars, **common)
+        _grad_q[(triton.cdiv(L, bm) * B * H,)](qkv, *tables, o, do, lse, delta, dqkv, *scalars, **common)
+        _grad_kv[(triton.cdiv(L, bn) * B * G,)](qkv, *tables, do, lse, delta, dqkv, *scalars, **common)
         return dqkv, None, None, None, None, None, None, None
 
     @staticmethod

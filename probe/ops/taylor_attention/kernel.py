@@ -42,6 +42,9 @@ from ..dispatch import fold
 MAX_BLOCK = 64  # positions per query or key block: the backward holds four [BLOCK, BLOCK] float32 tiles
 NUM_WARPS = 4  # untuned (no GPU to hand when written)
 NUM_WARPS_BWD = 8
+#: launch order: a (batch row, head)'s blocks one after another (1), so their k and v reads meet in L2, or each
+#: block index across every (batch row, head) first (0, the order first written; kept to time against)
+BLOCKS_FIRST = 1
 
 
 # --- tiles -----------------------------------------------------------------------------------------------------
@@ -72,6 +75,16 @@ def _taylor(s):
     return 1.0 + s + 0.5 * s * s, 1.0 + s
 
 
+@triton.jit
+def _program(L, BLOCK: tl.constexpr, BLOCKS_FIRST: tl.constexpr):
+    """This program's (batch row · head, first position of its block), in the launch order of `_grid`."""
+    if BLOCKS_FIRST:
+        n_blocks = tl.cdiv(L, BLOCK)
+        pid = tl.program_id(0).to(tl.int64)
+        return pid // n_blocks, (pid % n_blocks).to(tl.int32) * BLOCK
+    return tl.program_id(0).to(tl.int64), tl.program_id(1) * BLOCK
+
+
 # --- kernels ---------------------------------------------------------------------------------------------------
 
 @triton.jit
@@ -90,10 +103,10 @@ def _forward_tile(q, n, z, k_ptr, k_base, sk_l, v_ptr, v_base, sv_l, offs_m, off
 @triton.jit
 def _forward(q_ptr, k_ptr, v_ptr, o_ptr, z_ptr, L, H, D, Dv, scale, eps,
              sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h,
-             BLOCK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+             BLOCK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+             BLOCKS_FIRST: tl.constexpr):
     """o and z for one (batch row, head) and one block of queries."""
-    bh = tl.program_id(0).to(tl.int64)
-    m0 = tl.program_id(1) * BLOCK
+    bh, m0 = _program(L, BLOCK, BLOCKS_FIRST)
     offs_m, offs_n = m0 + tl.arange(0, BLOCK), tl.arange(0, BLOCK)
     offs_d, offs_v = tl.arange(0, BD), tl.arange(0, BV)
     q_base, k_base, v_base = _base(bh, H, sq_b, sq_h), _base(bh, H, sk_b, sk_h), _base(bh, H, sv_b, sv_h)
@@ -130,10 +143,10 @@ def _grad_q_tile(q, dn, delta, dq, k_ptr, k_base, sk_l, v_ptr, v_base, sv_l, off
 @triton.jit
 def _grad_q(q_ptr, k_ptr, v_ptr, o_ptr, do_ptr, z_ptr, delta_ptr, dq_ptr, L, H, D, Dv, scale, eps,
             sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h,
-            BLOCK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+            BLOCK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+             BLOCKS_FIRST: tl.constexpr):
     """δ and dq for one (batch row, head) and one block of queries."""
-    bh = tl.program_id(0).to(tl.int64)
-    m0 = tl.program_id(1) * BLOCK
+    bh, m0 = _program(L, BLOCK, BLOCKS_FIRST)
     offs_m, offs_n = m0 + tl.arange(0, BLOCK), tl.arange(0, BLOCK)
     offs_d, offs_v = tl.arange(0, BD), tl.arange(0, BV)
     q_base, k_base, v_base = _base(bh, H, sq_b, sq_h), _base(bh, H, sk_b, sk_h), _base(bh, H, sv_b, sv_h)
@@ -183,10 +196,10 @@ def _grad_kv_tile(k, v, dk, dv, q_ptr, q_base, sq_l, do_ptr, o_base, z_ptr, delt
 @triton.jit
 def _grad_kv(q_ptr, k_ptr, v_ptr, do_ptr, z_ptr, delta_ptr, dk_ptr, dv_ptr, L, H, D, Dv, scale, eps,
              sq_b, sq_l, sq_h, sk_b, sk_l, sk_h, sv_b, sv_l, sv_h,
-             BLOCK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr):
+             BLOCK: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
+             BLOCKS_FIRST: tl.constexpr):
     """dk and dv for one (batch row, head) and one block of keys."""
-    bh = tl.program_id(0).to(tl.int64)
-    n0 = tl.program_id(1) * BLOCK
+    bh, n0 = _program(L, BLOCK, BLOCKS_FIRST)
     offs_m, offs_n = tl.arange(0, BLOCK), n0 + tl.arange(0, BLOCK)
     offs_d, offs_v = tl.arange(0, BD), tl.arange(0, BV)
     q_base, k_base, v_base = _base(bh, H, sq_b, sq_h), _base(bh, H, sk_b, sk_h), _base(bh, H, sv_b, sv_h)
@@ -218,6 +231,12 @@ def _sizes(q, v):
     return B, L, H, D, Dv, block, max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
 
 
+def _grid(heads: int, blocks: int) -> tuple[int, ...]:
+    """The launch grid over (batch row · head, block): one axis, a head's blocks adjacent, with BLOCKS_FIRST (a
+    grid's second axis holds at most 65535, fewer than a large pack's batch rows · heads); else two axes."""
+    return (heads * blocks,) if BLOCKS_FIRST else (heads, blocks)
+
+
 def _precision(q) -> str:
     return "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 dots in full precision; tf32 means bf16/fp16 here
 
@@ -243,9 +262,9 @@ class _TaylorAttention(torch.autograd.Function):
         B, L, H, D, Dv, block, bd, bv = _sizes(q, v)
         o = torch.empty(B, L, H, Dv, dtype=v.dtype, device=v.device)
         z = torch.empty(B * H, L, dtype=torch.float32, device=v.device)
-        _forward[(B * H, triton.cdiv(L, block))](
+        _forward[_grid(B * H, triton.cdiv(L, block))](
             q, k, v, o, z, L, H, D, Dv, D**-0.5, eps, *_strides(q, k, v), BLOCK=block, BD=bd, BV=bv,
-            PRECISION=_precision(q), num_warps=NUM_WARPS)
+            PRECISION=_precision(q), BLOCKS_FIRST=BLOCKS_FIRST, num_warps=NUM_WARPS)
         return o, z
 
     @staticmethod
@@ -265,8 +284,9 @@ class _TaylorAttention(torch.autograd.Function):
         delta = torch.empty(B * H, L, dtype=torch.float32, device=v.device)
         dq, dk = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(2))
         dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-        grid = (B * H, triton.cdiv(L, block))
-        common = dict(BLOCK=block, BD=bd, BV=bv, PRECISION=_precision(q), num_warps=NUM_WARPS_BWD)
+        grid = _grid(B * H, triton.cdiv(L, block))
+        common = dict(BLOCK=block, BD=bd, BV=bv, PRECISION=_precision(q), BLOCKS_FIRST=BLOCKS_FIRST,
+                      num_warps=NUM_WARPS_BWD)
         _grad_q[grid](q, k, v, o, do, z, delta, dq, L, H, D, Dv, D**-0.5, ctx.eps, *_strides(q, k, v), **common)
         _grad_kv[grid](q, k, v, do, z, delta, dk, dv, L, H, D, Dv, D**-0.5, ctx.eps, *_strides(q, k, v), **common)
         return dq, dk, dv, None
