@@ -341,6 +341,10 @@ def op_inputs(name: str, batch: int, seq_len: int, d_model: int, device: torch.d
     rows, inner, heads = batch * seq_len, 2 * d_model, max(1, d_model // 64)
     if name == "layer_norm":
         return [randn(rows, d_model), randn(d_model), randn(d_model)], {}
+    if name == "group_norm":  # a norm per head of 64, as RetNet's and GLA's
+        return [randn(rows, d_model), randn(d_model), randn(d_model), heads], {}
+    if name == "embedding":  # Zoology's vocabulary
+        return [randn(8192, d_model), torch.randint(0, 8192, (batch, seq_len), device=device, generator=g)], {}
     if name == "cross_entropy":  # Zoology's head: 16 scored positions per example over vocab 8192
         targets = torch.randint(0, 8192, (batch * 16,), device=device, generator=g)
         return [randn(batch * 16, 8192), targets], {}
@@ -367,6 +371,12 @@ def op_inputs(name: str, batch: int, seq_len: int, d_model: int, device: torch.d
     if name == "taylor_attention":  # Based's defaults: 4 heads, feature_dim 16, head_dim d_model / 4
         return [randn(batch, seq_len, 4, 16), randn(batch, seq_len, 4, 16),
                 randn(batch, seq_len, 4, max(1, d_model // 4))], {}
+    if name == "causal_attention":  # heads of 64 from one fused projection, RoPE applied inside
+        d = d_model // heads
+        angles = torch.arange(seq_len, device=device)[:, None] * 10000.0 ** (
+            -torch.arange(d // 2, device=device) / (d // 2))
+        return [randn(batch, seq_len, 3 * heads * d), heads, heads], {"cos": angles.cos().float(),
+                                                                      "sin": angles.sin().float()}
     raise ProbeError(f"bench ops: no bench shape for op {name!r}")
 
 

@@ -527,3 +527,13 @@ def test_embedding_gradient_is_the_same_run_after_run(kernel):
     dout = torch.randn(3000, 16, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     first, second = (torch.autograd.grad(ops.embedding(weight, tokens), [weight], dout)[0] for _ in range(2))
     assert torch.equal(first, second)  # no atomics: the sums run in position order
+
+
+@pytest.mark.parametrize("name", sorted(ops.OPS))
+def test_probe_bench_ops_has_a_shape_for_every_registered_op(name):
+    """`probe bench ops` times every registered op (none named): each must have inputs its reference takes."""
+    from probe.bench import op_inputs
+    args, kwargs = op_inputs(name, 2, 16, 64, torch.device("cpu"), torch.float32)
+    out = ops.OPS[name][1](*args, **kwargs)
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    assert leaves and all(g is not None for g in torch.autograd.grad(out.float().sum(), leaves))
