@@ -446,15 +446,20 @@ def test_rerope_scales_queries_by_log_n_only_past_the_training_length():
 
 
 # --------------------------------------------------------------------------- the fused kernel's path
-@pytest.mark.parametrize("pos, heads, kv_heads, window, bias", [
-    ("rope", 2, 1, None, False), ("alibi", 4, 2, 5, False), ("ntk", 1, 1, None, True), ("learned", 2, 2, 3, False)])
+@pytest.mark.parametrize("pos, heads, kv_heads, window, bias, extra", [
+    ("rope", 2, 1, None, False, {}), ("alibi", 4, 2, 5, False, {}), ("ntk", 1, 1, None, True, {}),
+    ("learned", 2, 2, 3, False, {}), ("xpos", 2, 1, None, False, {"xpos_scale_base": 16.0}),
+    ("rerope", 2, 2, None, False, {"rerope_window": 5}), ("leaky_rerope", 4, 2, 20, False, {"rerope_window": 6}),
+    ("rope", 2, 1, None, False, {"log_n_scale": True, "train_len": 16}),
+    ("alibi", 2, 2, None, False, {"log_n_scale": True, "train_len": 16}),
+    ("leaky_rerope", 2, 1, None, False, {"log_n_scale": True, "train_len": 16, "rerope_window": 6})])
 def test_the_fused_kernel_path_equals_the_separate_projections_rotation_and_core(pos, heads, kv_heads, window,
-                                                                                 bias, monkeypatch, poisoned):
+                                                                                 bias, extra, monkeypatch, poisoned):
     """PROBE_OPS=triton sends the layer through probe.ops.causal_attention (its Triton kernel, through the
     interpreter on a CPU): q/k rows taken in half-split order, rotation and ALiBi inside the kernel. It must give
     the outputs and every parameter gradient of the path through separate q/k/v, `rotate` and the core, for one
     layer and for a pack of three under vmap (ALiBi's slopes are then each member's own stacked buffer)."""
-    kwargs = dict(n_heads=heads, n_kv_heads=kv_heads, pos=pos, window=window, bias=bias, max_seq_len=64)
+    kwargs = dict(n_heads=heads, n_kv_heads=kv_heads, pos=pos, window=window, bias=bias, max_seq_len=64, **extra)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     layers = [build(seed, **kwargs).float().to(device) for seed in range(3)]
     x = randn(3, B, 37, D, seed=4).float().to(device)

@@ -122,10 +122,18 @@ def _causal_attention_case(shape, seed):
     g = torch.Generator().manual_seed(seed)
     qkv = torch.randn(batch, length, (heads + 2 * kv_heads) * d, generator=g, dtype=torch.float64)
     options = {"n_heads": heads, "n_kv_heads": kv_heads, "window": window or None}
-    if rotary:
-        inv_freq = 10000.0 ** (-torch.arange(d // 2, dtype=torch.float64) * 2 / d)
-        angles = torch.arange(length, dtype=torch.float64)[:, None] * inv_freq
+    inv_freq = 10000.0 ** (-torch.arange(d // 2, dtype=torch.float64) * 2 / d)
+    positions = torch.arange(length, dtype=torch.float64)[:, None]
+    if rotary:  # 1: RoPE; 2: the keys' own scaled tables (xPos-like, and a query scale); 3: ReRoPE's far branch
+        angles = positions * inv_freq
         options.update(cos=angles.cos(), sin=angles.sin())
+    if rotary == 2:
+        up, down = 1.01 ** (positions / 8), 1.01 ** (-positions / 8)
+        options.update(cos=angles.cos() * up, sin=angles.sin() * up, k_cos=angles.cos() * down,
+                       k_sin=angles.sin() * down)
+    if rotary == 3:  # leaky: far pairs at relative position w + (i - j - w)/k, k = 4, w = 7
+        q_far, k_far = (positions / 4 + 7 * (1 - 1 / 4)) * inv_freq, positions / 4 * inv_freq
+        options["far"] = (7, q_far.cos(), q_far.sin(), k_far.cos(), k_far.sin())
     if alibi:
         options["slopes"] = 2.0 ** -torch.arange(1, heads + 1, dtype=torch.float64)
     return [qkv], options, [0]
@@ -156,12 +164,13 @@ CASES = {
     # (B, L, H, d', Dv)
     "taylor_attention": (_taylor_attention_case, [(2, 1, 3, 8, 16), (2, 63, 3, 16, 33), (1, 64, 2, 33, 16),
                                                   (2, 200, 2, 16, 16), (1, 1000, 1, 16, 33), (1, 130, 5, 8, 64)]),
-    # (B, L, H, G, D, rotary, window or 0, alibi): GQA and MQA groups, head halves padded (D 24, 20), a window
-    # shorter than a block and one longer than the sequence
+    # (B, L, H, G, D, rotary (0-3, see the builder), window or 0, alibi): GQA and MQA groups, head halves padded
+    # (D 24, 20), a window shorter than a block and one longer than the sequence, keys' own tables, ReRoPE's far
+    # branch with and without a window
     "causal_attention": (_causal_attention_case, [(2, 1, 1, 1, 16, 1, 0, 0), (1, 63, 2, 1, 32, 1, 0, 0),
-                                                  (1, 64, 4, 1, 16, 0, 5, 1), (1, 200, 2, 2, 24, 1, 0, 1),
-                                                  (1, 1000, 1, 1, 16, 0, 100, 0), (1, 70, 2, 1, 128, 1, 300, 0),
-                                                  (2, 130, 3, 3, 20, 1, 50, 1)]),
+                                                  (1, 64, 4, 1, 16, 0, 5, 1), (1, 200, 2, 2, 24, 2, 0, 1),
+                                                  (1, 1000, 1, 1, 16, 3, 100, 0), (1, 70, 2, 1, 128, 1, 300, 0),
+                                                  (2, 130, 3, 3, 20, 3, 0, 1), (1, 90, 4, 2, 32, 3, 0, 0)]),
 }
 # op -> (how many leading arguments each member has its own of under vmap, the autograd.Function it launches)
 PACKABLE = {"embedding": (1, "probe.ops.embedding.kernel._Embedding"),

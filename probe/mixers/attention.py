@@ -9,8 +9,10 @@ sliding-window cache forget absolute positions (every scheme except `learned` an
 the distance i - j only, so the window is relabelled 0..n-1).
 
 The core ops are module-level functions on [B, H, L, D] tensors: `attention` (SDPA where SDPA is exact),
-`attention_ref` (the explicit reference), `rerope_attention_ref` (two score passes). A Triton kernel can
-stand in for any of them on CUDA.
+`attention_ref` (the explicit reference), `rerope_attention_ref` (two score passes). On CUDA, heads up to 128
+wide and every scheme but dynamic NTK and CoCA go instead through probe.ops.causal_attention's Triton kernel
+(`Attention._fused`: q, k, v read from the fused projection, the scheme's rotation, decay, far branch, log-n
+scale or ALiBi applied inside), without dropout.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ POSITIONS = Position.__args__
 ROTARY = ("rope", "xpos", "pi", "ntk", "ntk_dynamic", "rerope", "leaky_rerope", "coca")
 # schemes whose scores depend on absolute positions, so a sliding-window cache must count tokens
 ABSOLUTE = ("learned", "ntk_dynamic")
-# schemes probe.ops.causal_attention's kernel computes whole (rotary with one frequency set, or none, or ALiBi)
-FUSED = ("none", "learned", "rope", "pi", "ntk", "alibi")
+# schemes probe.ops.causal_attention's kernel computes whole (one frequency set per branch; not dynamic NTK's
+# per-row bases, not CoCA's query-dependent keys)
+FUSED = ("none", "learned", "rope", "pi", "ntk", "alibi", "xpos", "rerope", "leaky_rerope")
 
 
 # ----------------------------------------------------------------------------------------------- masks, cores
@@ -369,30 +372,58 @@ class Attention(Mixer):
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, L, D] -> attention output [B, L, H·hd] through probe.ops.causal_attention's kernel, which reads q,
-        k and v from the one projection's output and applies the rotation (or ALiBi) itself. Its rotary pairs are
-        half-split, (x_p, x_{p+hd/2}), where this mixer's are interleaved, (x_2p, x_2p+1): the q and k rows of the
-        projection weight are taken in half-split order (evens, then odds, per head), which permutes q and k alike
-        and so leaves every score as the interleaved scheme gives it. The parameters keep their layout."""
-        l = x.shape[1]
+        k and v from the one projection's output and applies the position scheme itself (`_turn_tables`). Its
+        rotary pairs are half-split, (x_p, x_{p+hd/2}), where this mixer's are interleaved, (x_2p, x_2p+1): the q and
+        k rows of the projection weight are taken in half-split order (evens, then odds, per head), which permutes
+        q and k alike and so leaves every score as the interleaved scheme gives it. The parameters keep their
+        layout."""
         projections = (self.q_proj, self.k_proj, self.v_proj)
         weights = [p.weight for p in projections]
         biases = [p.bias for p in projections] if self.q_proj.bias is not None else None
-        rotary_pos = self.pos not in ("none", "learned", "alibi")
-        if rotary_pos:
+        if self.pos in ROTARY:
             def half_split(t):  # [heads·hd, ...] rows -> per head: even rows, then odd rows
                 return t.unflatten(0, (-1, self.head_dim // 2, 2)).transpose(1, 2).flatten(0, 2)
             weights[:2] = [half_split(w) for w in weights[:2]]
             if biases is not None:
                 biases[:2] = [half_split(b_) for b_ in biases[:2]]
         qkv = F.linear(x, torch.cat(weights), torch.cat(biases) if biases is not None else None)
-        cos = sin = slopes = None
-        if rotary_pos:
-            angles = self._angles(torch.arange(l, device=x.device), rope_inv_freq(self.head_dim, self.base, x.device))
-            cos, sin = angles.cos().float(), angles.sin().float()
-        if self.pos == "alibi":
-            slopes = self.slopes
-        return causal_attention(qkv, self.n_heads, self.n_kv_heads, cos=cos, sin=sin, window=self.window,
-                                slopes=slopes)
+        return causal_attention(qkv, self.n_heads, self.n_kv_heads, window=self.window,
+                                slopes=self.slopes if self.pos == "alibi" else None,
+                                **self._turn_tables(x.shape[1], x.device))
+
+    def _turn_tables(self, l: int, device) -> dict:
+        """The kernel's tables [L, hd/2] for this scheme at positions 0..L-1, as `_attend` would transform q and k:
+        RoPE's rotation (pi's and ntk's positions and base), xPos's per-pair decay folded in (ζ^(i/scale) on the
+        queries, ζ^(-j/scale) on the keys), ReRoPE's far branch, the log-n query scale (scaling tables: sin 0)."""
+        pos = torch.arange(l, device=device)
+        tables: dict = {}
+        if self.pos in ROTARY:
+            inv_freq = rope_inv_freq(self.head_dim, self.base, device)
+            angles = self._angles(pos, inv_freq)
+            tables.update(cos=angles.cos(), sin=angles.sin())
+            if self.pos == "xpos":
+                zeta = xpos_zeta(self.head_dim, device)
+                up = zeta ** (pos.to(torch.float64)[:, None] / self.xpos_scale_base)  # [L, hd/2]
+                down = zeta ** (-pos.to(torch.float64)[:, None] / self.xpos_scale_base)
+                tables = dict(cos=tables["cos"] * up, sin=tables["sin"] * up, k_cos=tables["cos"] * down,
+                              k_sin=tables["sin"] * down)
+            if self.pos in ("rerope", "leaky_rerope"):
+                w, kk = self.rerope_window, (math.inf if self.pos == "rerope" else self.rerope_k)
+                q_far = self._angles(pos / kk + w * (1 - 1 / kk), inv_freq)
+                k_far = self._angles(pos / kk, inv_freq)
+                tables["far"] = (w, q_far.cos(), q_far.sin(), k_far.cos(), k_far.sin())
+        if self.log_n_scale and self.train_len > 1:
+            scale = torch.clamp(torch.log(pos.to(torch.float64) + 1) / math.log(self.train_len), min=1.0)[:, None]
+            if "cos" not in tables:  # no rotation: scaling tables, the keys unscaled
+                ones = torch.ones(l, self.head_dim // 2, dtype=torch.float64, device=device)
+                tables = dict(cos=ones, sin=torch.zeros_like(ones), k_cos=ones, k_sin=torch.zeros_like(ones))
+            tables.setdefault("k_cos", tables["cos"])
+            tables.setdefault("k_sin", tables["sin"])
+            tables["cos"], tables["sin"] = tables["cos"] * scale, tables["sin"] * scale
+            if "far" in tables:
+                w, qc, qs, kc, ks = tables["far"]
+                tables["far"] = (w, qc * scale, qs * scale, kc, ks)
+        return tables
 
     # --------------------------------------------------------------------------------- position schemes
     def _angles(self, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:  # [L], [d/2] -> [L, d/2]
@@ -465,8 +496,7 @@ class Attention(Mixer):
             if l > self.max_seq_len:
                 raise ValueError(f"sequence length {l} exceeds max_seq_len={self.max_seq_len} (pos='learned')")
             x = x + self.pos_emb[:l].to(x.dtype)
-        if (self.pos in FUSED and not self.log_n_scale and self._dropout_p() == 0
-                and causal_attention_serves(x, self.head_dim)):
+        if self.pos in FUSED and self._dropout_p() == 0 and causal_attention_serves(x, self.head_dim):
             return self.o_proj(self._fused(x))
         q, k, v = self._project(x)
         positions = torch.arange(l, device=x.device)

@@ -58,44 +58,52 @@ def _cols(ptr, base, t, L, s_l, col, offs, width):
 
 
 @triton.jit
-def _turn(a, b, cos_ptr, sin_ptr, at, mask, sign):
-    """Halves a and b rotated by the angles at table offsets `at` (sign −1: rotated back), in a's and b's dtypes."""
-    c = tl.load(cos_ptr + at, mask=mask, other=0.0)
-    s = tl.load(sin_ptr + at, mask=mask, other=0.0) * sign
+def _turn(a, b, rot_ptr, table, t, L, offs_p, P, sign, ROWS: tl.constexpr):
+    """Halves a and b turned by table `table` of rot_ptr (its cos at table·L·P, its sin the next table) at
+    positions t: (a·c − b·s, a·s + b·c), sign −1 the transpose (a gradient carried back); in a's and b's dtypes.
+    ROWS: the halves are [len(t), BP] tiles, else transposed [BP, len(t)]."""
+    if ROWS:
+        mask = (t[:, None] < L) & (offs_p[None, :] < P)
+        at = t.to(tl.int64)[:, None] * P + offs_p[None, :]
+    else:
+        mask = (t[None, :] < L) & (offs_p[:, None] < P)
+        at = t.to(tl.int64)[None, :] * P + offs_p[:, None]
+    c = tl.load(rot_ptr + table * L * P + at, mask=mask, other=0.0)
+    s = tl.load(rot_ptr + (table + 1) * L * P + at, mask=mask, other=0.0) * sign
     af, bf = a.to(tl.float32), b.to(tl.float32)
     return (af * c - bf * s).to(a.dtype), (af * s + bf * c).to(b.dtype)
 
 
 @triton.jit
-def _halves(ptr, base, t, L, s_l, col, offs_p, P, cos_ptr, sin_ptr, ROTARY: tl.constexpr):
-    """A head's two halves (columns col + p and col + P + p) at positions t, [len(t), BP] each, rotated by the
-    angles of positions t when ROTARY; in the input's dtype."""
-    a = _rows(ptr, base, t, L, s_l, col, offs_p, P)
-    b = _rows(ptr, base, t, L, s_l, col + P, offs_p, P)
+def _halves(ptr, base, t, L, s_l, col, offs_p, P, rot_ptr, near, far, ROTARY: tl.constexpr, FAR: tl.constexpr,
+            ROWS: tl.constexpr):
+    """A head's two halves (columns col + p and col + P + p) at positions t, as [len(t), BP] tiles (ROWS) or
+    transposed: (a, b) turned by table `near` when ROTARY, and (a, b) turned by table `far` when FAR (else the
+    near pair again); in the input's dtype."""
+    if ROWS:
+        a = _rows(ptr, base, t, L, s_l, col, offs_p, P)
+        b = _rows(ptr, base, t, L, s_l, col + P, offs_p, P)
+    else:
+        a = _cols(ptr, base, t, L, s_l, col, offs_p, P)
+        b = _cols(ptr, base, t, L, s_l, col + P, offs_p, P)
+    na, nb = a, b
     if ROTARY:
-        mask = (t[:, None] < L) & (offs_p[None, :] < P)
-        a, b = _turn(a, b, cos_ptr, sin_ptr, t.to(tl.int64)[:, None] * P + offs_p[None, :], mask, 1.0)
-    return a, b
+        na, nb = _turn(a, b, rot_ptr, near, t, L, offs_p, P, 1.0, ROWS)
+    fa, fb = na, nb
+    if FAR:
+        fa, fb = _turn(a, b, rot_ptr, far, t, L, offs_p, P, 1.0, ROWS)
+    return na, nb, fa, fb
 
 
 @triton.jit
-def _halves_t(ptr, base, t, L, s_l, col, offs_p, P, cos_ptr, sin_ptr, ROTARY: tl.constexpr):
-    """_halves transposed, [BP, len(t)] each, loaded with swapped strides and rotated as loaded."""
-    a = _cols(ptr, base, t, L, s_l, col, offs_p, P)
-    b = _cols(ptr, base, t, L, s_l, col + P, offs_p, P)
+def _back(ga, gb, fa, fb, t, L, offs_p, P, rot_ptr, near, far, ROTARY: tl.constexpr, FAR: tl.constexpr):
+    """The gradients of the turned halves (near: ga, gb; far: fa, fb), float32 [len(t), BP], carried back to the
+    unturned ones and summed."""
     if ROTARY:
-        mask = (t[None, :] < L) & (offs_p[:, None] < P)
-        a, b = _turn(a, b, cos_ptr, sin_ptr, t.to(tl.int64)[None, :] * P + offs_p[:, None], mask, 1.0)
-    return a, b
-
-
-@triton.jit
-def _unrotate(ga, gb, t, L, offs_p, P, cos_ptr, sin_ptr, ROTARY: tl.constexpr):
-    """The gradient of the rotated halves carried back to the unrotated ones (the rotation's transpose: the
-    rotation by −angle), float32 [len(t), BP] each."""
-    if ROTARY:
-        mask = (t[:, None] < L) & (offs_p[None, :] < P)
-        ga, gb = _turn(ga, gb, cos_ptr, sin_ptr, t.to(tl.int64)[:, None] * P + offs_p[None, :], mask, -1.0)
+        ga, gb = _turn(ga, gb, rot_ptr, near, t, L, offs_p, P, -1.0, True)
+    if FAR:
+        fa, fb = _turn(fa, fb, rot_ptr, far, t, L, offs_p, P, -1.0, True)
+        ga, gb = ga + fa, gb + fb
     return ga, gb
 
 
@@ -104,6 +112,19 @@ def _store_rows(ptr, base, t, L, s_l, col, offs, width, x):
     mask = (t[:, None] < L) & (offs[None, :] < width)
     tl.store(ptr + base + t.to(tl.int64)[:, None] * s_l + col + offs[None, :], x.to(ptr.dtype.element_ty),
              mask=mask)
+
+
+@triton.jit
+def _scores(qa, qb, qfa, qfb, ka, kb, kfa, kfb, i, j, rerope_window, PRECISION: tl.constexpr, FAR: tl.constexpr):
+    """q·k over both halves, [len(i), len(j)] (or its transpose, with the operands swapped by the caller); with
+    FAR, pairs at distance i − j ≥ rerope_window score the far-turned halves instead."""
+    s = tl.dot(qa, ka, input_precision=PRECISION)
+    s = tl.dot(qb, kb, s, input_precision=PRECISION)
+    if FAR:
+        f = tl.dot(qfa, kfa, input_precision=PRECISION)
+        f = tl.dot(qfb, kfb, f, input_precision=PRECISION)
+        s = tl.where(i - j < rerope_window, s, f)
+    return s
 
 
 @triton.jit
@@ -129,22 +150,30 @@ def _program(L, BLOCK: tl.constexpr):
     return pid // n_blocks, (pid % n_blocks).to(tl.int32) * BLOCK
 
 
+@triton.jit
+def _slope(slopes_ptr, b, s_sb, h, ALIBI: tl.constexpr):
+    """Head h's ALiBi slope in base-2 units (as the scores), 0 without ALiBi."""
+    slope2 = 0.0
+    if ALIBI:
+        slope2 = tl.load(slopes_ptr + b * s_sb + h).to(tl.float32) * 1.4426950408889634
+    return slope2
+
+
 # --- kernels ---------------------------------------------------------------------------------------------------
+# rot_ptr: the turn tables [8, L, P] float32, (cos, sin) of: queries near, keys near, queries far, keys far
 
 @triton.jit
-def _forward(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l, s_sb, qk_scale, window,
-             BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, ROTARY: tl.constexpr, ALIBI: tl.constexpr,
-             WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+def _forward(qkv_ptr, rot_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l, s_sb, qk_scale, window,
+             rerope_window, BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, ROTARY: tl.constexpr,
+             FAR: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
     bh, m0 = _program(L, BM)
     b, h = bh // H, bh % H
     g = h // (H // G)
     D = 2 * P
     base = b * s_b
     offs_m, offs_n, offs_p, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
-    qa, qb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
-    slope2 = 0.0
-    if ALIBI:  # in base-2 units, as the scores
-        slope2 = tl.load(slopes_ptr + b * s_sb + h).to(tl.float32) * 1.4426950408889634
+    qa, qb, qfa, qfb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, rot_ptr, 0, 4, ROTARY, FAR, True)
+    slope2 = _slope(slopes_ptr, b, s_sb, h, ALIBI)
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
     acc = tl.zeros([BM, 2 * BP], dtype=tl.float32)
@@ -154,10 +183,11 @@ def _forward(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, 
     hi = tl.minimum(m0 + BM, L)
     for n0 in range(lo, hi, BN):
         t = n0 + offs_n
-        kaT, kbT = _halves_t(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+        kaT, kbT, kfaT, kfbT = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, rot_ptr, 2, 6, ROTARY, FAR,
+                                       False)
         v = _rows(qkv_ptr, base, t, L, s_l, (H + G + g) * D, offs_d, D)  # [BN, 2·BP]
-        s = tl.dot(qa, kaT, input_precision=PRECISION)
-        s = tl.dot(qb, kbT, s, input_precision=PRECISION)
+        s = _scores(qa, qb, qfa, qfb, kaT, kbT, kfaT, kfbT, offs_m[:, None], t[None, :], rerope_window, PRECISION,
+                    FAR)
         s, keep = _logits(s, offs_m[:, None], t[None, :], L, qk_scale, slope2, window, ALIBI, WINDOW)
         s = tl.where(keep, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -174,9 +204,10 @@ def _forward(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, 
 
 
 @triton.jit
-def _grad_q(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
-            s_b, s_l, s_sb, qk_scale, scale, window, BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
-            ROTARY: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+def _grad_q(qkv_ptr, rot_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
+            s_b, s_l, s_sb, qk_scale, scale, window, rerope_window, BM: tl.constexpr, BN: tl.constexpr,
+            BP: tl.constexpr, ROTARY: tl.constexpr, FAR: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr,
+            PRECISION: tl.constexpr):
     bh, m0 = _program(L, BM)
     b, h = bh // H, bh % H
     g = h // (H // G)
@@ -184,54 +215,68 @@ def _grad_q(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta
     base = b * s_b
     o_base = b * L * H * D
     offs_m, offs_n, offs_p, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
-    qa, qb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+    qa, qb, qfa, qfb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, rot_ptr, 0, 4, ROTARY, FAR, True)
     do = _rows(do_ptr, o_base, offs_m, L, H * D, h * D, offs_d, D)  # [BM, 2·BP]
     o = _rows(o_ptr, o_base, offs_m, L, H * D, h * D, offs_d, D)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     tl.store(delta_ptr + bh * L + offs_m, delta, mask=offs_m < L)
     lse = tl.load(lse_ptr + bh * L + offs_m, mask=offs_m < L, other=0.0)
-    slope2 = 0.0
-    if ALIBI:  # in base-2 units, as the scores
-        slope2 = tl.load(slopes_ptr + b * s_sb + h).to(tl.float32) * 1.4426950408889634
+    slope2 = _slope(slopes_ptr, b, s_sb, h, ALIBI)
     dqa = tl.zeros([BM, BP], dtype=tl.float32)
     dqb = tl.zeros([BM, BP], dtype=tl.float32)
+    dqfa = tl.zeros([BM, BP], dtype=tl.float32)
+    dqfb = tl.zeros([BM, BP], dtype=tl.float32)
     lo = 0
     if WINDOW:
         lo = tl.maximum(m0 - window + 1, 0) // BN * BN
     hi = tl.minimum(m0 + BM, L)
     for n0 in range(lo, hi, BN):
         t = n0 + offs_n
-        kaT, kbT = _halves_t(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
-        ka, kb = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+        kaT, kbT, kfaT, kfbT = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, rot_ptr, 2, 6, ROTARY, FAR,
+                                       False)
+        ka, kb, kfa, kfb = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, rot_ptr, 2, 6, ROTARY, FAR,
+                                   True)
         vT = _cols(qkv_ptr, base, t, L, s_l, (H + G + g) * D, offs_d, D)  # [2·BP, BN]
-        s = tl.dot(qa, kaT, input_precision=PRECISION)
-        s = tl.dot(qb, kbT, s, input_precision=PRECISION)
+        s = _scores(qa, qb, qfa, qfb, kaT, kbT, kfaT, kfbT, offs_m[:, None], t[None, :], rerope_window, PRECISION,
+                    FAR)
         s, keep = _logits(s, offs_m[:, None], t[None, :], L, qk_scale, slope2, window, ALIBI, WINDOW)
         p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, vT, input_precision=PRECISION)
-        ds = (p * (dp - delta[:, None])).to(ka.dtype)
+        ds = p * (dp - delta[:, None])
+        if FAR:
+            near = offs_m[:, None] - t[None, :] < rerope_window
+            dsf = tl.where(near, 0.0, ds).to(ka.dtype)
+            ds = tl.where(near, ds, 0.0)
+            dqfa = tl.dot(dsf, kfa, dqfa, input_precision=PRECISION)
+            dqfb = tl.dot(dsf, kfb, dqfb, input_precision=PRECISION)
+        ds = ds.to(ka.dtype)
         dqa = tl.dot(ds, ka, dqa, input_precision=PRECISION)
         dqb = tl.dot(ds, kb, dqb, input_precision=PRECISION)
-    dqa, dqb = _unrotate(dqa * scale, dqb * scale, offs_m, L, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+    dqa, dqb = _back(dqa * scale, dqb * scale, dqfa * scale, dqfb * scale, offs_m, L, offs_p, P, rot_ptr, 0, 4,
+                     ROTARY, FAR)
     d_base = b * L * (H + 2 * G) * D
     _store_rows(dqkv_ptr, d_base, offs_m, L, (H + 2 * G) * D, h * D, offs_p, P, dqa)
     _store_rows(dqkv_ptr, d_base, offs_m, L, (H + 2 * G) * D, h * D + P, offs_p, P, dqb)
 
 
 @triton.jit
-def _grad_kv(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
-             s_b, s_l, s_sb, qk_scale, scale, window, BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr,
-             ROTARY: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+def _grad_kv(qkv_ptr, rot_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
+             s_b, s_l, s_sb, qk_scale, scale, window, rerope_window, BM: tl.constexpr, BN: tl.constexpr,
+             BP: tl.constexpr, ROTARY: tl.constexpr, FAR: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr,
+             PRECISION: tl.constexpr):
     bg, n0 = _program(L, BN)
     b, g = bg // G, bg % G
     D = 2 * P
     base = b * s_b
     o_base = b * L * H * D
     offs_m, offs_n, offs_p, offs_d = tl.arange(0, BM), n0 + tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
-    ka, kb = _halves(qkv_ptr, base, offs_n, L, s_l, (H + g) * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+    ka, kb, kfa, kfb = _halves(qkv_ptr, base, offs_n, L, s_l, (H + g) * D, offs_p, P, rot_ptr, 2, 6, ROTARY, FAR,
+                               True)
     v = _rows(qkv_ptr, base, offs_n, L, s_l, (H + G + g) * D, offs_d, D)  # [BN, 2·BP]
     dka = tl.zeros([BN, BP], dtype=tl.float32)
     dkb = tl.zeros([BN, BP], dtype=tl.float32)
+    dkfa = tl.zeros([BN, BP], dtype=tl.float32)
+    dkfb = tl.zeros([BN, BP], dtype=tl.float32)
     dv = tl.zeros([BN, 2 * BP], dtype=tl.float32)
     lo = n0 // BM * BM
     hi = L
@@ -240,28 +285,36 @@ def _grad_kv(qkv_ptr, cos_ptr, sin_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, 
     group = H // G
     for hh in range(0, group):
         h = g * group + hh
-        slope2 = 0.0
-        if ALIBI:  # in base-2 units, as the scores
-            slope2 = tl.load(slopes_ptr + b * s_sb + h).to(tl.float32) * 1.4426950408889634
+        slope2 = _slope(slopes_ptr, b, s_sb, h, ALIBI)
         for m0 in range(lo, hi, BM):
             t = m0 + offs_m
-            qaT, qbT = _halves_t(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
-            qa, qb = _halves(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+            qaT, qbT, qfaT, qfbT = _halves(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, rot_ptr, 0, 4, ROTARY, FAR,
+                                           False)
+            qa, qb, qfa, qfb = _halves(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, rot_ptr, 0, 4, ROTARY, FAR, True)
             do = _rows(do_ptr, o_base, t, L, H * D, h * D, offs_d, D)  # [BM, 2·BP]
             doT = _cols(do_ptr, o_base, t, L, H * D, h * D, offs_d, D)  # [2·BP, BM]
             row = (b * H + h) * L + t
             lse = tl.load(lse_ptr + row, mask=t < L, other=0.0)
             delta = tl.load(delta_ptr + row, mask=t < L, other=0.0)
-            sT = tl.dot(ka, qaT, input_precision=PRECISION)
-            sT = tl.dot(kb, qbT, sT, input_precision=PRECISION)  # [BN (j), BM (i)]
+            # sᵀ [BN (j), BM (i)]: the keys' halves first
+            sT = _scores(ka, kb, kfa, kfb, qaT, qbT, qfaT, qfbT, t[None, :], offs_n[:, None], rerope_window,
+                         PRECISION, FAR)
             sT, keep = _logits(sT, t[None, :], offs_n[:, None], L, qk_scale, slope2, window, ALIBI, WINDOW)
             pT = tl.where(keep, tl.exp2(sT - lse[None, :]), 0.0)
             dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
             dpT = tl.dot(v, doT, input_precision=PRECISION)
-            dsT = (pT * (dpT - delta[None, :])).to(qa.dtype)
+            dsT = pT * (dpT - delta[None, :])
+            if FAR:
+                near = t[None, :] - offs_n[:, None] < rerope_window
+                dsfT = tl.where(near, 0.0, dsT).to(qa.dtype)
+                dsT = tl.where(near, dsT, 0.0)
+                dkfa = tl.dot(dsfT, qfa, dkfa, input_precision=PRECISION)
+                dkfb = tl.dot(dsfT, qfb, dkfb, input_precision=PRECISION)
+            dsT = dsT.to(qa.dtype)
             dka = tl.dot(dsT, qa, dka, input_precision=PRECISION)
             dkb = tl.dot(dsT, qb, dkb, input_precision=PRECISION)
-    dka, dkb = _unrotate(dka * scale, dkb * scale, offs_n, L, offs_p, P, cos_ptr, sin_ptr, ROTARY)
+    dka, dkb = _back(dka * scale, dkb * scale, dkfa * scale, dkfb * scale, offs_n, L, offs_p, P, rot_ptr, 2, 6,
+                     ROTARY, FAR)
     d_base = b * L * (H + 2 * G) * D
     width = (H + 2 * G) * D
     _store_rows(dqkv_ptr, d_base, offs_n, L, width, (H + g) * D, offs_p, P, dka)
@@ -277,9 +330,10 @@ def _blocks(table: dict, d: int, length: int, dtype: torch.dtype) -> tuple[int, 
     return min(bm, fit), min(bn, fit), dict(num_warps=warps, num_stages=1 if dtype == torch.float32 else stages)
 
 
-def _flags(q, cos, slopes, window):
-    """(ROTARY, ALIBI, WINDOW, PRECISION) and the stand-in pointers for absent tables."""
-    return dict(ROTARY=cos is not None, ALIBI=slopes is not None, WINDOW=window is not None,
+def _flags(q, rot, slopes, window):
+    """The kernels' constexpr switches."""
+    return dict(ROTARY=rot is not None, FAR=rot is not None and rot.shape[0] == 8, ALIBI=slopes is not None,
+                WINDOW=window is not None,
                 PRECISION="ieee" if q.dtype == torch.float32 else "tf32")  # tf32 means the native bf16 dot here
 
 
@@ -290,12 +344,13 @@ def _slope_stride(slopes) -> int:
 
 class _CausalAttention(torch.autograd.Function):
     """(o [B, L, H·D], lse [B·H, L] float32: kept for the backward, not differentiable) from qkv [B, L, (H + 2G)·D].
-    cos and sin [L, D/2] float32 or None, slopes [H] float32 or None; window an int or None. torch.func.vmap over
-    it folds the vmap dimension into B: one launch per pack (the rotary tables shared by the members; slopes may be
-    each member's own, as a pack's stacked buffers are)."""
+    rot: the turn tables, float32 [4, L, D/2] (cos, sin of the queries, then of the keys) or [8, L, D/2] (then the
+    far ones, used at distances ≥ rerope_window), or None; slopes [H] float32 or None; window an int or None.
+    torch.func.vmap over it folds the vmap dimension into B: one launch per pack (the tables shared by the
+    members; slopes may be each member's own, as a pack's stacked buffers are)."""
 
     @staticmethod
-    def forward(qkv, cos, sin, slopes, n_heads, n_kv_heads, window, scale):
+    def forward(qkv, rot, slopes, n_heads, n_kv_heads, window, rerope_window, scale):
         qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
         B, L, W = qkv.shape
         H, G = n_heads, n_kv_heads
@@ -305,25 +360,24 @@ class _CausalAttention(torch.autograd.Function):
         o = torch.empty(B, L, H * D, dtype=qkv.dtype, device=qkv.device)
         lse = torch.empty(B * H, L, dtype=torch.float32, device=qkv.device)
         _forward[(triton.cdiv(L, bm) * B * H,)](
-            qkv, cos if cos is not None else qkv, sin if sin is not None else qkv,
-            slopes if slopes is not None else qkv, o, lse, L, H, G, P, qkv.stride(0), qkv.stride(1),
-            _slope_stride(slopes), scale * LOG2E, window or 0, BM=bm, BN=bn, BP=max(16, triton.next_power_of_2(P)),
-            **_flags(qkv, cos, slopes, window), **launch)
+            qkv, rot if rot is not None else qkv, slopes if slopes is not None else qkv, o, lse, L, H, G, P,
+            qkv.stride(0), qkv.stride(1), _slope_stride(slopes), scale * LOG2E, window or 0, rerope_window or 0,
+            BM=bm, BN=bn, BP=max(16, triton.next_power_of_2(P)), **_flags(qkv, rot, slopes, window), **launch)
         return o, lse
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        qkv, cos, sin, slopes, n_heads, n_kv_heads, window, scale = inputs
+        qkv, rot, slopes, n_heads, n_kv_heads, window, rerope_window, scale = inputs
         o, lse = output
         ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(qkv, cos, sin, slopes, o, lse)
-        ctx.heads, ctx.window, ctx.scale = (n_heads, n_kv_heads), window, scale
+        ctx.save_for_backward(qkv, rot, slopes, o, lse)
+        ctx.heads, ctx.windows, ctx.scale = (n_heads, n_kv_heads), (window, rerope_window), scale
 
     @staticmethod
     def backward(ctx, do, _dlse):
-        qkv, cos, sin, slopes, o, lse = ctx.saved_tensors
+        qkv, rot, slopes, o, lse = ctx.saved_tensors
         qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
-        (H, G), window, scale = ctx.heads, ctx.window, ctx.scale
+        (H, G), (window, rerope_window), scale = ctx.heads, ctx.windows, ctx.scale
         do = do.to(o.dtype).contiguous()  # the kernels read do with o's (contiguous) strides
         B, L, W = qkv.shape
         D = W // (H + 2 * G)
@@ -331,33 +385,39 @@ class _CausalAttention(torch.autograd.Function):
         bm, bn, launch = _blocks(BACKWARD, D, L, qkv.dtype)
         delta = torch.empty(B * H, L, dtype=torch.float32, device=qkv.device)
         dqkv = torch.empty(B, L, W, dtype=qkv.dtype, device=qkv.device)
-        tables = (cos if cos is not None else qkv, sin if sin is not None else qkv,
-                  slopes if slopes is not None else qkv)
-        common = dict(BM=bm, BN=bn, BP=max(16, triton.next_power_of_2(P)), **_flags(qkv, cos, slopes, window),
+        tables = (rot if rot is not None else qkv, slopes if slopes is not None else qkv)
+        common = dict(BM=bm, BN=bn, BP=max(16, triton.next_power_of_2(P)), **_flags(qkv, rot, slopes, window),
                       **launch)
         scalars = (L, H, G, P, qkv.stride(0), qkv.stride(1), _slope_stride(slopes), scale * LOG2E, scale,
-                   window or 0)
+                   window or 0, rerope_window or 0)
         _grad_q[(triton.cdiv(L, bm) * B * H,)](qkv, *tables, o, do, lse, delta, dqkv, *scalars, **common)
         _grad_kv[(triton.cdiv(L, bn) * B * G,)](qkv, *tables, do, lse, delta, dqkv, *scalars, **common)
         return dqkv, None, None, None, None, None, None, None
 
     @staticmethod
-    def vmap(info, in_dims, qkv, cos, sin, slopes, n_heads, n_kv_heads, window, scale):
-        if in_dims[1] is not None or in_dims[2] is not None:
-            raise NotImplementedError("rotary tables of their own per pack member")
+    def vmap(info, in_dims, qkv, rot, slopes, n_heads, n_kv_heads, window, rerope_window, scale):
+        if in_dims[1] is not None:
+            raise NotImplementedError("turn tables of their own per pack member")
         size = info.batch_size
         qkv = fold(qkv, in_dims[0], size)
-        if in_dims[3] is not None:  # [K, H] -> one row per example of the folded batch, [K·B, H]
+        if in_dims[2] is not None:  # [K, H] -> one row per example of the folded batch, [K·B, H]
             if slopes.dim() != 2:
                 raise NotImplementedError("ALiBi slopes batched other than per pack member")
-            slopes = slopes.movedim(in_dims[3], 0).repeat_interleave(qkv.shape[0] // size, 0).contiguous()
-        o, lse = _CausalAttention.apply(qkv, cos, sin, slopes, n_heads, n_kv_heads, window, scale)
+            slopes = slopes.movedim(in_dims[2], 0).repeat_interleave(qkv.shape[0] // size, 0).contiguous()
+        o, lse = _CausalAttention.apply(qkv, rot, slopes, n_heads, n_kv_heads, window, rerope_window, scale)
         return (o.view(size, -1, *o.shape[1:]), lse.view(size, -1, lse.shape[-1])), (0, 0)
 
 
-def causal_attention_kernel(qkv, n_heads, n_kv_heads, cos, sin, window, slopes, scale) -> torch.Tensor:
-    """o [B, L, H·D] (qkv's dtype) from qkv [B, L, (H + 2G)·D], D even (shapes checked by the caller); cos, sin
-    [L, D/2] and slopes [H] are cast to float32 here. Runs under torch.func.vmap (one launch for all K members)."""
-    f32 = (lambda t: None if t is None else t.to(device=qkv.device, dtype=torch.float32).contiguous())
-    return _CausalAttention.apply(qkv, f32(cos), f32(sin), f32(slopes), n_heads, n_kv_heads, window,
-                                  float(scale))[0]
+def causal_attention_kernel(qkv, n_heads, n_kv_heads, tables, far, window, slopes, scale) -> torch.Tensor:
+    """o [B, L, H·D] (qkv's dtype) from qkv [B, L, (H + 2G)·D], D even (shapes checked by the caller). tables: None
+    or (q_cos, q_sin, k_cos, k_sin), each [L, D/2]; far: None or (rerope_window, its four tables). Tables and
+    slopes [H] go to float32 here (one [4 or 8, L, D/2] tensor). Runs under torch.func.vmap (one launch for all K
+    members)."""
+    rot = None
+    if tables is not None:
+        rot = torch.stack([t.to(device=qkv.device, dtype=torch.float32)
+                           for t in (*tables, *(far[1:] if far is not None else ()))])
+    if slopes is not None:
+        slopes = slopes.to(device=qkv.device, dtype=torch.float32).contiguous()
+    return _CausalAttention.apply(qkv, rot, slopes, n_heads, n_kv_heads, window,
+                                  far[0] if far is not None else None, float(scale))[0]
