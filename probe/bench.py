@@ -408,6 +408,79 @@ def bench_ops(device: torch.device, d_model: int, seq_len: int, batch: int, repe
             kernel = "needs CUDA"
         rows.append(row)
         print(f"{name:18s} fwd+bwd reference {1e3 * ref_s:9.3f} ms  kernel {kernel}", flush=True)
+        if name == "causal_attention" and device.type == "cuda":
+            rows += bench_attention_variants(device, batch, seq_len, d_model, repeats)
+    return rows
+
+
+def bench_attention_variants(device: torch.device, batch: int, seq_len: int, d_model: int,
+                             repeats: int) -> list[dict]:
+    """probe.ops.causal_attention's kernel (bf16, fwd+bwd, heads of 64 from one fused projection) against torch's
+    SDPA (flash) on the same inputs, for the plain causal case and each variant: the SDPA side splits the
+    projection, rotates q and k with probe's rotary kernel where the variant rotates, and runs SDPA (is_causal, or
+    its boolean/additive mask for a window or ALiBi; ReRoPE has no SDPA form: its two-pass reference instead).
+    Also each variant's time over the plain kernel's, and TFLOP/s counted as 4·B·H·L²·d/2 forward, 2.5x that
+    backward."""
+    import torch.nn.functional as F
+    from .mixers.attention import alibi_slopes, attention_mask, rerope_attention_ref
+    from .ops import causal_attention, rotary
+    heads, d = max(1, d_model // 64), d_model // max(1, d_model // 64)
+    g = torch.Generator(device=device).manual_seed(0)
+    inv = 10000.0 ** (-torch.arange(d // 2, device=device, dtype=torch.float64) * 2 / d)
+    angles = torch.arange(seq_len, device=device, dtype=torch.float64)[:, None] * inv
+    cos, sin = angles.cos().float(), angles.sin().float()
+    far_angles = torch.full_like(angles, 16.0) * inv  # ReRoPE, window 16: far queries at w, far keys unrotated
+    far = (16, far_angles.cos().float(), far_angles.sin().float(), torch.ones_like(cos), torch.zeros_like(sin))
+    slopes = alibi_slopes(heads).to(device)
+    variants = {"plain": ({}, heads), "rope": ({"cos": cos, "sin": sin}, heads),
+                "window 128": ({"cos": cos, "sin": sin, "window": 128}, heads),
+                "alibi": ({"slopes": slopes}, heads), "rerope": ({"cos": cos, "sin": sin, "far": far}, heads),
+                "gqa 4": ({"cos": cos, "sin": sin}, max(1, heads // 4))}
+    flops = 4 * batch * heads * seq_len**2 * d / 2 * 3.5
+    rows, plain = [], None
+    for label, (kwargs, kv_heads) in variants.items():
+        qkv = (torch.randn(batch, seq_len, (heads + 2 * kv_heads) * d, device=device, generator=g)
+               .to(torch.bfloat16).requires_grad_())
+        do = torch.randn(batch, seq_len, heads * d, device=device, generator=g).to(torch.bfloat16)
+
+        def split():
+            q, k, v = qkv.split([heads * d, kv_heads * d, kv_heads * d], -1)
+            q, k, v = (t.unflatten(-1, (-1, d)).transpose(1, 2) for t in (q, k, v))
+            if "cos" in kwargs:  # probe's interleaved rotary: the same arithmetic, another pairing
+                q, k = rotary(q, cos, sin), rotary(k, cos, sin)
+            return q, k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
+
+        def sdpa():
+            q, k, v = split()
+            if "far" in kwargs:
+                o = rerope_attention_ref(q, k, rotary(q, far[1], far[2]), k, v, rerope_window=16)
+            elif "window" in kwargs:
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(seq_len, seq_len, window=128,
+                                                                                     device=device))
+            elif "slopes" in kwargs:
+                i = torch.arange(seq_len, device=device)
+                bias = (-slopes[:, None, None] * (i[:, None] - i[None, :])).to(q.dtype)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(i[None, :] > i[:, None],
+                                                                                        float("-inf")))
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return o.transpose(1, 2).flatten(2)
+
+        def kernel():
+            return causal_attention(qkv, heads, kv_heads, **kwargs)
+        times = {}
+        for side, fn in (("sdpa", sdpa), ("kernel", kernel)):
+            times[side + "_fwd"] = _timed(lambda: fn(), device, repeats)
+            times[side] = _timed(lambda: torch.autograd.grad(fn(), qkv, do), device, repeats)
+        plain = plain or times["kernel"]
+        row = {"op": f"causal_attention {label}", "batch": batch, "seq_len": seq_len, "heads": heads,
+               "kv_heads": kv_heads, "head_dim": d, **{k + "_ms": 1e3 * v for k, v in times.items()},
+               "kernel_tflops": flops / times["kernel"] / 1e12}
+        rows.append(row)
+        print(f"  {label:12s} fwd+bwd kernel {1e3 * times['kernel']:8.3f} ms ({row['kernel_tflops']:6.1f} TFLOP/s, "
+              f"{times['kernel'] / plain:4.2f}x plain)  SDPA side {1e3 * times['sdpa']:8.3f} ms  "
+              f"{times['sdpa'] / times['kernel']:5.2f}x;  fwd kernel {1e3 * times['kernel_fwd']:7.3f} ms, "
+              f"SDPA side {1e3 * times['sdpa_fwd']:7.3f} ms", flush=True)
     return rows
 
 
