@@ -128,6 +128,23 @@ def _scores(qa, qb, qfa, qfb, ka, kb, kfa, kfb, i, j, rerope_window, PRECISION: 
 
 
 @triton.jit
+def _accumulate(ds, a, b, fa, fb, ga, gb, gfa, gfb, i, j, rerope_window, PRECISION: tl.constexpr,
+                FAR: tl.constexpr):
+    """A backward step's products: (ga, gb) += ds·(a, b), the near-turned halves; with FAR, the pairs at distance
+    i − j ≥ rerope_window go to (gfa, gfb) += ds·(fa, fb) instead (ds and the positions broadcast as in _scores)."""
+    if FAR:
+        near = i - j < rerope_window
+        far = tl.where(near, 0.0, ds).to(a.dtype)
+        ds = tl.where(near, ds, 0.0)
+        gfa = tl.dot(far, fa, gfa, input_precision=PRECISION)
+        gfb = tl.dot(far, fb, gfb, input_precision=PRECISION)
+    ds = ds.to(a.dtype)
+    ga = tl.dot(ds, a, ga, input_precision=PRECISION)
+    gb = tl.dot(ds, b, gb, input_precision=PRECISION)
+    return ga, gb, gfa, gfb
+
+
+@triton.jit
 def _logits(s, i, j, L, qk_scale, slope2, window, ALIBI: tl.constexpr, WINDOW: tl.constexpr):
     """Scores in base-2 units and which of them count, for query positions i and key positions j (broadcast
     against each other: [BM, 1] and [1, BN], or transposed)."""
@@ -242,16 +259,8 @@ def _grad_q(qkv_ptr, rot_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqk
         s, keep = _logits(s, offs_m[:, None], t[None, :], L, qk_scale, slope2, window, ALIBI, WINDOW)
         p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, vT, input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        if FAR:
-            near = offs_m[:, None] - t[None, :] < rerope_window
-            dsf = tl.where(near, 0.0, ds).to(ka.dtype)
-            ds = tl.where(near, ds, 0.0)
-            dqfa = tl.dot(dsf, kfa, dqfa, input_precision=PRECISION)
-            dqfb = tl.dot(dsf, kfb, dqfb, input_precision=PRECISION)
-        ds = ds.to(ka.dtype)
-        dqa = tl.dot(ds, ka, dqa, input_precision=PRECISION)
-        dqb = tl.dot(ds, kb, dqb, input_precision=PRECISION)
+        dqa, dqb, dqfa, dqfb = _accumulate(p * (dp - delta[:, None]), ka, kb, kfa, kfb, dqa, dqb, dqfa, dqfb,
+                                           offs_m[:, None], t[None, :], rerope_window, PRECISION, FAR)
     dqa, dqb = _back(dqa * scale, dqb * scale, dqfa * scale, dqfb * scale, offs_m, L, offs_p, P, rot_ptr, 0, 4,
                      ROTARY, FAR)
     d_base = b * L * (H + 2 * G) * D
@@ -303,16 +312,8 @@ def _grad_kv(qkv_ptr, rot_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr,
             pT = tl.where(keep, tl.exp2(sT - lse[None, :]), 0.0)
             dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
             dpT = tl.dot(v, doT, input_precision=PRECISION)
-            dsT = pT * (dpT - delta[None, :])
-            if FAR:
-                near = t[None, :] - offs_n[:, None] < rerope_window
-                dsfT = tl.where(near, 0.0, dsT).to(qa.dtype)
-                dsT = tl.where(near, dsT, 0.0)
-                dkfa = tl.dot(dsfT, qfa, dkfa, input_precision=PRECISION)
-                dkfb = tl.dot(dsfT, qfb, dkfb, input_precision=PRECISION)
-            dsT = dsT.to(qa.dtype)
-            dka = tl.dot(dsT, qa, dka, input_precision=PRECISION)
-            dkb = tl.dot(dsT, qb, dkb, input_precision=PRECISION)
+            dka, dkb, dkfa, dkfb = _accumulate(pT * (dpT - delta[None, :]), qa, qb, qfa, qfb, dka, dkb, dkfa, dkfb,
+                                               t[None, :], offs_n[:, None], rerope_window, PRECISION, FAR)
     dka, dkb = _back(dka * scale, dkb * scale, dkfa * scale, dkfb * scale, offs_n, L, offs_p, P, rot_ptr, 2, 6,
                      ROTARY, FAR)
     d_base = b * L * (H + 2 * G) * D
