@@ -131,7 +131,7 @@ def unfused_hidden(model, tokens, positions):
 
 def loss_and_grads(model, hidden):
     logits = model.logits(hidden)
-    loss = F.cross_entropy(logits.flatten(0, 1).double(), torch.arange(logits[..., 0].numel()) % logits.shape[-1])
+    loss = F.cross_entropy(logits.flatten(0, 1).double(), torch.arange(logits[..., 0].numel(), device=logits.device) % logits.shape[-1])
     return loss, torch.autograd.grad(loss, list(model.parameters()), allow_unused=True, materialize_grads=True)
 
 

@@ -1,6 +1,7 @@
 """Causal softmax attention as fused Triton kernels, forward and backward, flash-attention style (Dao et al. 2022):
-the L×L scores live only as tiles in registers; q, k and v are read straight from the fused projection, rotary
-and ALiBi are applied inside the kernels, and the gradient comes back as one tensor in the projection's layout.
+the L×L scores live only as tiles in registers; q, k and v are read straight from the fused projection, ALiBi,
+windows and ReRoPE's two branches are applied inside the kernels, and the gradient comes back as one tensor in the
+projection's layout.
 
     qkv [B, L, (H + 2·G)·D], any batch and position strides, columns contiguous: no split, transpose or copy first
     o   [B, L, H·D] contiguous (what the output projection reads); lse [B·H, L] float32, base-2 log-sum-exp per row
@@ -8,20 +9,27 @@ and ALiBi are applied inside the kernels, and the gradient comes back as one ten
 
 The function is `reference.causal_attention_ref`, which the dispatch rule (probe.ops.dispatch) runs wherever this
 kernel does not. Every head is handled as two halves of D/2 columns (the half-split rotary pairs (x_p, x_{p+D/2})),
-each loaded contiguously and rotated in float32 on load; a score is the sum of the two halves' products.
+each loaded contiguously; a score is the sum of the two halves' products.
 
+  _turn_heads  with rotary tables only: one pass writes qkv with q and k turned in float32 (queries and keys by
+             their own tables; values copied beside them), and with ReRoPE a second copy turned by the far tables.
+             The kernels below read these (a tile is read by many programs: turning it once costs one pass over q
+             and k, turning it on every load cost as much as the attention itself); the backward reads the copy
+             kept from the forward and turns dq and dk back (Rᵀ) once, as each program writes them.
   _forward   one program per (b·h, query block): walks the key blocks the block's rows may see (from the window's
              start, or 0, to the diagonal) with the online softmax in base 2; stores o and lse.
   _grad_q    one program per (b·h, query block): δ = rowsum(do ⊙ o) for its rows (stored for _grad_kv), then the
-             same key blocks, recomputing p from lse: dq = scale · Σ p ⊙ (do vᵀ − δ) k, rotated back (Rᵀ).
+             same key blocks, recomputing p from lse: dq = scale · Σ p ⊙ (do vᵀ − δ) k, turned back.
   _grad_kv   one program per (b·g, key block): for each query head of its group, the query blocks that see it,
              forming the transposed tiles sᵀ = k qᵀ, pᵀ, dpᵀ = v doᵀ directly: dv = Σ pᵀ do,
-             dk = scale · Σ pᵀ ⊙ (dpᵀ − δ) q, rotated back.
+             dk = scale · Σ pᵀ ⊙ (dpᵀ − δ) q, turned back.
+With ReRoPE a tile whose pairs are all within the window forms only the near products, one whose pairs are all
+beyond it only the far ones; only tiles across the boundary form both.
 Each gradient has one writer (no atomics: results do not depend on timing). Triton 3.6 on Hopper miscompiles a
 tl.dot of a tl.trans of a computed tile, so no tile is transposed in registers: a transposed operand (kᵀ, vᵀ, qᵀ,
-doᵀ) is loaded from memory with swapped strides and rotated as loaded. Dots take the inputs' dtype (bf16 on the
-GPU) and accumulate in float32; with float32 inputs they are IEEE float32, never tf32. Head halves are padded to a
-power of two of at least 16 (what tl.dot needs) by masked loads. Fixed block sizes, no autotuning.
+doᵀ) is loaded from memory with swapped strides. Dots take the inputs' dtype (bf16 on the GPU) and accumulate in
+float32; with float32 inputs they are IEEE float32, never tf32. Head halves are padded to a power of two of at
+least 16 (what tl.dot needs) by masked loads. Fixed block sizes, no autotuning.
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ LOG2E = math.log2(math.e)
 #: than one stage of them overflows a Hopper SM's 227 KiB of shared memory. Float32 tiles take one stage.
 FORWARD = {64: (64, 64, 4, 3), 128: (64, 64, 4, 2)}
 BACKWARD = {64: (64, 64, 4, 2), 128: (64, 64, 8, 1)}
+TURN_BLOCK = 32  # positions a program of the turning pass
 
 
 # --- tiles -----------------------------------------------------------------------------------------------------
@@ -75,24 +84,23 @@ def _turn(a, b, rot_ptr, table, t, L, offs_p, P, sign, ROWS: tl.constexpr):
 
 
 @triton.jit
-def _halves(ptr, base, t, L, s_l, col, offs_p, P, rot_ptr, near, far, ROTARY: tl.constexpr, FAR: tl.constexpr,
-            ROWS: tl.constexpr):
+def _pair(ptr, base, t, L, s_l, col, offs_p, P, ROWS: tl.constexpr):
     """A head's two halves (columns col + p and col + P + p) at positions t, as [len(t), BP] tiles (ROWS) or
-    transposed: (a, b) turned by table `near` when ROTARY, and (a, b) turned by table `far` when FAR (else the
-    near pair again); in the input's dtype."""
+    transposed."""
     if ROWS:
-        a = _rows(ptr, base, t, L, s_l, col, offs_p, P)
-        b = _rows(ptr, base, t, L, s_l, col + P, offs_p, P)
-    else:
-        a = _cols(ptr, base, t, L, s_l, col, offs_p, P)
-        b = _cols(ptr, base, t, L, s_l, col + P, offs_p, P)
-    na, nb = a, b
-    if ROTARY:
-        na, nb = _turn(a, b, rot_ptr, near, t, L, offs_p, P, 1.0, ROWS)
-    fa, fb = na, nb
+        return _rows(ptr, base, t, L, s_l, col, offs_p, P), _rows(ptr, base, t, L, s_l, col + P, offs_p, P)
+    return _cols(ptr, base, t, L, s_l, col, offs_p, P), _cols(ptr, base, t, L, s_l, col + P, offs_p, P)
+
+
+@triton.jit
+def _halves(ptr, base, t, L, s_l, col, offs_p, P, far_ptr, FAR: tl.constexpr, ROWS: tl.constexpr):
+    """The head's halves as the first pass turned them (`_turn_heads`; qkv's own without tables): the near pair
+    from ptr and, with FAR, the far pair from far_ptr (same layout; else the near pair again)."""
+    a, b = _pair(ptr, base, t, L, s_l, col, offs_p, P, ROWS)
+    fa, fb = a, b
     if FAR:
-        fa, fb = _turn(a, b, rot_ptr, far, t, L, offs_p, P, 1.0, ROWS)
-    return na, nb, fa, fb
+        fa, fb = _pair(far_ptr, base, t, L, s_l, col, offs_p, P, ROWS)
+    return a, b, fa, fb
 
 
 @triton.jit
@@ -115,32 +123,54 @@ def _store_rows(ptr, base, t, L, s_l, col, offs, width, x):
 
 
 @triton.jit
-def _scores(qa, qb, qfa, qfb, ka, kb, kfa, kfb, i, j, rerope_window, PRECISION: tl.constexpr, FAR: tl.constexpr):
+def _scores(qa, qb, qfa, qfb, ka, kb, kfa, kfb, i, j, near_all, far_all, rerope_window, PRECISION: tl.constexpr,
+            FAR: tl.constexpr):
     """q·k over both halves, [len(i), len(j)] (or its transpose, with the operands swapped by the caller); with
-    FAR, pairs at distance i − j ≥ rerope_window score the far-turned halves instead."""
-    s = tl.dot(qa, ka, input_precision=PRECISION)
-    s = tl.dot(qb, kb, s, input_precision=PRECISION)
+    FAR, pairs at distance i − j ≥ rerope_window score the far-turned halves instead. near_all / far_all: whether
+    every pair of the tile is near / far (then only that branch's products are formed)."""
     if FAR:
-        f = tl.dot(qfa, kfa, input_precision=PRECISION)
-        f = tl.dot(qfb, kfb, f, input_precision=PRECISION)
-        s = tl.where(i - j < rerope_window, s, f)
+        if far_all:
+            s = tl.dot(qfa, kfa, input_precision=PRECISION)
+            s = tl.dot(qfb, kfb, s, input_precision=PRECISION)
+        elif near_all:
+            s = tl.dot(qa, ka, input_precision=PRECISION)
+            s = tl.dot(qb, kb, s, input_precision=PRECISION)
+        else:
+            s = tl.dot(qa, ka, input_precision=PRECISION)
+            s = tl.dot(qb, kb, s, input_precision=PRECISION)
+            f = tl.dot(qfa, kfa, input_precision=PRECISION)
+            f = tl.dot(qfb, kfb, f, input_precision=PRECISION)
+            s = tl.where(i - j < rerope_window, s, f)
+    else:
+        s = tl.dot(qa, ka, input_precision=PRECISION)
+        s = tl.dot(qb, kb, s, input_precision=PRECISION)
     return s
 
 
 @triton.jit
-def _accumulate(ds, a, b, fa, fb, ga, gb, gfa, gfb, i, j, rerope_window, PRECISION: tl.constexpr,
-                FAR: tl.constexpr):
+def _accumulate(ds, a, b, fa, fb, ga, gb, gfa, gfb, i, j, near_all, far_all, rerope_window,
+                PRECISION: tl.constexpr, FAR: tl.constexpr):
     """A backward step's products: (ga, gb) += ds·(a, b), the near-turned halves; with FAR, the pairs at distance
-    i − j ≥ rerope_window go to (gfa, gfb) += ds·(fa, fb) instead (ds and the positions broadcast as in _scores)."""
+    i − j ≥ rerope_window go to (gfa, gfb) += ds·(fa, fb) instead (ds and the positions broadcast as in _scores;
+    a tile of near pairs only, or of far ones only, forms only its own products)."""
     if FAR:
-        near = i - j < rerope_window
-        far = tl.where(near, 0.0, ds).to(a.dtype)
-        ds = tl.where(near, ds, 0.0)
-        gfa = tl.dot(far, fa, gfa, input_precision=PRECISION)
-        gfb = tl.dot(far, fb, gfb, input_precision=PRECISION)
-    ds = ds.to(a.dtype)
-    ga = tl.dot(ds, a, ga, input_precision=PRECISION)
-    gb = tl.dot(ds, b, gb, input_precision=PRECISION)
+        if far_all:
+            gfa = tl.dot(ds.to(a.dtype), fa, gfa, input_precision=PRECISION)
+            gfb = tl.dot(ds.to(a.dtype), fb, gfb, input_precision=PRECISION)
+        elif near_all:
+            ga = tl.dot(ds.to(a.dtype), a, ga, input_precision=PRECISION)
+            gb = tl.dot(ds.to(a.dtype), b, gb, input_precision=PRECISION)
+        else:
+            near = i - j < rerope_window
+            far = tl.where(near, 0.0, ds).to(a.dtype)
+            ds = tl.where(near, ds, 0.0).to(a.dtype)
+            gfa = tl.dot(far, fa, gfa, input_precision=PRECISION)
+            gfb = tl.dot(far, fb, gfb, input_precision=PRECISION)
+            ga = tl.dot(ds, a, ga, input_precision=PRECISION)
+            gb = tl.dot(ds, b, gb, input_precision=PRECISION)
+    else:
+        ga = tl.dot(ds.to(a.dtype), a, ga, input_precision=PRECISION)
+        gb = tl.dot(ds.to(a.dtype), b, gb, input_precision=PRECISION)
     return ga, gb, gfa, gfb
 
 
@@ -177,19 +207,20 @@ def _slope(slopes_ptr, b, s_sb, h, ALIBI: tl.constexpr):
 
 
 # --- kernels ---------------------------------------------------------------------------------------------------
-# rot_ptr: the turn tables [8, L, P] float32, (cos, sin) of: queries near, keys near, queries far, keys far
+# rot_ptr: the turn tables [8, L, P] float32, (cos, sin) of: queries near, keys near, queries far, keys far;
+# qkv_ptr in the kernels: the turned copy when there are tables (far_ptr its far twin), else qkv itself
 
 @triton.jit
-def _forward(qkv_ptr, rot_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l, s_sb, qk_scale, window,
-             rerope_window, BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, ROTARY: tl.constexpr,
-             FAR: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
+def _forward(qkv_ptr, far_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l, s_sb, qk_scale, window,
+             rerope_window, BM: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, FAR: tl.constexpr,
+             ALIBI: tl.constexpr, WINDOW: tl.constexpr, PRECISION: tl.constexpr):
     bh, m0 = _program(L, BM)
     b, h = bh // H, bh % H
     g = h // (H // G)
     D = 2 * P
     base = b * s_b
     offs_m, offs_n, offs_p, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
-    qa, qb, qfa, qfb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, rot_ptr, 0, 4, ROTARY, FAR, True)
+    qa, qb, qfa, qfb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, far_ptr, FAR, True)
     slope2 = _slope(slopes_ptr, b, s_sb, h, ALIBI)
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
@@ -200,10 +231,10 @@ def _forward(qkv_ptr, rot_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l,
     hi = tl.minimum(m0 + BM, L)
     for n0 in range(lo, hi, BN):
         t = n0 + offs_n
-        kaT, kbT, kfaT, kfbT = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, rot_ptr, 2, 6, ROTARY, FAR,
-                                       False)
+        kaT, kbT, kfaT, kfbT = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, far_ptr, FAR, False)
         v = _rows(qkv_ptr, base, t, L, s_l, (H + G + g) * D, offs_d, D)  # [BN, 2·BP]
-        s = _scores(qa, qb, qfa, qfb, kaT, kbT, kfaT, kfbT, offs_m[:, None], t[None, :], rerope_window, PRECISION,
+        s = _scores(qa, qb, qfa, qfb, kaT, kbT, kfaT, kfbT, offs_m[:, None], t[None, :],
+                    m0 + BM - 1 - n0 < rerope_window, m0 - n0 - BN + 1 >= rerope_window, rerope_window, PRECISION,
                     FAR)
         s, keep = _logits(s, offs_m[:, None], t[None, :], L, qk_scale, slope2, window, ALIBI, WINDOW)
         s = tl.where(keep, s, float("-inf"))
@@ -221,7 +252,7 @@ def _forward(qkv_ptr, rot_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l,
 
 
 @triton.jit
-def _grad_q(qkv_ptr, rot_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
+def _grad_q(qkv_ptr, far_ptr, rot_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
             s_b, s_l, s_sb, qk_scale, scale, window, rerope_window, BM: tl.constexpr, BN: tl.constexpr,
             BP: tl.constexpr, ROTARY: tl.constexpr, FAR: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr,
             PRECISION: tl.constexpr):
@@ -232,7 +263,7 @@ def _grad_q(qkv_ptr, rot_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqk
     base = b * s_b
     o_base = b * L * H * D
     offs_m, offs_n, offs_p, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
-    qa, qb, qfa, qfb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, rot_ptr, 0, 4, ROTARY, FAR, True)
+    qa, qb, qfa, qfb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, far_ptr, FAR, True)
     do = _rows(do_ptr, o_base, offs_m, L, H * D, h * D, offs_d, D)  # [BM, 2·BP]
     o = _rows(o_ptr, o_base, offs_m, L, H * D, h * D, offs_d, D)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
@@ -249,18 +280,19 @@ def _grad_q(qkv_ptr, rot_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqk
     hi = tl.minimum(m0 + BM, L)
     for n0 in range(lo, hi, BN):
         t = n0 + offs_n
-        kaT, kbT, kfaT, kfbT = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, rot_ptr, 2, 6, ROTARY, FAR,
-                                       False)
-        ka, kb, kfa, kfb = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, rot_ptr, 2, 6, ROTARY, FAR,
-                                   True)
+        kaT, kbT, kfaT, kfbT = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, far_ptr, FAR, False)
+        ka, kb, kfa, kfb = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, far_ptr, FAR, True)
         vT = _cols(qkv_ptr, base, t, L, s_l, (H + G + g) * D, offs_d, D)  # [2·BP, BN]
-        s = _scores(qa, qb, qfa, qfb, kaT, kbT, kfaT, kfbT, offs_m[:, None], t[None, :], rerope_window, PRECISION,
-                    FAR)
+        near_all = m0 + BM - 1 - n0 < rerope_window
+        far_all = m0 - n0 - BN + 1 >= rerope_window
+        s = _scores(qa, qb, qfa, qfb, kaT, kbT, kfaT, kfbT, offs_m[:, None], t[None, :], near_all, far_all,
+                    rerope_window, PRECISION, FAR)
         s, keep = _logits(s, offs_m[:, None], t[None, :], L, qk_scale, slope2, window, ALIBI, WINDOW)
         p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, vT, input_precision=PRECISION)
         dqa, dqb, dqfa, dqfb = _accumulate(p * (dp - delta[:, None]), ka, kb, kfa, kfb, dqa, dqb, dqfa, dqfb,
-                                           offs_m[:, None], t[None, :], rerope_window, PRECISION, FAR)
+                                           offs_m[:, None], t[None, :], near_all, far_all, rerope_window, PRECISION,
+                                           FAR)
     dqa, dqb = _back(dqa * scale, dqb * scale, dqfa * scale, dqfb * scale, offs_m, L, offs_p, P, rot_ptr, 0, 4,
                      ROTARY, FAR)
     d_base = b * L * (H + 2 * G) * D
@@ -269,7 +301,7 @@ def _grad_q(qkv_ptr, rot_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta_ptr, dqk
 
 
 @triton.jit
-def _grad_kv(qkv_ptr, rot_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
+def _grad_kv(qkv_ptr, far_ptr, rot_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, L, H, G, P,
              s_b, s_l, s_sb, qk_scale, scale, window, rerope_window, BM: tl.constexpr, BN: tl.constexpr,
              BP: tl.constexpr, ROTARY: tl.constexpr, FAR: tl.constexpr, ALIBI: tl.constexpr, WINDOW: tl.constexpr,
              PRECISION: tl.constexpr):
@@ -279,8 +311,7 @@ def _grad_kv(qkv_ptr, rot_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr,
     base = b * s_b
     o_base = b * L * H * D
     offs_m, offs_n, offs_p, offs_d = tl.arange(0, BM), n0 + tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
-    ka, kb, kfa, kfb = _halves(qkv_ptr, base, offs_n, L, s_l, (H + g) * D, offs_p, P, rot_ptr, 2, 6, ROTARY, FAR,
-                               True)
+    ka, kb, kfa, kfb = _halves(qkv_ptr, base, offs_n, L, s_l, (H + g) * D, offs_p, P, far_ptr, FAR, True)
     v = _rows(qkv_ptr, base, offs_n, L, s_l, (H + G + g) * D, offs_d, D)  # [BN, 2·BP]
     dka = tl.zeros([BN, BP], dtype=tl.float32)
     dkb = tl.zeros([BN, BP], dtype=tl.float32)
@@ -297,23 +328,25 @@ def _grad_kv(qkv_ptr, rot_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr,
         slope2 = _slope(slopes_ptr, b, s_sb, h, ALIBI)
         for m0 in range(lo, hi, BM):
             t = m0 + offs_m
-            qaT, qbT, qfaT, qfbT = _halves(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, rot_ptr, 0, 4, ROTARY, FAR,
-                                           False)
-            qa, qb, qfa, qfb = _halves(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, rot_ptr, 0, 4, ROTARY, FAR, True)
+            qaT, qbT, qfaT, qfbT = _halves(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, far_ptr, FAR, False)
+            qa, qb, qfa, qfb = _halves(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, far_ptr, FAR, True)
             do = _rows(do_ptr, o_base, t, L, H * D, h * D, offs_d, D)  # [BM, 2·BP]
             doT = _cols(do_ptr, o_base, t, L, H * D, h * D, offs_d, D)  # [2·BP, BM]
             row = (b * H + h) * L + t
             lse = tl.load(lse_ptr + row, mask=t < L, other=0.0)
             delta = tl.load(delta_ptr + row, mask=t < L, other=0.0)
+            near_all = m0 + BM - 1 - n0 < rerope_window
+            far_all = m0 - n0 - BN + 1 >= rerope_window
             # sᵀ [BN (j), BM (i)]: the keys' halves first
-            sT = _scores(ka, kb, kfa, kfb, qaT, qbT, qfaT, qfbT, t[None, :], offs_n[:, None], rerope_window,
-                         PRECISION, FAR)
+            sT = _scores(ka, kb, kfa, kfb, qaT, qbT, qfaT, qfbT, t[None, :], offs_n[:, None], near_all, far_all,
+                         rerope_window, PRECISION, FAR)
             sT, keep = _logits(sT, t[None, :], offs_n[:, None], L, qk_scale, slope2, window, ALIBI, WINDOW)
             pT = tl.where(keep, tl.exp2(sT - lse[None, :]), 0.0)
             dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
             dpT = tl.dot(v, doT, input_precision=PRECISION)
             dka, dkb, dkfa, dkfb = _accumulate(pT * (dpT - delta[None, :]), qa, qb, qfa, qfb, dka, dkb, dkfa, dkfb,
-                                               t[None, :], offs_n[:, None], rerope_window, PRECISION, FAR)
+                                               t[None, :], offs_n[:, None], near_all, far_all, rerope_window,
+                                               PRECISION, FAR)
     dka, dkb = _back(dka * scale, dkb * scale, dkfa * scale, dkfb * scale, offs_n, L, offs_p, P, rot_ptr, 2, 6,
                      ROTARY, FAR)
     d_base = b * L * (H + 2 * G) * D
@@ -321,6 +354,31 @@ def _grad_kv(qkv_ptr, rot_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr,
     _store_rows(dqkv_ptr, d_base, offs_n, L, width, (H + g) * D, offs_p, P, dka)
     _store_rows(dqkv_ptr, d_base, offs_n, L, width, (H + g) * D + P, offs_p, P, dkb)
     _store_rows(dqkv_ptr, d_base, offs_n, L, width, (H + G + g) * D, offs_d, D, dv)
+
+
+@triton.jit
+def _turn_heads(qkv_ptr, rot_ptr, out_ptr, L, H, G, P, s_b, s_l, s_ob, s_ol, q_table, BT: tl.constexpr,
+                BP: tl.constexpr, COPY_V: tl.constexpr):
+    """The op's first pass when it rotates: one program per (batch row · block of BT positions, head) writes the
+    head's halves turned by its table (q_table for the H query heads, q_table + 2 for the G key heads) into out,
+    in qkv's layout; with COPY_V the value heads (program axis 1 ≥ H + G) are copied as they are, so that out
+    serves the kernels alone."""
+    n_blocks = tl.cdiv(L, BT)
+    pid = tl.program_id(0).to(tl.int64)
+    b, t = pid // n_blocks, (pid % n_blocks).to(tl.int32) * BT + tl.arange(0, BT)
+    head = tl.program_id(1)
+    offs_p = tl.arange(0, BP)
+    col = head * 2 * P
+    if head < H + G:
+        a = _rows(qkv_ptr, b * s_b, t, L, s_l, col, offs_p, P)
+        c = _rows(qkv_ptr, b * s_b, t, L, s_l, col + P, offs_p, P)
+        a, c = _turn(a, c, rot_ptr, tl.where(head < H, q_table, q_table + 2), t, L, offs_p, P, 1.0, True)
+        _store_rows(out_ptr, b * s_ob, t, L, s_ol, col, offs_p, P, a)
+        _store_rows(out_ptr, b * s_ob, t, L, s_ol, col + P, offs_p, P, c)
+    elif COPY_V:
+        offs_d = tl.arange(0, 2 * BP)
+        _store_rows(out_ptr, b * s_ob, t, L, s_ol, col, offs_d, 2 * P,
+                    _rows(qkv_ptr, b * s_b, t, L, s_l, col, offs_d, 2 * P))
 
 
 # --- host ------------------------------------------------------------------------------------------------------
@@ -332,7 +390,8 @@ def _blocks(table: dict, d: int, length: int, dtype: torch.dtype) -> tuple[int, 
 
 
 def _flags(q, rot, slopes, window):
-    """The kernels' constexpr switches."""
+    """The kernels' constexpr switches (ROTARY: gradients turned back on the way out; the forward reads turned
+    inputs and needs no tables)."""
     return dict(ROTARY=rot is not None, FAR=rot is not None and rot.shape[0] == 8, ALIBI=slopes is not None,
                 WINDOW=window is not None,
                 PRECISION="ieee" if q.dtype == torch.float32 else "tf32")  # tf32 means the native bf16 dot here
@@ -344,9 +403,11 @@ def _slope_stride(slopes) -> int:
 
 
 class _CausalAttention(torch.autograd.Function):
-    """(o [B, L, H·D], lse [B·H, L] float32: kept for the backward, not differentiable) from qkv [B, L, (H + 2G)·D].
-    rot: the turn tables, float32 [4, L, D/2] (cos, sin of the queries, then of the keys) or [8, L, D/2] (then the
-    far ones, used at distances ≥ rerope_window), or None; slopes [H] float32 or None; window an int or None.
+    """(o [B, L, H·D], lse [B·H, L] float32, turned: both kept for the backward, not differentiable) from qkv
+    [B, L, (H + 2G)·D]. rot: the turn tables, float32 [4, L, D/2] (cos, sin of the queries, then of the keys) or
+    [8, L, D/2] (then the far ones, used at distances ≥ rerope_window), or None; slopes [H] float32 or None; window
+    an int or None. turned: qkv with q and k turned by the near tables ([0], values copied) and by the far ones
+    ([1], ReRoPE's), written by the first pass and read by every kernel after it (an empty tensor without tables).
     torch.func.vmap over it folds the vmap dimension into B: one launch per pack (the tables shared by the
     members; slopes may be each member's own, as a pack's stacked buffers are)."""
 
@@ -357,42 +418,54 @@ class _CausalAttention(torch.autograd.Function):
         H, G = n_heads, n_kv_heads
         D = W // (H + 2 * G)
         P = D // 2
+        BP = max(16, triton.next_power_of_2(P))
+        turned = qkv.new_empty(0, B, 0, 0)
+        if rot is not None:
+            turned = torch.empty(rot.shape[0] // 4, B, L, W, dtype=qkv.dtype, device=qkv.device)
+            for i, out in enumerate(turned):  # near (the values copied beside them), then far
+                _turn_heads[(B * triton.cdiv(L, TURN_BLOCK), H + G + (G if i == 0 else 0))](
+                    qkv, rot, out, L, H, G, P, qkv.stride(0), qkv.stride(1), out.stride(0), out.stride(1), 4 * i,
+                    BT=TURN_BLOCK, BP=BP, COPY_V=i == 0, num_warps=4)
+        src = turned[0] if rot is not None else qkv
         bm, bn, launch = _blocks(FORWARD, D, L, qkv.dtype)
         o = torch.empty(B, L, H * D, dtype=qkv.dtype, device=qkv.device)
         lse = torch.empty(B * H, L, dtype=torch.float32, device=qkv.device)
         _forward[(triton.cdiv(L, bm) * B * H,)](
-            qkv, rot if rot is not None else qkv, slopes if slopes is not None else qkv, o, lse, L, H, G, P,
-            qkv.stride(0), qkv.stride(1), _slope_stride(slopes), scale * LOG2E, window or 0, rerope_window or 0,
-            BM=bm, BN=bn, BP=max(16, triton.next_power_of_2(P)), **_flags(qkv, rot, slopes, window), **launch)
-        return o, lse
+            src, turned[-1] if rot is not None else src, slopes if slopes is not None else qkv, o, lse, L, H, G, P,
+            src.stride(0), src.stride(1), _slope_stride(slopes), scale * LOG2E, window or 0, rerope_window or 0,
+            BM=bm, BN=bn, BP=BP, **{k: v for k, v in _flags(qkv, rot, slopes, window).items() if k != "ROTARY"},
+            **launch)
+        return o, lse, turned
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         qkv, rot, slopes, n_heads, n_kv_heads, window, rerope_window, scale = inputs
-        o, lse = output
-        ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(qkv, rot, slopes, o, lse)
+        o, lse, turned = output
+        ctx.mark_non_differentiable(lse, turned)
+        ctx.save_for_backward(qkv if rot is None else turned, rot, slopes, o, lse)
         ctx.heads, ctx.windows, ctx.scale = (n_heads, n_kv_heads), (window, rerope_window), scale
 
     @staticmethod
-    def backward(ctx, do, _dlse):
-        qkv, rot, slopes, o, lse = ctx.saved_tensors
-        qkv = qkv if qkv.stride(-1) == 1 else qkv.contiguous()
+    def backward(ctx, do, _dlse, _dturned):
+        src, rot, slopes, o, lse = ctx.saved_tensors
+        near, far = (src, src) if rot is None else (src[0], src[-1])
+        near = near if near.stride(-1) == 1 else near.contiguous()
         (H, G), (window, rerope_window), scale = ctx.heads, ctx.windows, ctx.scale
         do = do.to(o.dtype).contiguous()  # the kernels read do with o's (contiguous) strides
-        B, L, W = qkv.shape
+        B, L, W = near.shape
         D = W // (H + 2 * G)
         P = D // 2
-        bm, bn, launch = _blocks(BACKWARD, D, L, qkv.dtype)
-        delta = torch.empty(B * H, L, dtype=torch.float32, device=qkv.device)
-        dqkv = torch.empty(B, L, W, dtype=qkv.dtype, device=qkv.device)
-        tables = (rot if rot is not None else qkv, slopes if slopes is not None else qkv)
-        common = dict(BM=bm, BN=bn, BP=max(16, triton.next_power_of_2(P)), **_flags(qkv, rot, slopes, window),
+        bm, bn, launch = _blocks(BACKWARD, D, L, near.dtype)
+        delta = torch.empty(B * H, L, dtype=torch.float32, device=near.device)
+        dqkv = torch.empty(B, L, W, dtype=near.dtype, device=near.device)
+        tables = (far if rot is not None else near, rot if rot is not None else near,
+                  slopes if slopes is not None else near)
+        common = dict(BM=bm, BN=bn, BP=max(16, triton.next_power_of_2(P)), **_flags(near, rot, slopes, window),
                       **launch)
-        scalars = (L, H, G, P, qkv.stride(0), qkv.stride(1), _slope_stride(slopes), scale * LOG2E, scale,
+        scalars = (L, H, G, P, near.stride(0), near.stride(1), _slope_stride(slopes), scale * LOG2E, scale,
                    window or 0, rerope_window or 0)
-        _grad_q[(triton.cdiv(L, bm) * B * H,)](qkv, *tables, o, do, lse, delta, dqkv, *scalars, **common)
-        _grad_kv[(triton.cdiv(L, bn) * B * G,)](qkv, *tables, do, lse, delta, dqkv, *scalars, **common)
+        _grad_q[(triton.cdiv(L, bm) * B * H,)](near, *tables, o, do, lse, delta, dqkv, *scalars, **common)
+        _grad_kv[(triton.cdiv(L, bn) * B * G,)](near, *tables, do, lse, delta, dqkv, *scalars, **common)
         return dqkv, None, None, None, None, None, None, None
 
     @staticmethod
@@ -405,8 +478,9 @@ class _CausalAttention(torch.autograd.Function):
             if slopes.dim() != 2:
                 raise NotImplementedError("ALiBi slopes batched other than per pack member")
             slopes = slopes.movedim(in_dims[2], 0).repeat_interleave(qkv.shape[0] // size, 0).contiguous()
-        o, lse = _CausalAttention.apply(qkv, rot, slopes, n_heads, n_kv_heads, window, rerope_window, scale)
-        return (o.view(size, -1, *o.shape[1:]), lse.view(size, -1, lse.shape[-1])), (0, 0)
+        o, lse, turned = _CausalAttention.apply(qkv, rot, slopes, n_heads, n_kv_heads, window, rerope_window, scale)
+        return (o.view(size, -1, *o.shape[1:]), lse.view(size, -1, lse.shape[-1]),
+                turned.view(turned.shape[0], size, turned.shape[1] // size, *turned.shape[2:])), (0, 0, 1)
 
 
 def causal_attention_kernel(qkv, n_heads, n_kv_heads, tables, far, window, slopes, scale) -> torch.Tensor:
