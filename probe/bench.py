@@ -368,6 +368,11 @@ def op_inputs(name: str, batch: int, seq_len: int, d_model: int, device: torch.d
         log_decay = -torch.rand(batch, seq_len, heads, device=device, generator=g) * 0.1
         return [randn(batch, seq_len, heads, 64, scale=0.125), randn(batch, seq_len, heads, 64, scale=0.125),
                 randn(batch, seq_len, heads, 64), log_decay.requires_grad_()], {}
+    if name == "gla":  # the GLA mixer's defaults: 4 heads, d_k = d_model/8, d_v = d_model/4, gates near 1
+        dk, dv = max(1, d_model // 8), max(1, d_model // 4)
+        log_gate = -torch.rand(batch, seq_len, 4, dk, device=device, generator=g) * 0.1
+        q, k = randn(batch, seq_len, 4, dk, scale=dk**-0.5), randn(batch, seq_len, 4, dk)
+        return [q, k, randn(batch, seq_len, 4, dv), log_gate.requires_grad_()], {}
     if name == "taylor_attention":  # Based's defaults: 4 heads, feature_dim 16, head_dim d_model / 4
         return [randn(batch, seq_len, 4, 16), randn(batch, seq_len, 4, 16),
                 randn(batch, seq_len, 4, max(1, d_model // 4))], {}
@@ -377,6 +382,9 @@ def op_inputs(name: str, batch: int, seq_len: int, d_model: int, device: torch.d
             -torch.arange(d // 2, device=device) / (d // 2))
         return [randn(batch, seq_len, 3 * heads * d), heads, heads], {"cos": angles.cos().float(),
                                                                       "sin": angles.sin().float()}
+    if name == "simplicial_attention":  # the mixer's defaults: 2 heads of d_model / 2, windows (64, 16)
+        q, k1, v1, k2, v2 = (randn(batch, seq_len, 2, max(1, d_model // 2)) for _ in range(5))
+        return [q, k1, v1, k2, v2, 64, 16], {}
     raise ProbeError(f"bench ops: no bench shape for op {name!r}")
 
 

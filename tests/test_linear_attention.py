@@ -14,7 +14,6 @@ from probe.mixers.linear_attention import (
     GatedLinearAttention,
     ScalarGatedLinearAttention,
     favor_plus_features,
-    gated_linear_attention_chunked,
     linear_attention,
     linear_attention_recurrent,
     orthogonal_gaussian_features,
@@ -126,8 +125,7 @@ def test_gla_chunked_form_equals_recurrent_form(length, chunk):
     g = key_gates(length)
     S0 = torch.randn(B, H, DK, DV, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     for initial in (None, S0):
-        o_chunked, S_chunked = gated_linear_attention_chunked(q, k, v, g, chunk, initial_state=initial,
-                                                              output_final_state=True)
+        o_chunked, S_chunked = ops.gla_ref(q, k, v, g, initial, output_final_state=True, chunk=chunk)
         o_rec, S_rec = linear_attention_recurrent(q, k, v, g, initial_state=initial, output_final_state=True)
         torch.testing.assert_close(o_chunked, o_rec, rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(S_chunked, S_rec, rtol=1e-9, atol=1e-10)
@@ -146,7 +144,7 @@ def test_gla_tiny_case_by_hand():
     expected_o = torch.tensor([9.0, 11.0], dtype=torch.float64)[None, :, None, None]
     expected_S = torch.tensor([[2.5], [1.5]], dtype=torch.float64)[None, None]
     for chunk in (1, 2):
-        o, S = gated_linear_attention_chunked(q, k, v, alpha.log(), chunk, output_final_state=True)
+        o, S = ops.gla_ref(q, k, v, alpha.log(), output_final_state=True, chunk=chunk)
         torch.testing.assert_close(o, expected_o)
         torch.testing.assert_close(S, expected_S)
     o, S = linear_attention_recurrent(q, k, v, alpha.log(), output_final_state=True)
@@ -160,7 +158,7 @@ def test_gla_chunked_form_is_finite_where_gates_would_overflow_a_factorised_form
     q, k, v = (t.float() for t in qkv(100))
     g = key_gates(100, low=-20.0).float()
     g.requires_grad_(True)
-    o = gated_linear_attention_chunked(q, k, v, g, 64)
+    o = ops.gla_ref(q, k, v, g, chunk=64)
     (grad,) = torch.autograd.grad(o.square().sum(), g)
     assert torch.isfinite(o).all() and torch.isfinite(grad).all()
     exact = linear_attention_recurrent(q.double(), k.double(), v.double(), g.detach().double())
@@ -171,9 +169,9 @@ def test_gla_chunked_form_is_finite_where_gates_would_overflow_a_factorised_form
 def test_gla_chunked_form_accumulates_in_float32_under_bf16_autocast():
     q, k, v = (t.to(torch.bfloat16) for t in qkv(100))
     g = key_gates(100).float()
-    plain, S = gated_linear_attention_chunked(q, k, v, g, 16, output_final_state=True)
+    plain, S = ops.gla_ref(q, k, v, g, output_final_state=True, chunk=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = gated_linear_attention_chunked(q, k, v, g, 16)
+        autocast = ops.gla_ref(q, k, v, g, chunk=16)
     assert plain.dtype == torch.bfloat16 and S.dtype == torch.float32
     assert torch.equal(plain, autocast), "autocast reached the core's matmuls"
 
@@ -182,7 +180,7 @@ def test_gla_with_a_gate_tied_across_key_dimensions_is_the_scalar_decay_form():
     q, k, v = qkv(50)
     g = log_decay("per_step", 50)  # [B, L, H]
     tied = g[..., None].expand(B, 50, H, DK)
-    torch.testing.assert_close(gated_linear_attention_chunked(q, k, v, tied, 16), linear_attention(q, k, v, g))
+    torch.testing.assert_close(ops.gla_ref(q, k, v, tied, chunk=16), linear_attention(q, k, v, g))
 
 
 # --- feature maps -------------------------------------------------------------------------------------------------
@@ -502,10 +500,11 @@ def test_gla_without_output_gate_has_no_gate_weights(cls):
 
 @pytest.mark.skipif(torch.cuda.is_available() and not os.environ.get("TRITON_INTERPRET"),
                     reason="CPU tensors reach a kernel only through Triton's interpreter (tests/test_gpu.py covers CUDA)")
-@pytest.mark.parametrize("name", ["performer", "based", "retnet", "gla_scalar"])
+@pytest.mark.parametrize("name", ["performer", "based", "retnet", "gla", "gla_scalar"])
 def test_mixer_through_the_kernel_matches_the_reference(name, monkeypatch, poisoned):
     # the op's Triton kernel (on a CPU through Triton's interpreter) against its reference, inside the mixer
-    kernel = importlib.import_module("probe.ops.linear_attention.kernel")  # the op's name hides its package
+    op = "gla" if name == "gla" else "linear_attention"  # gla's gate per key dimension has an op of its own
+    kernel = importlib.import_module(f"probe.ops.{op}.kernel")  # the op's name hides its package
     torch.manual_seed(0)
     mixer = MIXERS[name].build(16)
     if name == "based":
@@ -516,8 +515,8 @@ def test_mixer_through_the_kernel_matches_the_reference(name, monkeypatch, poiso
     expected = mixer(x)
     grads_ref = torch.autograd.grad(expected.square().sum(), wrt, allow_unused=True)
     launches = []
-    original = kernel.linear_attention_kernel
-    monkeypatch.setattr(kernel, "linear_attention_kernel", lambda *a: launches.append(1) or original(*a))
+    original = getattr(kernel, f"{op}_kernel")
+    monkeypatch.setattr(kernel, f"{op}_kernel", lambda *a: launches.append(1) or original(*a))
     monkeypatch.setenv("PROBE_OPS", "triton")
     y = mixer(x)
     grads = torch.autograd.grad(y.square().sum(), wrt, allow_unused=True)

@@ -87,6 +87,16 @@ def _linear_attention_case(shape, seed):
     return [q, k, v, *extra], {}, list(range(3 + len(extra)))
 
 
+def _gla_case(shape, seed):
+    batch, length, heads, dk, dv, initial = shape  # initial: 0 or 1
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(batch, length, heads, dk, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(batch, length, heads, dv, generator=g, dtype=torch.float64)
+    log_gate = -2 * torch.rand(batch, length, heads, dk, generator=g, dtype=torch.float64)
+    extra = [torch.randn(batch, heads, dk, dv, generator=g, dtype=torch.float64)] if initial else []
+    return [q, k, v, log_gate, *extra], {}, list(range(4 + len(extra)))
+
+
 def _short_conv_case(shape, seed):
     rows, length, c, taps, bias, silu, gate = shape  # bias, silu, gate: 0 or 1 (a gate comes with a bias)
     g = torch.Generator().manual_seed(seed)
@@ -139,6 +149,15 @@ def _causal_attention_case(shape, seed):
     return [qkv], options, [0]
 
 
+def _simplicial_attention_case(shape, seed):
+    batch, length, heads, kv_heads, d, w1, w2, determinant = shape
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, length, heads, d, generator=g, dtype=torch.float64)
+    k1, v1, k2, v2 = (torch.randn(batch, length, kv_heads, d, generator=g, dtype=torch.float64) for _ in range(4))
+    options = {"w1": w1, "w2": w2, "score": "determinant" if determinant else "trilinear"}
+    return [q, k1, v1, k2, v2], options, [0, 1, 2, 3, 4]
+
+
 # op -> (case builder, shapes: lengths 1, 63, 64, 200, 1000 rows; odd widths; and its packed form)
 CASES = {
     # (V, D, positions): the positions hold a token drawn from V, 80% of them token 0
@@ -155,6 +174,9 @@ CASES = {
     "linear_attention": (_linear_attention_case, [(2, 1, 3, 10, 6, 1, 1), (2, 63, 3, 10, 6, 1, 1),
                                                   (1, 64, 2, 16, 32, 0, 0), (2, 200, 2, 33, 17, 1, 0),
                                                   (1, 1000, 1, 8, 5, 1, 1), (1, 130, 1, 256, 153, 1, 1)]),
+    # (B, L, H, Dk, Dv, initial state): chunks of 16 (L 1), 64 (L 63, 100: two, 150: three) in sub-chunks of 16
+    "gla": (_gla_case, [(2, 1, 3, 16, 8, 1), (1, 63, 3, 10, 6, 1), (2, 100, 1, 16, 24, 0), (1, 150, 1, 33, 17, 1),
+                        (1, 40, 1, 128, 64, 1), (1, 20, 1, 64, 128, 0)]),
     # (rows, L, C, taps, bias, silu, gate)
     "short_conv": (_short_conv_case, [(2, 1, 10, 3, 1, 1, 1), (2, 63, 10, 4, 1, 1, 1), (1, 64, 33, 2, 0, 1, 0),
                                       (3, 200, 7, 8, 1, 0, 0), (1, 1000, 5, 1, 0, 0, 0), (1, 200, 130, 3, 1, 0, 1)]),
@@ -171,6 +193,12 @@ CASES = {
                                                   (1, 64, 4, 1, 16, 0, 5, 1), (1, 200, 2, 2, 24, 2, 0, 1),
                                                   (1, 1000, 1, 1, 16, 3, 100, 0), (1, 70, 2, 1, 128, 1, 300, 0),
                                                   (2, 130, 3, 3, 20, 3, 0, 1), (1, 90, 4, 2, 32, 3, 0, 0)]),
+    # (B, L, H, G, D, w1, w2, determinant): GQA groups of 1, 2 and 3, windows shorter and longer than the sequence
+    # (w2 > w1: the kernel swaps them), the determinant on 3-chunks (D 24 padded to 32), one allowed pair at L = 1
+    "simplicial_attention": (_simplicial_attention_case, [(2, 1, 2, 1, 16, 4, 3, 0), (1, 40, 3, 1, 16, 9, 5, 0),
+                                                          (1, 63, 1, 1, 32, 8, 100, 0), (1, 100, 2, 1, 16, 20, 6, 0),
+                                                          (1, 63, 2, 1, 24, 100, 5, 1), (1, 63, 1, 1, 24, 3, 70, 1),
+                                                          (1, 1, 2, 2, 24, 1, 1, 1)]),
 }
 # op -> (how many leading arguments each member has its own of under vmap, the autograd.Function it launches)
 PACKABLE = {"embedding": (1, "probe.ops.embedding.kernel._Embedding"),
@@ -179,10 +207,12 @@ PACKABLE = {"embedding": (1, "probe.ops.embedding.kernel._Embedding"),
             "rotary": (1, "probe.ops.rotary.kernel._Rotary"),
             "selective_scan": (6, "probe.ops.selective_scan.kernel._SelectiveScan"),
             "linear_attention": (5, "probe.ops.linear_attention.kernel._LinearAttention"),
+            "gla": (5, "probe.ops.gla.kernel._GLA"),
             "short_conv": (4, "probe.ops.short_conv.kernel._ShortConv"),
             "long_conv": (3, "probe.ops.long_conv.kernel._LongConv"),
             "taylor_attention": (3, "probe.ops.taylor_attention.kernel._TaylorAttention"),
-            "causal_attention": (1, "probe.ops.attention.kernel._CausalAttention")}
+            "causal_attention": (1, "probe.ops.attention.kernel._CausalAttention"),
+            "simplicial_attention": (5, "probe.ops.simplicial.kernel._SimplicialAttention")}
 
 
 def test_every_registered_op_has_test_cases():
@@ -294,6 +324,8 @@ def test_dispatch_rule(monkeypatch):
                                   torch.zeros(2, 3, 5)), "log_decay"),
     ("linear_attention", lambda: (torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 4), None,
                                   torch.zeros(2, 3, 4, 5)), "initial_state"),
+    ("gla", lambda: (torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 4), torch.zeros(2, 5, 3, 6), torch.zeros(2, 5, 3)),
+     "log_gate"),
     ("short_conv", lambda: (torch.zeros(2, 5, 3), torch.zeros(4, 2)), "weight must be"),
     ("short_conv", lambda: (torch.zeros(3, 5, 4), torch.zeros(2, 4, 2)), "groups"),
     ("short_conv", lambda: (torch.zeros(2, 5, 4), torch.zeros(4, 2), torch.zeros(3)), "bias must be"),
@@ -395,6 +427,34 @@ def test_linear_attention_stays_finite_where_decays_sum_far_below_float32s_range
     grads = torch.autograd.grad(o.square().sum(), cast)
     assert torch.isfinite(o).all() and all(torch.isfinite(g).all() for g in grads)
     assert _rel(o.cpu(), ops.linear_attention_ref(q, k, v, log_decay, s0)) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("low", [-1.0, -20.0], ids=["mild_gates", "strong_gates"])
+@pytest.mark.parametrize("length", [1, 100])
+def test_gla_final_state_and_every_gradient_match_the_reference(length, low, kernel, poisoned):
+    # log α down to -20 per step: a chunk's gates sum to about -600 per key dimension, so a split of e^{b_i - b_j}
+    # about any fixed point of the chunk would overflow float32; the kernel's about a point between the sub-chunks
+    # and its pairwise diagonal never do
+    (q, k, v, _, s0), _, _ = _gla_case((2, length, 2, 20, 12, 1), seed=length)
+    log_gate = low * torch.rand(q.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    inputs = [q, k, v, log_gate, s0]
+    exact = [x.clone().requires_grad_() for x in inputs]
+    cast = [x.float().to(DEVICE).requires_grad_() for x in inputs]
+    o_ref, s_ref = ops.gla_ref(*exact, output_final_state=True)
+    o, s = ops.gla(*cast, output_final_state=True)
+    assert s.dtype == torch.float32 and s.shape == s_ref.shape and torch.isfinite(o).all()
+    assert _rel(o.cpu(), o_ref) < TOL[torch.float32] and _rel(s.cpu(), s_ref) < TOL[torch.float32]
+    g = torch.Generator().manual_seed(1)
+    do, ds = (torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (o_ref, s_ref))
+    grads = torch.autograd.grad((o * do.float().to(DEVICE)).sum() + (s * ds.float().to(DEVICE)).sum(), cast)
+    grads_ref = torch.autograd.grad((o_ref * do).sum() + (s_ref * ds).sum(), exact)
+    for i, grad, grad_ref in zip(range(5), grads, grads_ref):
+        assert torch.isfinite(grad).all(), f"input {i}"
+        if i == 3:  # the gate's gradient sums q ⊙ dq − k ⊙ dk, so its error scales with those terms
+            scale = max(grad_ref.norm(), (exact[0] * grads_ref[0]).norm())
+            assert (grad.cpu().double() - grad_ref).norm() / scale < 4 * TOL[torch.float32], "the gate"
+        else:
+            assert _rel(grad.cpu(), grad_ref) < 4 * TOL[torch.float32], f"input {i}"
 
 
 def _direct_long_conv(x, k, bias):

@@ -1,8 +1,9 @@
 """2-simplicial attention: the windowed reference against a dense oracle, and the properties the papers claim.
 
 Clift et al. (2019); Roy et al. (2025). The generic contract (shape, causality, step == forward at L=17) lives in
-tests/test_mixers.py; here: windows shorter than the sequence, rotation invariance, relative positions, reductions,
-and the reference's K'/V' biases (which make plain windowed attention the layer at zero K', V' projections).
+tests/test_mixers.py, and the op's kernel against its reference in tests/test_ops.py; here: windows shorter than
+the sequence, rotation invariance, relative positions, reductions, kv heads shared GQA-style, the reference's K'/V'
+biases (which make plain windowed attention the layer at zero K', V' projections), and the layer on the kernel path.
 """
 import copy
 import math
@@ -10,21 +11,17 @@ import math
 import pytest
 import torch
 
-from probe.mixers.simplicial import (
-    SimplicialAttention,
-    rotary_3d,
-    simplicial_attention_naive,
-    simplicial_attention_ref,
-)
 from probe.mixers.base import state_numel
+from probe.mixers.simplicial import SimplicialAttention, rotary_3d
+from probe.ops.simplicial import simplicial_attention_naive, simplicial_attention_ref
 
 B, H = 2, 2
 
 
 def qkv(length, dim=12, seed=0, dtype=torch.float64):
-    """q, k1, v1, k2, v2: [B, H, L, D]."""
+    """q, k1, v1, k2, v2: token-major [B, L, H, D]."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, H, length, dim, generator=g, dtype=dtype) for _ in range(5)]
+    return [torch.randn(B, length, H, dim, generator=g, dtype=dtype) for _ in range(5)]
 
 
 def random_rotation(seed=0):
@@ -53,6 +50,16 @@ def test_windowed_reference_equals_dense_oracle(L, w1, w2, score):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("score", ["trilinear", "determinant"])
+def test_each_kv_head_serves_a_run_of_consecutive_query_heads(score):
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(B, 9, 4, 12, generator=g, dtype=torch.float64)
+    kv = [torch.randn(B, 9, 2, 12, generator=g, dtype=torch.float64) for _ in range(4)]
+    shared = simplicial_attention_ref(q, *kv, 4, 3, score)
+    expected = simplicial_attention_naive(q, *(t.repeat_interleave(2, dim=2) for t in kv), 4, 3, score)  # 0 0 1 1
+    torch.testing.assert_close(shared, expected, rtol=1e-10, atol=1e-12)
+
+
 def test_determinant_score_is_invariant_to_a_common_rotation_of_q_k_kprime():
     q, k1, v1, k2, v2 = qkv(9)
     R = random_rotation()
@@ -78,14 +85,14 @@ def test_determinant_score_flips_sign_under_a_reflection():
 
 
 def sliding_window_softmax_attention(q, k, v, window):
-    """Plain causal sliding-window attention, row by row: [B, H, L, D] -> [B, H, L, D]."""
-    L, D = q.shape[2], q.shape[3]
+    """Plain causal sliding-window attention, row by row: [B, L, H, D] -> [B, L, H, D]."""
+    L, D = q.shape[1], q.shape[3]
     rows = []
     for i in range(L):
         lo = max(0, i - window + 1)
-        weights = torch.softmax(q[:, :, i : i + 1] @ k[:, :, lo : i + 1].transpose(-1, -2) / math.sqrt(D), dim=-1)
-        rows.append(weights @ v[:, :, lo : i + 1])
-    return torch.cat(rows, dim=2)
+        weights = torch.softmax(torch.einsum("bhd,bjhd->bhj", q[:, i], k[:, lo : i + 1]) / math.sqrt(D), dim=-1)
+        rows.append(torch.einsum("bhj,bjhd->bhd", weights, v[:, lo : i + 1]))
+    return torch.stack(rows, dim=1)
 
 
 @pytest.mark.parametrize("w1", [1, 4, 50])
@@ -102,7 +109,7 @@ def test_trilinear_with_one_constant_pair_partner_is_windowed_softmax_attention(
 @pytest.mark.parametrize("shift", [1, 17, -5])
 def test_rotary_determinant_scores_depend_only_on_relative_position(shift):
     q, k1, v1, k2, v2 = qkv(11)
-    positions = torch.arange(11)
+    positions = torch.arange(11)[:, None]  # token-major
 
     def attend(pos):
         return simplicial_attention_ref(rotary_3d(q, pos), rotary_3d(k1, pos), v1, rotary_3d(k2, pos), v2,
@@ -114,10 +121,11 @@ def test_rotary_determinant_scores_depend_only_on_relative_position(shift):
 
 def test_rotary_3d_is_a_rotation_of_each_chunk():
     x = qkv(7)[0]
-    y = rotary_3d(x, torch.arange(7))
+    y = rotary_3d(x, torch.arange(7)[:, None])  # token-major [B, L, H, D]
     chunk_norm = lambda t: t.unflatten(-1, (-1, 3)).norm(dim=-1)
     torch.testing.assert_close(chunk_norm(y), chunk_norm(x), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(y[:, :, 0], x[:, :, 0])  # position 0 is the identity
+    torch.testing.assert_close(y[:, 0], x[:, 0])  # position 0 is the identity
+    torch.testing.assert_close(rotary_3d(x.transpose(1, 2), torch.arange(7)).transpose(1, 2), y)  # head-major
 
 
 def make(seed=0, **kwargs):
@@ -155,13 +163,12 @@ def test_only_rotary_positions_make_the_output_depend_on_prefix_order(kwargs):
 
 
 def projections(mixer, x):
-    """The raw q, k, v, k', v' of the mixer's fused projection, without biases: each [B, H, L, hd]."""
-    qkv = (x @ mixer.in_proj.weight.T).unflatten(-1, (5, mixer.n_heads, mixer.head_dim))
-    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    """The raw q, k, v, k', v' of the mixer's fused projection, without biases: each [B, L, H, hd]."""
+    return (x @ mixer.in_proj.weight.T).unflatten(-1, (5, mixer.n_heads, mixer.head_dim)).unbind(2)
 
 
 def merge_heads(mixer, o):
-    return o.transpose(1, 2).flatten(2) @ mixer.out_proj.weight.T  # [B, H, L, hd] -> [B, L, D]
+    return o.flatten(2) @ mixer.out_proj.weight.T  # [B, L, H, hd] -> [B, L, D]
 
 
 @pytest.mark.parametrize("score", ["trilinear", "determinant"])
@@ -193,15 +200,15 @@ def test_with_kv_bias_and_zero_kprime_vprime_projections_the_layer_is_windowed_a
     rows = []
     for i in range(L):
         lo = max(0, i - w1 + 1)
-        qi, kj = q[:, :, i : i + 1], k[:, :, lo : i + 1]  # [B, H, 1, hd], [B, H, n, hd]
+        qi, kj = q[:, i : i + 1], k[:, lo : i + 1]  # [B, 1, H, hd], [B, n, H, hd]
         if score == "trilinear":
             s = (qi * kj).sum(-1)  # <q, k, 1> = <q, k>
         else:  # det[a, b, 1] = (a × b)·(1, 1, 1), chunk by chunk
             s = torch.linalg.cross(*torch.broadcast_tensors(qi.unflatten(-1, (-1, 3)), kj.unflatten(-1, (-1, 3))),
                                    dim=-1).sum((-1, -2))
-        weights = torch.softmax(s / (hd * math.sqrt(hd)), dim=-1)  # [B, H, n]
-        rows.append((weights.unsqueeze(-1) * v[:, :, lo : i + 1]).sum(2))
-    expected = merge_heads(mixer, torch.stack(rows, dim=2))
+        weights = torch.softmax(s / (hd * math.sqrt(hd)), dim=1)  # [B, n, H]
+        rows.append((weights.unsqueeze(-1) * v[:, lo : i + 1]).sum(1))  # [B, H, hd]
+    expected = merge_heads(mixer, torch.stack(rows, dim=1))
     torch.testing.assert_close(mixer(x), expected, rtol=1e-10, atol=1e-12)
 
 
@@ -269,3 +276,50 @@ def test_vmap_over_stacked_weights_equals_a_loop():
     x = torch.randn(B, 10, 24)
     stacked = vmap(lambda p, b: functional_call(skeleton, (p, b), (x,)))(params, buffers)
     torch.testing.assert_close(stacked, torch.stack([m(x) for m in mixers]))
+
+
+@pytest.mark.parametrize("kwargs", [dict(score="trilinear"), dict(score="determinant", pos="rope")],
+                         ids=["trilinear", "determinant-rope"])
+def test_the_kernel_path_equals_the_reference_path_for_a_layer_and_a_pack(kwargs, monkeypatch, poisoned):
+    """PROBE_OPS=triton sends the layer through probe.ops.simplicial_attention's Triton kernel (the interpreter on
+    a CPU), reading q, k, v, k', v' as views of the fused projection: outputs and every parameter gradient equal
+    the reference path's, for one layer and for a pack of two under vmap (one launch)."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    layers = [make(seed, w1=6, w2=3, **kwargs).float().to(device) for seed in range(2)]
+    x = torch.randn(2, 1, 11, 24, generator=torch.Generator().manual_seed(4)).to(device)
+
+    def run(forced):
+        monkeypatch.setenv("PROBE_OPS", forced)
+        out = layers[0](x[0])
+        grads = torch.autograd.grad(out.square().sum(), list(layers[0].parameters()))
+        params, buffers = torch.func.stack_module_state(layers)
+        packed = torch.func.vmap(lambda p, b, xi: torch.func.functional_call(layers[0], (p, b), (xi,)))(
+            params, buffers, x)
+        return [out, packed, *grads, *torch.autograd.grad(packed.square().sum(), list(params.values()))]
+
+    expected = run("ref")
+    launches = []
+    from probe.ops.simplicial import kernel
+    original = kernel._SimplicialAttention.forward
+    monkeypatch.setattr(kernel._SimplicialAttention, "forward",
+                        staticmethod(lambda *a: launches.append(1) or original(*a)))
+    got = run("triton")
+    assert len(launches) == 2, "the layer's call, then the pack's in one launch"
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("args, message", [
+    (lambda: qkv(5)[:1] + [torch.zeros(B, 5, 3, 12)] * 4, "k1 must be"),  # 3 kv heads for 2 query heads
+    (lambda: qkv(5)[:4] + [torch.zeros(B, 5, H, 9)], "v2 must be"),
+    (lambda: qkv(5, dim=8) + ["determinant"], "multiple of 3"),
+    (lambda: qkv(5) + ["quadrilinear"], "score"),
+])
+def test_the_op_names_a_misshapen_input(args, message):
+    from probe.ops import simplicial_attention
+    inputs, score = args(), "trilinear"
+    if isinstance(inputs[-1], str):
+        inputs, score = inputs[:-1], inputs[-1]
+    with pytest.raises(ValueError, match=message):
+        simplicial_attention(*inputs, 4, 3, score)

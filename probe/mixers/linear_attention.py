@@ -22,8 +22,9 @@ Registered variants differ only in φ, the decay and the read-out:
   gla_scalar data-dependent per-head scalar decay (Mamba-2 / SSD form)        (Dao & Gu 2024)
 
 GLA's gate per key dimension, S_t = diag(α_t) S_{t-1} + k_t v_tᵀ, does not factor out of q·k the way a scalar
-decay does, so it has its own chunked form (`gated_linear_attention_chunked`); its oracle and step are the
-shared ones, which take a [.., Dk] gate as well as a scalar.
+decay does, so its training form is an op of its own, `probe.ops.gla` (its Triton kernel on a GPU, its exact
+chunked reference elsewhere); its oracle and step are the shared ones, which take a [.., Dk] gate as well as a
+scalar.
 """
 from __future__ import annotations
 
@@ -149,8 +150,7 @@ def linear_attention_recurrent(
 ):
     """The same map as `linear_attention`, one step at a time (the oracle; same arguments and returns).
 
-    log_decay may also be [B, L, H, Dk], a gate per key dimension: then it is the oracle of
-    `gated_linear_attention_chunked`.
+    log_decay may also be [B, L, H, Dk], a gate per key dimension: then it is the oracle of `probe.ops.gla`.
     """
     B, L, H, Dk = q.shape
     Dv = v.shape[-1] + (1 if normalize else 0)
@@ -161,67 +161,6 @@ def linear_attention_recurrent(
         o_t, S = linear_attention_step(q[:, t], k[:, t], v[:, t], S, g[:, t], normalize=normalize, eps=eps)
         outs.append(o_t)
     o = torch.stack(outs, dim=1)
-    return (o, S) if output_final_state else o
-
-
-def gated_linear_attention_chunked(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    log_gate: torch.Tensor,
-    chunk: int = 16,
-    *,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-):
-    """GLA's recurrence S_t = diag(α_t) S_{t-1} + k_t v_tᵀ, o_t = S_tᵀ q_t, chunked: exact, quadratic within a
-    chunk, recurrent across chunks (Yang et al. 2024, the chunkwise form).
-
-    q, k: [B, L, H, Dk], v: [B, L, H, Dv], log_gate: [B, L, H, Dk] = log α_t ≤ 0, initial_state: [B, H, Dk, Dv].
-    Returns o: [B, L, H, Dv] in v's dtype, and the final state (accumulation dtype) if output_final_state.
-
-    With b_i = Σ_{s≤i} log α_s per key dimension, cumulative from the chunk start, position i of a chunk reads
-        o_i = (q_i ⊙ e^{b_i})ᵀ S_0 + Σ_{j≤i} Σ_d q_id k_jd e^{b_id - b_jd} v_j,
-        S_C = diag(e^{b_C}) S_0 + Σ_j (k_j ⊙ e^{b_C - b_j}) v_jᵀ,
-    and every exponent is ≤ 0. The gate does not factor out of q·k as a scalar decay does, so the intra-chunk
-    weights are built pairwise, [C, C, Dk] per chunk: O(L·C·Dk) memory per head, hence the small default chunk.
-    Splitting it as (q ⊙ e^{b})·(k ⊙ e^{-b}) would save that but overflows once a chunk's log-gates sum below
-    about -88 in float32 (fla's kernel uses sub-chunks of 16 for the same reason).
-    """
-    B, L, H, Dk = q.shape
-    Dv = v.shape[-1]
-    out_dtype = v.dtype
-    acc = _accumulation_dtype(q, k, v, log_gate)
-    with _full_precision(q.device):
-        # computed head-major, [B, H, L, ·]
-        q, k, v, g = (t.to(acc).transpose(1, 2) for t in (q, k, v, log_gate))
-
-        chunk = max(1, min(chunk, L))
-        # Pad to whole chunks at the end: padded steps have k = 0 (add nothing) and log α = 0 (keep the state).
-        n = -(-L // chunk)
-        pad = n * chunk - L
-        q = F.pad(q, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dk)
-        k = F.pad(k, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dk)
-        v = F.pad(v, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dv)
-        b = F.pad(g, (0, 0, 0, pad)).reshape(B, H, n, chunk, Dk).cumsum(-2)  # [B, H, n, C, Dk]
-
-        causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()[..., None]  # [C, C, 1]
-        # Mask before exp: above the diagonal b_i - b_j > 0 could overflow.
-        decay = torch.exp((b[..., :, None, :] - b[..., None, :, :]).masked_fill(~causal, float("-inf")))
-        scores = torch.einsum("bhnid,bhnjd,bhnijd->bhnij", q, k, decay)  # [B, H, n, C, C]
-        o_intra = scores @ v  # [B, H, n, C, Dv]
-
-        q_from_start = q * b.exp()  # [B, H, n, C, Dk]  reads S_0 gated to position i
-        k_to_end = k * (b[..., -1:, :] - b).exp()  # [B, H, n, C, Dk]  written gated to chunk end
-        chunk_gate = b[..., -1, :].exp()[..., None]  # [B, H, n, Dk, 1]  scales S_0's rows over the chunk
-
-        S = q.new_zeros(B, H, Dk, Dv) if initial_state is None else initial_state.to(acc)
-        outs = []
-        for c in range(n):
-            outs.append(o_intra[:, :, c] + q_from_start[:, :, c] @ S)  # [B, H, C, Dv]
-            S = chunk_gate[:, :, c] * S + k_to_end[:, :, c].transpose(-1, -2) @ v[:, :, c]
-        o = torch.stack(outs, dim=2).reshape(B, H, n * chunk, Dv)[:, :, :L].transpose(1, 2)  # [B, L, H, Dv]
-    o = o.to(out_dtype)
     return (o, S) if output_final_state else o
 
 
@@ -661,14 +600,14 @@ class GatedLinearAttention(_LinearAttentionMixer):
     d_v = expand_v·d/H per head. q is scaled by 1/√d_k, as fla does. LN_h is LayerNorm over each head's d_v
     channels (GroupNorm with one group per head), as in the paper; fla uses an RMSNorm per head.
     Departures: torch's default init, not fla's; no short convolution (fla's use_short_conv, off by default
-    there too); no clamp on the log-gate (fla's clamp_min, unset by default). `forward` is the chunked form
-    (`gated_linear_attention_chunked`), `step` the shared recurrence with a [B, H, d_k] gate.
+    there too); no clamp on the log-gate (fla's clamp_min, unset by default). `forward` runs the op `probe.ops.gla`
+    (its chunked Triton kernel on a GPU, its exact chunked reference, chunks of 16, elsewhere), `step` the shared
+    recurrence with a [B, H, d_k] gate.
 
     State per layer: S [d_k, d_v] per head: n_heads·head_k_dim·head_v_dim (= d_model²/(2·n_heads) by default).
     """
 
     formula = "n_heads·head_k_dim·head_v_dim"
-    chunk_size = 16  # [C, C, d_k] intra-chunk weights: memory grows with C (see gated_linear_attention_chunked)
 
     def __init__(self, d_model: int, *, layer_idx: int = 0, max_seq_len: int = 2048,
                  n_heads: int = 4, expand_k: float = 0.5, expand_v: float = 1.0, gate_low_rank_dim: int = 16,
@@ -703,7 +642,7 @@ class GatedLinearAttention(_LinearAttentionMixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
         q, k, v, log_gate = self._qkv(x)
-        o = gated_linear_attention_chunked(q, k, v, log_gate, self.chunk_size)
+        o = ops.gla(q, k, v, log_gate)
         return self._readout(o.to(x.dtype), x)
 
     def _readout(self, o, x):

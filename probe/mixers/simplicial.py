@@ -20,9 +20,10 @@ the softmax over k is uniform and o_i = Σ_j softmax_j(<q_i, k_j>/(d·sqrt(d))) 
 K, V (the determinant score reduces the same way, to the bilinear Σ_c (q_i^(c) × k_j^(c))·(1, 1, 1)/(d·sqrt(d))).
 kv_bias=False drops both biases (the bare equations above, as the paper writes them).
 
-Design choices: one fused input projection for W_Q, W_K, W_V, W_K', W_V' without learned biases; scores and
-softmax in float32 or wider; queries processed in chunks so memory is O(chunk·w1·(w2 + d)) per head, never
-O(L·w1·w2·d).
+Design choices: one fused input projection for W_Q, W_K, W_V, W_K', W_V' without learned biases, read token-major
+(no transpose); the core is the op probe.ops.simplicial_attention (its Triton kernel on CUDA, forward and
+backward, never forming the L·w1·w2 scores; elsewhere its chunked PyTorch reference, memory O(chunk·w1·(w2 + d))
+per head); scores and softmax in float32 or wider.
 
 The determinant score is invariant to any rotation R in SO(3) applied to every 3-chunk of q, k and k' alike
 (det[Rq, Rk, Rk'] = det R · det[q, k, k'] = det[q, k, k']), which is what lets rotary positions work: rotate
@@ -47,144 +48,28 @@ cache slot's age gives its relative angle. State per example after L tokens:
 """
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..ops import simplicial_attention, simplicial_window_attend
+from ..ops.simplicial import Score
 from .base import Mixer, MixerSpec, State
-
-Score = Literal["trilinear", "determinant"]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the core op: windowed 2-simplicial attention (plain PyTorch reference) and a dense O(L^3) oracle for tests
-# ---------------------------------------------------------------------------------------------------------------
-def simplicial_attention_ref(
-    q: torch.Tensor,
-    k1: torch.Tensor,
-    v1: torch.Tensor,
-    k2: torch.Tensor,
-    v2: torch.Tensor,
-    w1: int,
-    w2: int,
-    score: Score = "trilinear",
-    query_chunk: int = 128,
-) -> torch.Tensor:
-    """Causal sliding-window 2-simplicial attention.
-
-    q, k1, v1, k2, v2: [B, H, L, D]  (k1, v1 = K, V over the window w1; k2, v2 = K', V' over the window w2)
-    returns o: [B, H, L, D], o_i = Σ_{i-w1<j<=i, i-w2<k<=i} softmax_jk(A_ijk) · (v1_j ⊙ v2_k), in q's dtype.
-    Memory O(query_chunk · w1 · (w2 + D)) per head beyond the inputs.
-    """
-    dtype, L = q.dtype, q.shape[2]
-    w1, w2 = min(w1, L), min(w2, L)  # a window longer than the sequence sees the whole prefix
-    compute = torch.promote_types(dtype, torch.float32)  # bf16 logits and sums lose too much
-    q, k1, v1, k2, v2 = (t.to(compute) for t in (q, k1, v1, k2, v2))
-    # pad w - 1 zeros before the start so every query has a full window; invalid slots are masked below
-    k1, v1 = F.pad(k1, (0, 0, w1 - 1, 0)), F.pad(v1, (0, 0, w1 - 1, 0))  # [B, H, L + w1 - 1, D]
-    k2, v2 = F.pad(k2, (0, 0, w2 - 1, 0)), F.pad(v2, (0, 0, w2 - 1, 0))  # [B, H, L + w2 - 1, D]
-    valid1, valid2 = _window_is_valid(L, w1, q.device), _window_is_valid(L, w2, q.device)
-    chunks = []
-    for start in range(0, L, query_chunk):
-        end = min(start + query_chunk, L)
-        # slice the keys before unfolding: slicing an unfolded [L, w, D] view would cost a full-size zero tensor
-        # per chunk in the backward pass
-        k1w, v1w = (_sliding_windows(t[:, :, start : end + w1 - 1], w1) for t in (k1, v1))  # [B, H, C, w1, D]
-        k2w, v2w = (_sliding_windows(t[:, :, start : end + w2 - 1], w2) for t in (k2, v2))  # [B, H, C, w2, D]
-        chunks.append(window_attend(q[:, :, start:end], k1w, v1w, k2w, v2w, valid1[start:end],
-                                    valid2[start:end], score))
-    return torch.cat(chunks, dim=2).to(dtype)
-
-
-def window_attend(
-    q: torch.Tensor,
-    k1w: torch.Tensor,
-    v1w: torch.Tensor,
-    k2w: torch.Tensor,
-    v2w: torch.Tensor,
-    valid1: torch.Tensor,
-    valid2: torch.Tensor,
-    score: Score,
-) -> torch.Tensor:
-    """2-simplicial attention of C queries over their own key windows (shared by forward and step).
-
-    q: [B, H, C, D]; k1w, v1w: [B, H, C, W1, D]; k2w, v2w: [B, H, C, W2, D]; valid1: [C, W1]; valid2: [C, W2]
-    (bool, False where a window slot lies before the sequence start). Returns [B, H, C, D].
-    """
-    D = q.shape[-1]
-    # A_ijk = <z_ij, k'_k> with z_ij = q_i ⊙ k_j (trilinear) or q_i × k_j per 3-chunk (det[a,b,c] = (a × b)·c),
-    # so the [C, W1, W2] logits cost one matmul and the [C, W1, W2, D] product is never formed
-    z = _pair_features(q.unsqueeze(3), k1w, score)  # [B, H, C, W1, D]
-    logits = z @ k2w.transpose(-1, -2) / math.sqrt(D)  # [B, H, C, W1, W2]
-    valid = valid1[:, :, None] & valid2[:, None, :]  # [C, W1, W2]
-    logits = logits.masked_fill(~valid, float("-inf"))  # slot (i, i) is always valid, so no row is all -inf
-    p = torch.softmax(logits.flatten(-2), dim=-1).view_as(logits)  # joint softmax over the pairs (j, k)
-    u = p @ v2w  # [B, H, C, W1, D]: Σ_k p_ijk v'_k
-    return (u * v1w).sum(dim=3)  # [B, H, C, D]: Σ_j v_j ⊙ (Σ_k p_ijk v'_k)
-
-
-def simplicial_attention_naive(q, k1, v1, k2, v2, w1: int, w2: int, score: Score = "trilinear") -> torch.Tensor:
-    """Dense O(L^3) 2-simplicial attention with masked windows: the oracle the tests check the reference against.
-
-    q, k1, v1, k2, v2: [B, H, L, D] -> [B, H, L, D]. The determinant is spelled out with the Levi-Civita symbol,
-    independently of the cross product the reference uses.
-    """
-    L, D = q.shape[2], q.shape[3]
-    if score == "trilinear":
-        logits = torch.einsum("bhid,bhjd,bhkd->bhijk", q, k1, k2)  # [B, H, L, L, L]
-    else:
-        q3, k13, k23 = (t.unflatten(-1, (D // 3, 3)) for t in (q, k1, k2))  # [B, H, L, D/3, 3]
-        q_eps = torch.einsum("bhicx,xyz->bhicyz", q3, _levi_civita(q))  # [B, H, L, D/3, 3, 3]
-        logits = torch.einsum("bhicyz,bhjcy,bhkcz->bhijk", q_eps, k13, k23)
-    logits = logits / math.sqrt(D)
-    i = torch.arange(L, device=q.device)
-    lag = i[:, None] - i[None, :]  # [L, L]: i - j
-    in1, in2 = (lag >= 0) & (lag < w1), (lag >= 0) & (lag < w2)
-    logits = logits.masked_fill(~(in1[:, :, None] & in2[:, None, :]), float("-inf"))
-    p = torch.softmax(logits.flatten(-2), dim=-1).view_as(logits)
-    return torch.einsum("bhijk,bhjd,bhkd->bhid", p, v1, v2)
-
-
-def _pair_features(q: torch.Tensor, k: torch.Tensor, score: Score) -> torch.Tensor:
-    """q ⊙ k (trilinear) or the cross product of every 3-chunk (determinant). Shapes broadcast; last dim D."""
-    if score == "trilinear":
-        return q * k
-    q3, k3 = q.unflatten(-1, (-1, 3)), k.unflatten(-1, (-1, 3))  # [..., D/3, 3]
-    return torch.linalg.cross(*torch.broadcast_tensors(q3, k3), dim=-1).flatten(-2)
-
-
-def _sliding_windows(x: torch.Tensor, w: int) -> torch.Tensor:
-    """[B, H, C + w - 1, D] -> [B, H, C, w, D]: row i holds rows i .. i + w - 1 of x (a view, no copy)."""
-    return x.unfold(2, w, 1).transpose(-1, -2)
-
-
-def _window_is_valid(L: int, w: int, device) -> torch.Tensor:
-    """[L, w] bool: slot s of row i is a real position (i - w + 1 + s >= 0)."""
-    i, s = torch.arange(L, device=device), torch.arange(w, device=device)
-    return (i[:, None] - w + 1 + s[None, :]) >= 0
-
-
-def _levi_civita(like: torch.Tensor) -> torch.Tensor:
-    eps = torch.zeros(3, 3, 3, dtype=like.dtype, device=like.device)
-    for a, b, c in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
-        eps[a, b, c], eps[a, c, b] = 1.0, -1.0
-    return eps
 
 
 def rotary_3d(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotate every 3-chunk c of x about its third coordinate by angle position·θ_c, θ_c = base^(-c/(D/3)).
 
-    x: [B, H, L, D] (D a multiple of 3); positions: [L] (may be negative: relative positions in `step`).
+    x: [..., D] (D a multiple of 3); positions broadcast against x's leading dimensions: [L] for head-major
+    [B, H, L, D], [L, 1] for token-major [B, L, H, D] (may be negative: relative positions in `step`).
     """
     n_chunks = x.shape[-1] // 3
     compute = torch.promote_types(x.dtype, torch.float32)
     theta = base ** (-torch.arange(n_chunks, device=x.device, dtype=compute) / n_chunks)  # [D/3], RoPE spacing
-    angle = positions.to(compute)[:, None] * theta  # [L, D/3]
+    angle = positions.to(compute)[..., None] * theta  # [*positions.shape, D/3]
     cos, sin = angle.cos(), angle.sin()
-    a, b, c = x.to(compute).unflatten(-1, (n_chunks, 3)).unbind(-1)  # [B, H, L, D/3] each
+    a, b, c = x.to(compute).unflatten(-1, (n_chunks, 3)).unbind(-1)  # [..., D/3] each
     rotated = torch.stack((a * cos - b * sin, a * sin + b * cos, c), dim=-1)
     return rotated.flatten(-2).to(x.dtype)
 
@@ -263,24 +148,21 @@ class SimplicialAttention(Mixer):
         self.out_proj = nn.Linear(inner, d_model, bias=False)
 
     def _project(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[B, L, D] -> q, k, v, k', v', each [B, H, L, head_dim], k' and v' with the reference's biases."""
-        qkv = self.in_proj(x).unflatten(-1, (5, self.n_heads, self.head_dim))  # [B, L, 5, H, hd]
-        q, k1, v1, k2, v2 = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        """[B, L, D] -> q, k, v, k', v', each token-major [B, L, H, head_dim] (views of one projection), k' and v'
+        with the reference's biases."""
+        q, k1, v1, k2, v2 = self.in_proj(x).unflatten(-1, (5, self.n_heads, self.head_dim)).unbind(2)
         if self.kv_bias:
             # before any rotation and before the cache, so forward and step see the same k', v'
             k2, v2 = k2 + 1.0 / self.head_dim, v2 + 1.0
         return [q, k1, v1, k2, v2]
 
-    def _merge_heads(self, o: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(o.transpose(1, 2).flatten(2))  # [B, H, L, hd] -> [B, L, D]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, L, D]
-        q, k1, v1, k2, v2 = self._project(x)  # [B, H, L, hd]
+        q, k1, v1, k2, v2 = self._project(x)  # [B, L, H, hd]
         if self.pos == "rope":
-            positions = torch.arange(x.shape[1], device=x.device)
+            positions = torch.arange(x.shape[1], device=x.device)[:, None]  # [L, 1]: token-major
             q, k1, k2 = (rotary_3d(t, positions, self.rope_base) for t in (q, k1, k2))
-        o = simplicial_attention_ref(q, k1, v1, k2, v2, self.w1, self.w2, self.score)
-        return self._merge_heads(o)
+        o = simplicial_attention(q, k1, v1, k2, v2, self.w1, self.w2, self.score)  # [B, L, H, hd]
+        return self.out_proj(o.flatten(2))
 
     def state_size(self, seq_len: int) -> int:
         return 2 * self.n_heads * self.head_dim * (min(seq_len, self.w1) + min(seq_len, self.w2))
@@ -290,7 +172,7 @@ class SimplicialAttention(Mixer):
         return {"k1": empty, "v1": empty, "k2": empty, "v2": empty}
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:  # x_t: [B, D]
-        q, k1, v1, k2, v2 = self._project(x_t[:, None])  # [B, H, 1, hd]
+        q, k1, v1, k2, v2 = (t.transpose(1, 2) for t in self._project(x_t[:, None]))  # [B, H, 1, hd]
         state = {
             "k1": torch.cat((state["k1"], k1), dim=2)[:, :, -self.w1:],  # [B, H, min(t, w1), hd], oldest first
             "v1": torch.cat((state["v1"], v1), dim=2)[:, :, -self.w1:],
@@ -306,9 +188,9 @@ class SimplicialAttention(Mixer):
         all_valid2 = torch.ones(1, n2, dtype=torch.bool, device=x_t.device)
         dtype, compute = q.dtype, torch.promote_types(q.dtype, torch.float32)
         q, k1w, v1w, k2w, v2w = (t.to(compute) for t in (q, k1w, state["v1"], k2w, state["v2"]))
-        o = window_attend(q, k1w[:, :, None], v1w[:, :, None], k2w[:, :, None], v2w[:, :, None],
-                          all_valid1, all_valid2, self.score)  # [B, H, 1, hd]
-        return self._merge_heads(o.to(dtype))[:, 0], state
+        o = simplicial_window_attend(q, k1w[:, :, None], v1w[:, :, None], k2w[:, :, None], v2w[:, :, None],
+                                     all_valid1, all_valid2, self.score)  # [B, H, 1, hd]
+        return self.out_proj(o.to(dtype).flatten(1)), state
 
     @staticmethod
     def _ages(cache: torch.Tensor) -> torch.Tensor:

@@ -14,12 +14,14 @@ from .attention import causal_attention, causal_attention_ref, causal_attention_
 from .cross_entropy import cross_entropy, cross_entropy_ref
 from .dispatch import backend
 from .embedding import embedding, embedding_ref
+from .gla import gla, gla_ref
 from .layer_norm import group_norm, group_norm_ref, layer_norm, layer_norm_ref
 from .linear_attention import linear_attention, linear_attention_ref
 from .long_conv import long_conv, long_conv_ref
 from .rotary import rotary, rotary_ref
 from .selective_scan import selective_scan, selective_scan_ref, selective_scan_step
 from .short_conv import short_conv, short_conv_ref, short_conv_step
+from .simplicial import simplicial_attention, simplicial_attention_ref, simplicial_window_attend
 from .taylor_attention import taylor_attention, taylor_attention_ref
 
 #: op name -> (the op, its reference)
@@ -31,15 +33,18 @@ OPS = {
     "rotary": (rotary, rotary_ref),
     "selective_scan": (selective_scan, selective_scan_ref),
     "linear_attention": (linear_attention, linear_attention_ref),
+    "gla": (gla, gla_ref),
     "short_conv": (short_conv, short_conv_ref),
     "long_conv": (long_conv, long_conv_ref),
     "taylor_attention": (taylor_attention, taylor_attention_ref),
     "causal_attention": (causal_attention, causal_attention_ref),
+    "simplicial_attention": (simplicial_attention, simplicial_attention_ref),
 }
 
 __all__ = ["OPS", "backend", "causal_attention", "causal_attention_ref", "causal_attention_serves",
-           "cross_entropy", "cross_entropy_ref", "embedding", "embedding_ref",
+           "cross_entropy", "cross_entropy_ref", "embedding", "embedding_ref", "gla", "gla_ref",
            "group_norm", "group_norm_ref", "layer_norm", "layer_norm_ref",
            "linear_attention", "linear_attention_ref", "long_conv", "long_conv_ref", "rotary", "rotary_ref",
            "selective_scan", "selective_scan_ref", "selective_scan_step",
-           "short_conv", "short_conv_ref", "short_conv_step", "taylor_attention", "taylor_attention_ref"]
+           "short_conv", "short_conv_ref", "short_conv_step", "simplicial_attention", "simplicial_attention_ref",
+           "simplicial_window_attend", "taylor_attention", "taylor_attention_ref"]

@@ -33,8 +33,9 @@ and decay-weighted scores, are rounded to it first: to bf16 under autocast) and 
 states, decays and every sum are float32. With float32 inputs the dots are IEEE float32, never tf32. Triton
 3.6 on Hopper miscompiles tl.dot of a tl.trans of a computed tile, so a transposed operand is always loaded
 from memory with swapped strides (kᵀ, qᵀ, vᵀ, doᵀ, Sᵀ, dSᵀ), and a transposed product such as (q kᵀ)ᵀ is
-formed as k qᵀ. Left out: a separate recurrent (decode) kernel, a per-key-dimension gate (GLA's), fusing the
-normaliser or output norm, and autotuning (fixed block sizes: the interpreter cannot autotune).
+formed as k qᵀ. A gate per key dimension (GLA's) is probe.ops.gla, which shares _state_pass (PER_KEY) and the
+host helpers. Left out: a separate recurrent (decode) kernel, fusing the normaliser or output norm, and
+autotuning (fixed block sizes: the interpreter cannot autotune).
 """
 from __future__ import annotations
 
@@ -128,10 +129,12 @@ def _row_head(L, H, D):
 @triton.jit
 def _state_pass(x_ptr, y_ptr, g_ptr, s0_ptr, states_ptr, s_end_ptr, L, H, Dk, Dv, n_chunks,
                 C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DECAY: tl.constexpr,
-                HAS_S0: tl.constexpr, REVERSE: tl.constexpr, PRECISION: tl.constexpr):
+                HAS_S0: tl.constexpr, REVERSE: tl.constexpr, PRECISION: tl.constexpr, PER_KEY: tl.constexpr):
     """Forward (x = k, y = v): S_c = e^{b_C} S_{c-1} + Σ_j e^{b_C - b_j} k_j v_jᵀ, storing the state entering each
     chunk. REVERSE (x = q, y = do): dS_{c-1} = e^{b_C} dS_c + Σ_i e^{b_i} q_i do_iᵀ, storing the gradient of the
-    state leaving each chunk. Starts from s0 (or 0) and stores the last value in s_end."""
+    state leaving each chunk. Starts from s0 (or 0) and stores the last value in s_end. PER_KEY (probe.ops.gla's
+    gate per key dimension): g holds b itself, [B·H, n_chunks·C, Dk] summed from each chunk's start, and e^{b} scales
+    the rows of S and of xᵀ."""
     bh, x_base = _row_head(L, H, Dk)
     _, y_base = _row_head(L, H, Dv)
     g_base = (bh // H) * L * H + bh % H
@@ -148,11 +151,17 @@ def _state_pass(x_ptr, y_ptr, g_ptr, s0_ptr, states_ptr, s_end_ptr, L, H, Dk, Dv
         c = n_chunks - 1 - i if REVERSE else i
         t0 = c * C
         tl.store(states_ptr + (bh * n_chunks + c) * Dk * Dv + s_offs, S, mask=in_state)
-        b, b_last = _chunk_decay(g_ptr, g_base, t0, L, H, offs_c, C, HAS_DECAY)
+        if PER_KEY:
+            b_base = bh * n_chunks * C * Dk
+            b = _cols(g_ptr, b_base, t0, n_chunks * C, Dk, Dk, offs_c, offs_k)  # [BK, C]
+            b_last = tl.load(g_ptr + b_base + (t0 + C - 1) * Dk + offs_k, mask=offs_k < Dk, other=0.0)[:, None]
+        else:
+            b, b_last = _chunk_decay(g_ptr, g_base, t0, L, H, offs_c, C, HAS_DECAY)
+            b = b[None, :]  # [1, C], b_last a scalar
         xT = _cols(x_ptr, x_base, t0, L, H * Dk, Dk, offs_c, offs_k)  # [BK, C]
         y = _rows(y_ptr, y_base, t0, L, H * Dv, Dv, offs_c, offs_v)  # [C, BV]
-        weight = tl.exp(b) if REVERSE else tl.exp(b_last - b)  # [C]: q read from the chunk start, k to its end
-        S = _dot(xT.to(tl.float32) * weight[None, :], y, S * tl.exp(b_last), PRECISION)
+        weight = tl.exp(b) if REVERSE else tl.exp(b_last - b)  # q read from the chunk start, k to its end
+        S = _dot(xT.to(tl.float32) * weight, y, S * tl.exp(b_last), PRECISION)
     tl.store(s_end_ptr + bh * Dk * Dv + s_offs, S, mask=in_state)
 
 
@@ -273,30 +282,56 @@ def _precision(q) -> str:
     return "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 dots in full precision; tf32 means bf16/fp16 here
 
 
-def _states(q, k, v, log_decay, initial_state):
-    """The state entering each chunk, [B·H, n_chunks, Dk, Dv], and the final state [B, H, Dk, Dv], in float32."""
-    B, L, H, Dk, Dv, C, BK, BV, n_chunks = _sizes(q, v)
-    f32 = dict(device=q.device, dtype=torch.float32)
-    states = torch.empty(B * H, n_chunks, Dk, Dv, **f32)
-    final = torch.empty(B, H, Dk, Dv, **f32)
+def _states(x, y, g, s0, reverse: bool = False, per_key: bool = False):
+    """The state pass over x, y [B, L, H, ·] (forward: k, v; reverse: q, do) with log-decays g (None, [B, L, H], or
+    per_key the summed gates b [B·H, n_chunks·C, Dk]) from s0 (or 0): [B·H, n_chunks, Dk, Dv], the state entering
+    each chunk (reverse: the gradient of the state leaving it), and the last value [B, H, Dk, Dv], float32."""
+    B, L, H, Dk, Dv, C, BK, BV, n_chunks = _sizes(x, y)
+    f32 = dict(device=x.device, dtype=torch.float32)
+    states, last = torch.empty(B * H, n_chunks, Dk, Dv, **f32), torch.empty(B, H, Dk, Dv, **f32)
     _state_pass[(B * H, triton.cdiv(Dk, BK), triton.cdiv(Dv, BV))](
-        k, v, log_decay if log_decay is not None else q, initial_state if initial_state is not None else final,
-        states, final, L, H, Dk, Dv, n_chunks, C=C, BK=BK, BV=BV, HAS_DECAY=log_decay is not None,
-        HAS_S0=initial_state is not None, REVERSE=False, PRECISION=_precision(q), num_warps=NUM_WARPS)
-    return states, final
+        x, y, g if g is not None else x, s0 if s0 is not None else last, states, last, L, H, Dk, Dv, n_chunks,
+        C=C, BK=BK, BV=BV, HAS_DECAY=g is not None, HAS_S0=s0 is not None, REVERSE=reverse,
+        PRECISION=_precision(x), PER_KEY=per_key, num_warps=NUM_WARPS)
+    return states, last
 
 
-class _LinearAttention(torch.autograd.Function):
+def _contiguous(*tensors):
+    return [t.contiguous() if t is not None else None for t in tensors]
+
+
+def _backward_inputs(ctx, do, dfinal):
+    """The saved (q, k, v, decay, initial state) and the incoming (do, dfinal), contiguous, do in v's dtype."""
+    q, k, v, decay, s0 = _contiguous(*ctx.saved_tensors)
+    return q, k, v, decay, s0, do.to(v.dtype).contiguous(), _contiguous(dfinal)[0]
+
+
+def _packed(function, info, in_dims, *args):
+    """The vmap rule of a Function from [B, ...] inputs to (o, final state): the pack folded into B, one launch."""
+    size = info.batch_size
+    folded = [fold(x, bdim, size) for x, bdim in zip(args, in_dims)]
+    rows = folded[0].shape[0] // size
+    o, final = function.apply(*folded)
+    return (o.view(size, rows, *o.shape[1:]), final.view(size, rows, *final.shape[1:])), (0, 0)
+
+
+class _SavesInputs(torch.autograd.Function):
+    """A Function that keeps only its inputs: its backward recomputes what it needs from them."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+
+class _LinearAttention(_SavesInputs):
     """(o, final state) from q, k [B, L, H, Dk], v [B, L, H, Dv] (one dtype), log a [B, L, H] or None, initial
     state [B, H, Dk, Dv] or None. torch.func.vmap over it folds the vmap dimension into B: one launch per pack."""
 
     @staticmethod
     def forward(q, k, v, log_decay, initial_state):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        log_decay = log_decay.contiguous() if log_decay is not None else None
-        initial_state = initial_state.contiguous() if initial_state is not None else None
+        q, k, v, log_decay, initial_state = _contiguous(q, k, v, log_decay, initial_state)
         B, L, H, Dk, Dv, C, BK, BV, n_chunks = _sizes(q, v)
-        states, final = _states(q, k, v, log_decay, initial_state)
+        states, final = _states(k, v, log_decay, initial_state)
         o = torch.empty_like(v)
         _output[(B * H, n_chunks, triton.cdiv(Dv, BV))](
             q, k, v, log_decay if log_decay is not None else q, states, o, L, H, Dk, Dv, n_chunks, C=C, BK=BK,
@@ -304,26 +339,12 @@ class _LinearAttention(torch.autograd.Function):
         return o, final
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
     def backward(ctx, do, dfinal):
-        q, k, v, log_decay, initial_state = ctx.saved_tensors
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        g = log_decay.contiguous() if log_decay is not None else None
-        s0 = initial_state.contiguous() if initial_state is not None else None
-        do = do.to(v.dtype).contiguous()
-        dfinal = dfinal.contiguous() if dfinal is not None else None
+        q, k, v, g, s0, do, dfinal = _backward_inputs(ctx, do, dfinal)
         B, L, H, Dk, Dv, C, BK, BV, n_chunks = _sizes(q, v)
-        states, final = _states(q, k, v, g, s0)  # recomputed: the forward kept none of them
-        dstates = torch.empty_like(states)
-        ds0 = torch.empty_like(final)
+        states, final = _states(k, v, g, s0)  # recomputed: the forward kept none of them
+        dstates, ds0 = _states(q, do, g, dfinal, reverse=True)
         has_decay, precision = g is not None, _precision(q)
-        _state_pass[(B * H, triton.cdiv(Dk, BK), triton.cdiv(Dv, BV))](
-            q, do, g if has_decay else q, dfinal if dfinal is not None else ds0, dstates, ds0, L, H, Dk, Dv,
-            n_chunks, C=C, BK=BK, BV=BV, HAS_DECAY=has_decay, HAS_S0=dfinal is not None, REVERSE=True,
-            PRECISION=precision, num_warps=NUM_WARPS)
         dv = torch.empty_like(v)
         _grad_dv[(B * H, n_chunks, triton.cdiv(Dv, BV))](
             q, k, do, g if has_decay else q, dstates, dv, L, H, Dk, Dv, n_chunks, C=C, BK=BK, BV=BV,
@@ -339,16 +360,12 @@ class _LinearAttention(torch.autograd.Function):
             db = db_part.sum(0)  # [B, L, H]: dB_t = q_t·dq_t − k_t·dk_t
             if dfinal is not None:  # the final state is e^{B_{L-1}} times what it would be undecayed
                 db[:, -1] += (dfinal * final).sum((-2, -1))
-            dg = db.flip(1).cumsum(1).flip(1).to(log_decay.dtype)  # d log a_t = Σ_{s≥t} dB_s
-        return dq, dk, dv, dg, ds0.to(initial_state.dtype) if initial_state is not None else None
+            dg = db.flip(1).cumsum(1).flip(1).to(g.dtype)  # d log a_t = Σ_{s≥t} dB_s
+        return dq, dk, dv, dg, ds0.to(s0.dtype) if s0 is not None else None
 
     @staticmethod
     def vmap(info, in_dims, q, k, v, log_decay, initial_state):
-        size = info.batch_size
-        folded = [fold(x, bdim, size) for x, bdim in zip((q, k, v, log_decay, initial_state), in_dims)]
-        rows = folded[0].shape[0] // size
-        o, final = _LinearAttention.apply(*folded)
-        return (o.view(size, rows, *o.shape[1:]), final.view(size, rows, *final.shape[1:])), (0, 0)
+        return _packed(_LinearAttention, info, in_dims, q, k, v, log_decay, initial_state)
 
 
 def linear_attention_kernel(q, k, v, log_decay=None, initial_state=None):
