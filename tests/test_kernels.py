@@ -72,6 +72,24 @@ def test_selective_scan_with_wide_channel_blocks(monkeypatch, poisoned):
     check_scan(2, 40, 20, 5, torch.float32, 1e-5, skip=True)
 
 
+def test_selective_scan_reads_strided_inputs_in_place(poisoned):
+    # Mamba's B and C are column slices of x_proj's output (any strides, read in place); u, delta and dy may come
+    # with row and position strides of their own (channels contiguous)
+    (u, delta, A, B, C, D), dy = scan_inputs(2, 11, 6, 4, seed=9)
+    wide = lambda x, width: torch.cat([x, torch.randn(*x.shape[:-1], width)], -1)[..., :x.shape[-1]]
+    proj = torch.cat([torch.randn(2, 11, 3), B, C], -1).float().requires_grad_()  # [dt_rank | B | C]
+    u_s, delta_s = (wide(x.float(), 5).detach().requires_grad_() for x in (u, delta))
+    y = kernels.selective_scan_kernel(u_s, delta_s, A.float().requires_grad_(), proj[..., 3:7], proj[..., 7:],
+                                      D.float())
+    exact = [x.clone().requires_grad_() for x in (u, delta, B, C)]
+    y_ref = reference(exact[0], exact[1], A, exact[2], exact[3], D)
+    assert rel(y.cpu(), y_ref) < 1e-5
+    grads = torch.autograd.grad(y, [u_s, delta_s, proj], wide(dy.float(), 3))
+    grads_ref = torch.autograd.grad(y_ref, exact, dy)
+    for name, g, g_ref in zip("u delta B C".split(), [*grads[:2], grads[2][..., 3:7], grads[2][..., 7:]], grads_ref):
+        assert rel(g.cpu(), g_ref) < 1e-5, name
+
+
 def test_selective_scan_is_what_mamba_runs_on_cuda_and_equals_its_reference():
     from probe.mixers.ssm import selective_scan
     (u, delta, A, B, C, D), _ = scan_inputs(2, 33, 24, 8, seed=3)

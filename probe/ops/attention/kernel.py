@@ -8,8 +8,8 @@ projection's layout.
     dqkv [B, L, (H + 2·G)·D] contiguous: dq, dk and dv written by the kernels into their own columns (no cat)
 
 The function is `reference.causal_attention_ref`, which the dispatch rule (probe.ops.dispatch) runs wherever this
-kernel does not. Every head is handled as two halves of D/2 columns (the half-split rotary pairs (x_p, x_{p+D/2})),
-each loaded contiguously; a score is the sum of the two halves' products.
+kernel does not. A score is one dot over the head's whole width; dq and dk accumulate as two halves of D/2 columns
+(the half-split rotary pairs (x_p, x_{p+D/2})), so that each program turns its gradient back before writing it.
 
   _turn_heads  with rotary tables only: one pass writes qkv with q and k turned in float32 (queries and keys by
              their own tables; values copied beside them), and with ReRoPE a second copy turned by the far tables.
@@ -44,9 +44,11 @@ from ..dispatch import fold
 LOG2E = math.log2(math.e)
 #: (query block, key block, warps, pipeline stages) of the forward and of the two backward kernels, by head width
 #: D ≤ 64 / ≤ 128. The backward loads four operand tiles a step (q and do, each both ways round): at D = 128 more
-#: than one stage of them overflows a Hopper SM's 227 KiB of shared memory. Float32 tiles take one stage.
-FORWARD = {64: (64, 64, 4, 3), 128: (64, 64, 4, 2)}
-BACKWARD = {64: (64, 64, 4, 2), 128: (64, 64, 8, 1)}
+#: than one stage of them overflows a Hopper SM's 227 KiB of shared memory. Float32 tiles take one stage. Picked
+#: from `scratch/attn_bench.py`'s tables on an H100 (2026-12-07, bf16, [4096, 256] rows): D 64 forward 409 µs at
+#: BM 128 against 473 at 64; D 128 backward 2.8 ms at 4 warps against 3.65 at 8 (BENCHMARKS.md).
+FORWARD = {64: (128, 64, 4, 3), 128: (64, 64, 4, 2)}
+BACKWARD = {64: (64, 64, 4, 2), 128: (64, 64, 4, 1)}
 TURN_BLOCK = 32  # positions a program of the turning pass
 
 
@@ -123,27 +125,37 @@ def _store_rows(ptr, base, t, L, s_l, col, offs, width, x):
 
 
 @triton.jit
-def _scores(qa, qb, qfa, qfb, ka, kb, kfa, kfb, i, j, near_all, far_all, rerope_window, PRECISION: tl.constexpr,
-            FAR: tl.constexpr):
-    """q·k over both halves, [len(i), len(j)] (or its transpose, with the operands swapped by the caller); with
-    FAR, pairs at distance i − j ≥ rerope_window score the far-turned halves instead. near_all / far_all: whether
-    every pair of the tile is near / far (then only that branch's products are formed)."""
+def _whole(ptr, base, t, L, s_l, col, offs_d, D, far_ptr, FAR: tl.constexpr, ROWS: tl.constexpr):
+    """A head's D columns at positions t as one [len(t), 2·BP] tile (ROWS) or transposed, for the scores: the near
+    tile from ptr and, with FAR, the far one from far_ptr (else the near one again)."""
+    if ROWS:
+        x = _rows(ptr, base, t, L, s_l, col, offs_d, D)
+    else:
+        x = _cols(ptr, base, t, L, s_l, col, offs_d, D)
+    xf = x
+    if FAR:
+        if ROWS:
+            xf = _rows(far_ptr, base, t, L, s_l, col, offs_d, D)
+        else:
+            xf = _cols(far_ptr, base, t, L, s_l, col, offs_d, D)
+    return x, xf
+
+
+@triton.jit
+def _scores(q, qf, k, kf, i, j, near_all, far_all, rerope_window, PRECISION: tl.constexpr, FAR: tl.constexpr):
+    """q·k, [len(i), len(j)] (or its transpose, with the operands swapped by the caller), one dot over the head's
+    whole width; with FAR, pairs at distance i − j ≥ rerope_window score the far-turned tiles instead. near_all /
+    far_all: whether every pair of the tile is near / far (then only that branch's product is formed)."""
     if FAR:
         if far_all:
-            s = tl.dot(qfa, kfa, input_precision=PRECISION)
-            s = tl.dot(qfb, kfb, s, input_precision=PRECISION)
+            s = tl.dot(qf, kf, input_precision=PRECISION)
         elif near_all:
-            s = tl.dot(qa, ka, input_precision=PRECISION)
-            s = tl.dot(qb, kb, s, input_precision=PRECISION)
+            s = tl.dot(q, k, input_precision=PRECISION)
         else:
-            s = tl.dot(qa, ka, input_precision=PRECISION)
-            s = tl.dot(qb, kb, s, input_precision=PRECISION)
-            f = tl.dot(qfa, kfa, input_precision=PRECISION)
-            f = tl.dot(qfb, kfb, f, input_precision=PRECISION)
-            s = tl.where(i - j < rerope_window, s, f)
+            s = tl.where(i - j < rerope_window, tl.dot(q, k, input_precision=PRECISION),
+                         tl.dot(qf, kf, input_precision=PRECISION))
     else:
-        s = tl.dot(qa, ka, input_precision=PRECISION)
-        s = tl.dot(qb, kb, s, input_precision=PRECISION)
+        s = tl.dot(q, k, input_precision=PRECISION)
     return s
 
 
@@ -220,7 +232,7 @@ def _forward(qkv_ptr, far_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l,
     D = 2 * P
     base = b * s_b
     offs_m, offs_n, offs_p, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
-    qa, qb, qfa, qfb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, far_ptr, FAR, True)
+    q, qf = _whole(qkv_ptr, base, offs_m, L, s_l, h * D, offs_d, D, far_ptr, FAR, True)
     slope2 = _slope(slopes_ptr, b, s_sb, h, ALIBI)
     m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BM], dtype=tl.float32)
@@ -231,9 +243,9 @@ def _forward(qkv_ptr, far_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l,
     hi = tl.minimum(m0 + BM, L)
     for n0 in range(lo, hi, BN):
         t = n0 + offs_n
-        kaT, kbT, kfaT, kfbT = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, far_ptr, FAR, False)
+        kT, kfT = _whole(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_d, D, far_ptr, FAR, False)
         v = _rows(qkv_ptr, base, t, L, s_l, (H + G + g) * D, offs_d, D)  # [BN, 2·BP]
-        s = _scores(qa, qb, qfa, qfb, kaT, kbT, kfaT, kfbT, offs_m[:, None], t[None, :],
+        s = _scores(q, qf, kT, kfT, offs_m[:, None], t[None, :],
                     m0 + BM - 1 - n0 < rerope_window, m0 - n0 - BN + 1 >= rerope_window, rerope_window, PRECISION,
                     FAR)
         s, keep = _logits(s, offs_m[:, None], t[None, :], L, qk_scale, slope2, window, ALIBI, WINDOW)
@@ -263,7 +275,7 @@ def _grad_q(qkv_ptr, far_ptr, rot_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta
     base = b * s_b
     o_base = b * L * H * D
     offs_m, offs_n, offs_p, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
-    qa, qb, qfa, qfb = _halves(qkv_ptr, base, offs_m, L, s_l, h * D, offs_p, P, far_ptr, FAR, True)
+    q, qf = _whole(qkv_ptr, base, offs_m, L, s_l, h * D, offs_d, D, far_ptr, FAR, True)
     do = _rows(do_ptr, o_base, offs_m, L, H * D, h * D, offs_d, D)  # [BM, 2·BP]
     o = _rows(o_ptr, o_base, offs_m, L, H * D, h * D, offs_d, D)
     delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
@@ -280,13 +292,13 @@ def _grad_q(qkv_ptr, far_ptr, rot_ptr, slopes_ptr, o_ptr, do_ptr, lse_ptr, delta
     hi = tl.minimum(m0 + BM, L)
     for n0 in range(lo, hi, BN):
         t = n0 + offs_n
-        kaT, kbT, kfaT, kfbT = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, far_ptr, FAR, False)
+        kT, kfT = _whole(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_d, D, far_ptr, FAR, False)
         ka, kb, kfa, kfb = _halves(qkv_ptr, base, t, L, s_l, (H + g) * D, offs_p, P, far_ptr, FAR, True)
         vT = _cols(qkv_ptr, base, t, L, s_l, (H + G + g) * D, offs_d, D)  # [2·BP, BN]
         near_all = m0 + BM - 1 - n0 < rerope_window
         far_all = m0 - n0 - BN + 1 >= rerope_window
-        s = _scores(qa, qb, qfa, qfb, kaT, kbT, kfaT, kfbT, offs_m[:, None], t[None, :], near_all, far_all,
-                    rerope_window, PRECISION, FAR)
+        s = _scores(q, qf, kT, kfT, offs_m[:, None], t[None, :], near_all, far_all, rerope_window, PRECISION,
+                    FAR)
         s, keep = _logits(s, offs_m[:, None], t[None, :], L, qk_scale, slope2, window, ALIBI, WINDOW)
         p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, vT, input_precision=PRECISION)
@@ -311,7 +323,7 @@ def _grad_kv(qkv_ptr, far_ptr, rot_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, 
     base = b * s_b
     o_base = b * L * H * D
     offs_m, offs_n, offs_p, offs_d = tl.arange(0, BM), n0 + tl.arange(0, BN), tl.arange(0, BP), tl.arange(0, 2 * BP)
-    ka, kb, kfa, kfb = _halves(qkv_ptr, base, offs_n, L, s_l, (H + g) * D, offs_p, P, far_ptr, FAR, True)
+    k, kf = _whole(qkv_ptr, base, offs_n, L, s_l, (H + g) * D, offs_d, D, far_ptr, FAR, True)
     v = _rows(qkv_ptr, base, offs_n, L, s_l, (H + G + g) * D, offs_d, D)  # [BN, 2·BP]
     dka = tl.zeros([BN, BP], dtype=tl.float32)
     dkb = tl.zeros([BN, BP], dtype=tl.float32)
@@ -328,7 +340,7 @@ def _grad_kv(qkv_ptr, far_ptr, rot_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, 
         slope2 = _slope(slopes_ptr, b, s_sb, h, ALIBI)
         for m0 in range(lo, hi, BM):
             t = m0 + offs_m
-            qaT, qbT, qfaT, qfbT = _halves(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, far_ptr, FAR, False)
+            qT, qfT = _whole(qkv_ptr, base, t, L, s_l, h * D, offs_d, D, far_ptr, FAR, False)
             qa, qb, qfa, qfb = _halves(qkv_ptr, base, t, L, s_l, h * D, offs_p, P, far_ptr, FAR, True)
             do = _rows(do_ptr, o_base, t, L, H * D, h * D, offs_d, D)  # [BM, 2·BP]
             doT = _cols(do_ptr, o_base, t, L, H * D, h * D, offs_d, D)  # [2·BP, BM]
@@ -338,8 +350,8 @@ def _grad_kv(qkv_ptr, far_ptr, rot_ptr, slopes_ptr, do_ptr, lse_ptr, delta_ptr, 
             near_all = m0 + BM - 1 - n0 < rerope_window
             far_all = m0 - n0 - BN + 1 >= rerope_window
             # sᵀ [BN (j), BM (i)]: the keys' halves first
-            sT = _scores(ka, kb, kfa, kfb, qaT, qbT, qfaT, qfbT, t[None, :], offs_n[:, None], near_all, far_all,
-                         rerope_window, PRECISION, FAR)
+            sT = _scores(k, kf, qT, qfT, t[None, :], offs_n[:, None], near_all, far_all, rerope_window, PRECISION,
+                         FAR)
             sT, keep = _logits(sT, t[None, :], offs_n[:, None], L, qk_scale, slope2, window, ALIBI, WINDOW)
             pT = tl.where(keep, tl.exp2(sT - lse[None, :]), 0.0)
             dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=PRECISION)
