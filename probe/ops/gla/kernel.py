@@ -6,7 +6,8 @@ q, k [B, L, H, Dk], v [B, L, H, Dv] (token-major, as the projections produce the
 state [B, H, Dk, Dv] or none: the function of `reference.gla_ref`, which the dispatch rule (probe.ops.dispatch)
 runs wherever this kernel does not.
 
-Algorithm (the GLA paper's two-level chunking, as fla's chunk_gla). The sequence is cut into chunks of C = 64
+Algorithm (the two-level chunking of Yang et al. 2024, "Gated Linear Attention Transformers with
+Hardware-Efficient Training", §4). The sequence is cut into chunks of C = 64
 positions (16 or 32 for short sequences) and each chunk into sub-chunks of BC = 16. With b_i the cumulative
 log-gate from the chunk start (per key dimension; computed on the host, [B·H, n·C, Dk] float32, padded steps
 keeping the last value), position i of a chunk reads
