@@ -9,7 +9,11 @@ its own, so a terminal's Ctrl-C reaches them once, through the launcher), which 
 train to their next evaluation, saves them there (next to a journal, `<journal>.packs/`) and stops, and the next
 run trains them on from there; a second interrupt, or 60 s gone by, stops them at once. Worker ids are
 `<launcher pid>·1000 + slot`, unique across launchers sharing one journal (logs: runs/<sweep>/logs/worker<id>.log).
-`probe worker FILE --storage URL` joins a running sweep from another machine. `--logger csv|tensorboard` (on
+`probe sweep A.py B.py ...` runs several sweeps as one suite: every worker works through each sweep in turn,
+starting on different ones (so one host's GPUs are all busy until the last sweep's last pack), each sweep in its own
+storage (runs/<sweep>/journal.log) or all in one (`--storage`: their studies are named by sweep); logs and Triton
+caches then go to runs/suite/. `probe worker FILE... --storage URL` joins a running sweep (or suite) from another
+machine. `--logger csv|tensorboard` (on
 either) writes each pack's live learning curves to runs/<sweep>/curves/<cell>/trial<i>-trial<j>-...
 """
 from __future__ import annotations
@@ -30,12 +34,18 @@ from .storage import check_readable, default_url, open_storage
 from .sweep import load_sweep
 
 
-def _parser(prog: str, description: str, cells: bool = True):
+def _parser(prog: str, description: str, cells: bool = True, suite: bool = False):
     from .cli import OneLineParser
     p = OneLineParser(prog=prog, description=description)
-    p.add_argument("file", help="a sweep file (sweeps/*.py)")
+    if suite:
+        p.add_argument("files", nargs="+", metavar="file",
+                       help="a sweep file (sweeps/*.py); several: one suite, its workers shared by every sweep")
+    else:
+        p.add_argument("file", help="a sweep file (sweeps/*.py)")
     p.add_argument("--storage", default=None,
-                   help="journal file path (default runs/<sweep>/journal.log) or postgresql://user:pw@host/db")
+                   help="journal file path (default runs/<sweep>/journal.log, one per sweep) or "
+                        "postgresql://user:pw@host/db; a suite's sweeps may share one (their studies are named "
+                        "by sweep)")
     if cells:
         p.add_argument("--cells", action="append", metavar="GLOB", default=[],
                        help="only the cells whose key matches this shell pattern, e.g. 'mqar-L64-*' (a row of the "
@@ -46,6 +56,33 @@ def _parser(prog: str, description: str, cells: bool = True):
 def _load(args):
     """The sweep file's Sweep, narrowed to --cells."""
     return load_sweep(args.file).select(args.cells)
+
+
+def _load_suite(args) -> list:
+    """The sweep files' Sweeps, in the order given, narrowed to --cells. One file: as `_load`. Several: each
+    pattern must match a cell of some sweep; a sweep none of whose cells any pattern matches is left out; two
+    files may not name the same sweep (they would share its studies and folders)."""
+    sweeps = [load_sweep(f) for f in args.files]
+    names = [s.name for s in sweeps]
+    for name in names:
+        if names.count(name) > 1:
+            files = [f for f, s in zip(args.files, sweeps) if s.name == name]
+            raise ProbeError(f"{' and '.join(files)} both define sweep {name!r}: a suite needs distinct names")
+    if len(sweeps) == 1 or not args.cells:
+        return [s.select(args.cells) for s in sweeps]
+    import fnmatch
+    keys = {s.name: [c.key for c in s.cells()] for s in sweeps}
+    for pattern in args.cells:
+        if not any(fnmatch.fnmatchcase(k, pattern) for ks in keys.values() for k in ks):
+            raise ProbeError(f"--cells {pattern!r} matches no cell of sweeps {', '.join(names)}")
+    kept = [s for s in sweeps if any(fnmatch.fnmatchcase(k, p) for k in keys[s.name] for p in args.cells)]
+    return [s.select([p for p in args.cells if any(fnmatch.fnmatchcase(k, p) for k in keys[s.name])])
+            for s in kept]
+
+
+def _suite_name(sweeps) -> str:
+    """Where a launch keeps its worker logs and Triton caches: runs/<sweep>/, or runs/suite/ for several."""
+    return sweeps[0].name if len(sweeps) == 1 else "suite"
 
 
 def _device(value: str) -> str:
@@ -78,7 +115,8 @@ def _check_flags(pack: int | None, heartbeat: int, concurrent: int = 1) -> None:
 
 
 def cmd_worker(argv: list[str]) -> None:
-    p = _parser("probe worker", "Work on a sweep's cells until none needs a trial (one process).")
+    p = _parser("probe worker", "Work on a sweep's cells until none needs a trial (one process); given several "
+                "sweep files, on each in turn.", suite=True)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--worker-id", type=int, default=None, help="spreads workers over cells (default: the pid)")
     p.add_argument("--heartbeat", type=int, default=60, help="RDB storages: seconds between heartbeats")
@@ -88,29 +126,38 @@ def cmd_worker(argv: list[str]) -> None:
     _add_logger_flags(p)
     args = p.parse_args(argv)
     _check_flags(args.pack, args.heartbeat, args.concurrent)
-    sweep = _load(args)
+    sweeps = _load_suite(args)
     device = _device(args.device)
     _check_concurrent(args.concurrent, device)
-    curves = _curves(args, sweep.name)
-    url = args.storage or default_url(sweep.name)
-    storage = open_storage(url, heartbeat=args.heartbeat)
+    curves = {s.name: _curves(args, s.name) for s in sweeps}
+    urls = {s.name: args.storage or default_url(s.name) for s in sweeps}
+    storages = {s.name: open_storage(urls[s.name], heartbeat=args.heartbeat) for s in sweeps}
     from .train import quiet_lightning
     from .tuning import run_worker
     quiet_lightning()
     wid = args.worker_id if args.worker_id is not None else os.getpid()
-    checkpoints = checkpoint_dir(url)
+    # a suite's workers start on different sweeps (by launch slot), then each works through the others in turn
+    first = wid % 1000 % len(sweeps)
+    order = sweeps[first:] + sweeps[:first]
+    paused = [checkpoint_dir(urls[s.name]) for s in sweeps]
+    total = {"trials": 0, "failed": 0, "reaped": 0}
     # where paused packs can be saved, the first signal pauses them; elsewhere it interrupts at once (cli's)
-    with _pausing() if checkpoints else contextlib.nullcontext((None, [])) as (pause, received):
-        try:
-            did = run_worker(sweep, storage, device=device, worker_seed=wid, pack=args.pack,
-                             concurrent=args.concurrent, progress=args.progress, curves=curves,
-                             log=lambda m: print(m, flush=True), pause=pause, checkpoints=checkpoints)
-        except KeyboardInterrupt as e:
-            if received and not isinstance(e, Interrupted):  # paused: exit as the signal's interrupt
-                raise Interrupted(received[0]) from None
-            raise
-    print(f"[worker {wid}] done: {did['trials']} trials ({did['failed']} failed), "
-          f"{did['reaped']} dead workers' trials failed for retry", flush=True)
+    with _pausing() if all(paused) else contextlib.nullcontext((None, [])) as (pause, received):
+        for sweep in order:
+            try:
+                did = run_worker(sweep, storages[sweep.name], device=device, worker_seed=wid, pack=args.pack,
+                                 concurrent=args.concurrent, progress=args.progress, curves=curves[sweep.name],
+                                 log=lambda m: print(m, flush=True), pause=pause,
+                                 checkpoints=checkpoint_dir(urls[sweep.name]))
+            except KeyboardInterrupt as e:
+                if received and not isinstance(e, Interrupted):  # paused: exit as the signal's interrupt
+                    raise Interrupted(received[0]) from None
+                raise
+            total = {k: total[k] + did[k] for k in total}
+            if len(sweeps) > 1:
+                print(f"[worker {wid}] sweep {sweep.name} needs no more work", flush=True)
+    print(f"[worker {wid}] done: {total['trials']} trials ({total['failed']} failed), "
+          f"{total['reaped']} dead workers' trials failed for retry", flush=True)
 
 
 def checkpoint_dir(url: str) -> str | None:
@@ -195,7 +242,8 @@ def cmd_status(argv: list[str]) -> None:
 
 
 def cmd_sweep(argv: list[str]) -> None:
-    p = _parser("probe sweep", "Run a sweep: one worker process per slot, live progress, resumable.")
+    p = _parser("probe sweep", "Run a sweep: one worker process per slot, live progress, resumable. Several sweep "
+                "files: one suite, every worker on each sweep in turn (starting on different ones).", suite=True)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--workers-per-gpu", type=int, default=1)
     p.add_argument("--workers", type=int, default=1, help="CPU: number of worker processes")
@@ -205,30 +253,33 @@ def cmd_sweep(argv: list[str]) -> None:
     _add_logger_flags(p)
     args = p.parse_args(argv)
     _check_flags(args.pack, args.heartbeat, args.concurrent)
-    sweep = _load(args)
+    sweeps = _load_suite(args)
     device = _device(args.device)
     _check_concurrent(args.concurrent, device)
     slots = _slots(device, args.workers_per_gpu, args.workers)
-    curves = _curves(args, sweep.name)
-    url = args.storage or default_url(sweep.name)
-    log_dir = os.path.join("runs", sweep.name, "logs")
+    curves = [_curves(args, s.name) for s in sweeps]
+    runs = [(s, args.storage or default_url(s.name)) for s in sweeps]
+    name = _suite_name(sweeps)
+    log_dir = os.path.join("runs", name, "logs")
     check_writable(os.path.join(log_dir, "worker.log"), "worker logs", make_parent=True)
-    open_storage(url, heartbeat=args.heartbeat)  # fails here, once, if the storage is unusable
+    for url in dict.fromkeys(url for _, url in runs):
+        open_storage(url, heartbeat=args.heartbeat)  # fails here, once, if a storage is unusable
     try:
         os.makedirs(log_dir, exist_ok=True)
     except OSError as e:
         raise ProbeError(f"worker logs: cannot create {log_dir}: {e.strerror}") from None
-    cells = sweep.cells()
     at_once = f", {args.concurrent} packs at once each" if args.concurrent > 1 else ""
-    print(f"sweep {sweep.name}: {len(cells)} cells × {sweep.trials_per_cell} trials; {len(slots)} worker(s) on "
-          f"{device}{at_once}; storage {url}; pruner {sweep.pruning_text()}"
-          + (f"; learning curves ({curves.logger}) in {curves.root}" if curves else ""), flush=True)
+    for (sweep, url), curve in zip(runs, curves):
+        print(f"sweep {sweep.name}: {len(sweep.cells())} cells × {sweep.trials_per_cell} trials; {len(slots)} "
+              f"worker(s) on {device}{at_once}; storage {url}; pruner {sweep.pruning_text()}"
+              + (f"; learning curves ({curve.logger}) in {curve.root}" if curve else ""), flush=True)
     procs, start = [], time.time()
     try:
         for slot, gpu in enumerate(slots):
-            procs.append(_start_worker(args, sweep.name, url, device, slot, gpu, len(slots), log_dir))
+            procs.append(_start_worker(args, name, runs[0][1] if len(sweeps) == 1 else args.storage, device, slot,
+                                       gpu, len(slots), log_dir))
         while any(proc.poll() is None for proc, _ in procs):
-            _show_progress(sweep, url, start)
+            _show_progress(runs, start)
             time.sleep(2)
     except KeyboardInterrupt as e:
         _stop(procs)
@@ -236,15 +287,17 @@ def cmd_sweep(argv: list[str]) -> None:
     finally:
         for _, log in procs:
             log.close()
-    counts = _show_progress(sweep, url, start, final=True)
+    counts = _show_progress(runs, start, final=True)
     bad = [log.name for proc, log in procs if proc.returncode != 0]
     if bad:
         raise ProbeError(f"{len(bad)} worker(s) exited with an error: see {', '.join(bad)}")
     print(f"done in {time.time() - start:.0f} s: {counts['complete']} cells complete, {counts['failed']} failed, "
-          f"{counts['pending'] + counts['running']} unfinished. `probe status {args.file}` for the table.")
+          f"{counts['pending'] + counts['running']} unfinished. `probe status {args.files[0]}` for the table"
+          + (" (one sweep file at a time)." if len(sweeps) > 1 else "."))
 
 
-def _start_worker(args, name: str, url: str, device: str, slot: int, gpu, n_slots: int, log_dir: str):
+def _start_worker(args, name: str, url: str | None, device: str, slot: int, gpu, n_slots: int, log_dir: str):
+    """One `probe worker` on every sweep file of the launch; url None: each sweep's default storage."""
     wid = os.getpid() * 1000 + slot  # unique across launchers on one journal; slot keeps them on neighbouring cells
     env = dict(os.environ, TRITON_CACHE_DIR=os.path.abspath(os.path.join("runs", name, "triton", f"w{slot}")),
                PYTHONUNBUFFERED="1")
@@ -253,8 +306,10 @@ def _start_worker(args, name: str, url: str, device: str, slot: int, gpu, n_slot
     else:  # CPU workers split the cores: oversubscribed torch threads spin against each other
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_slots))
     log = open(os.path.join(log_dir, f"worker{wid}.log"), "a")
-    cmd = [sys.executable, "-m", "probe", "worker", args.file, "--storage", url, "--device", device,
+    cmd = [sys.executable, "-m", "probe", "worker", *args.files, "--device", device,
            "--worker-id", str(wid), "--heartbeat", str(args.heartbeat)]
+    if url is not None:
+        cmd += ["--storage", url]
     for pattern in args.cells:
         cmd += ["--cells", pattern]
     if args.pack is not None:
@@ -302,10 +357,15 @@ def _slots(device: str, per_gpu: int, workers: int) -> list[int | None]:
     return slots
 
 
-def _show_progress(sweep, url: str, start: float, final: bool = False) -> dict:
-    counts = _counts(sweep, url)
-    n = len(sweep.cells())
-    best = max(counts["best"].values(), default=None)
+def _show_progress(runs, start: float, final: bool = False) -> dict:
+    """runs: (sweep, storage url) pairs; their counts summed."""
+    counts = {"complete": 0, "running": 0, "failed": 0, "pending": 0, "trials": 0, "pruned": 0, "best": {}}
+    for sweep, url in runs:
+        one = _counts(sweep, url)
+        counts = {k: ({**counts[k], **{f"{sweep.name}:{c}": v for c, v in one[k].items()}} if k == "best"
+                      else counts[k] + one[k]) for k in counts}
+    n = sum(len(sweep.cells()) for sweep, _ in runs)
+    best = max(counts["best"].values(), default=None) if len(runs) == 1 else None  # across tasks it means nothing
     line = (f"[{time.time() - start:6.0f} s] cells {counts['complete']}/{n} complete, {counts['running']} running, "
             f"{counts['failed']} failed | trials {counts['trials']} complete, {counts['pruned']} pruned"
             + (f" | best accuracy {best:.4f}" if best is not None else ""))

@@ -168,6 +168,44 @@ def test_cells_matching_nothing_fail_with_one_line_before_any_work(tmp_path, fla
     assert not (tmp_path / "runs").exists(), "nothing may be written before the sweep is known good"
 
 
+# -- several sweeps as one suite --------------------------------------------------------------------------------
+def test_a_suite_of_two_sweeps_on_one_journal_ends_each_selected_cell_with_its_budget(tmp_path):
+    one = write_sweep(tmp_path, name="one", archs=("attention",), steps=5, trials=2)
+    two = write_sweep(tmp_path, name="two", archs=("baseconv_short",), steps=5, trials=2)
+    journal = str(tmp_path / "all.journal")
+    out = probe("sweep", one, two, "--device", "cpu", "--workers", "2", "--storage", journal, "--cells", "mqar-L8/*",
+                cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "sweep one: 1 cells × 2 trials" in out.stdout and "sweep two: 1 cells × 2 trials" in out.stdout
+    assert "2 cells complete" in out.stdout, out.stdout
+    names = {s.study_name for s in open_storage(journal, create=False).get_all_studies()}
+    assert names == {"one:mqar-L8/attention/d16/seed0", "two:mqar-L8/baseconv_short/d16/seed0"}
+    for path in (one, two):
+        study, = [optuna.load_study(study_name=c.study_name, storage=open_storage(journal, create=False))
+                  for c in load_sweep(path).cells() if c.key.startswith("mqar-L8/")]
+        assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 2
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / "suite" / "logs").iterdir())
+    finished = re.findall(r"sweep (\w+) needs no more work", logs)
+    assert sorted(finished) == ["one", "one", "two", "two"], logs  # every worker went through both sweeps
+    status = probe("status", two, "--storage", journal, cwd=tmp_path)
+    assert status.returncode == 0 and "2 cells: 1 complete, 1 pending" in status.stdout, status.stdout
+
+
+@pytest.mark.parametrize("case", ["same_name", "cells_match_nothing"])
+def test_a_bad_suite_fails_with_one_line_before_any_work(tmp_path, case):
+    one = write_sweep(tmp_path, name="one", archs=("attention",), trials=1)
+    if case == "same_name":
+        (tmp_path / "again.py").write_text((tmp_path / "one.py").read_text())
+        args, expected = (one, str(tmp_path / "again.py")), "both define sweep 'one': a suite needs distinct names"
+    else:
+        two = write_sweep(tmp_path, name="two", archs=("baseconv_short",), trials=1)
+        args, expected = (one, two, "--cells", "mqar-L8/*", "--cells", "L99*"), \
+            "--cells 'L99*' matches no cell of sweeps one, two"
+    out = probe("sweep", *args, "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and expected in out.stderr, out.stderr
+    assert not (tmp_path / "runs").exists(), "nothing may be written before the suite is known good"
+
+
 def wait_for_running(journal: str, count: int, timeout: float = 120) -> set[tuple[str, int]]:
     """(study, trial number) of the running trials with a learning rate, once there are `count` (or the time is
     up)."""
