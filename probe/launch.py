@@ -299,12 +299,7 @@ def cmd_sweep(argv: list[str]) -> None:
 def _start_worker(args, name: str, url: str | None, device: str, slot: int, gpu, n_slots: int, log_dir: str):
     """One `probe worker` on every sweep file of the launch; url None: each sweep's default storage."""
     wid = os.getpid() * 1000 + slot  # unique across launchers on one journal; slot keeps them on neighbouring cells
-    env = dict(os.environ, TRITON_CACHE_DIR=os.path.abspath(os.path.join("runs", name, "triton", f"w{slot}")),
-               PYTHONUNBUFFERED="1")
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    else:  # CPU workers split the cores: oversubscribed torch threads spin against each other
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_slots))
+    env = _worker_env(name, slot, gpu, n_slots)
     log = open(os.path.join(log_dir, f"worker{wid}.log"), "a")
     cmd = [sys.executable, "-m", "probe", "worker", *args.files, "--device", device,
            "--worker-id", str(wid), "--heartbeat", str(args.heartbeat)]
@@ -320,6 +315,18 @@ def _start_worker(args, name: str, url: str | None, device: str, slot: int, gpu,
         cmd += ["--logger", args.logger] + (["--log-dir", args.log_dir] if args.log_dir else [])
     # a session of its own: a terminal's Ctrl-C reaches the launcher only, which passes it on exactly once
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), log
+
+
+def _worker_env(name: str, slot: int, gpu, n_slots: int) -> dict:
+    """A worker's environment: pinned to its GPU (CUDA_VISIBLE_DEVICES, so it sees that one as cuda:0) with a
+    Triton cache of its own (workers compiling into one cache race), or on the CPU a share of the cores."""
+    env = dict(os.environ, TRITON_CACHE_DIR=os.path.abspath(os.path.join("runs", name, "triton", f"w{slot}")),
+               PYTHONUNBUFFERED="1")
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    else:  # CPU workers split the cores: oversubscribed torch threads spin against each other
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n_slots))
+    return env
 
 
 def _stop(procs, grace_s: float = 60.0) -> None:

@@ -206,6 +206,27 @@ def test_a_bad_suite_fails_with_one_line_before_any_work(tmp_path, case):
     assert not (tmp_path / "runs").exists(), "nothing may be written before the suite is known good"
 
 
+@pytest.mark.parametrize("visible, per_gpu, expected", [
+    ("0,1,2,3,4,5,6,7", 1, ["0", "1", "2", "3", "4", "5", "6", "7"]),
+    ("2,5", 2, ["2", "2", "5", "5"]),
+    (" 3 ", 1, ["3"]),
+])
+def test_workers_are_pinned_one_visible_gpu_each_with_a_triton_cache_of_their_own(tmp_path, monkeypatch, visible,
+                                                                                   per_gpu, expected):
+    from probe.launch import _slots, _worker_env
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.chdir(tmp_path)
+    slots = _slots("cuda", per_gpu, 1)
+    assert slots == expected
+    envs = [_worker_env("suite", slot, gpu, len(slots)) for slot, gpu in enumerate(slots)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == expected
+    assert len({e["TRITON_CACHE_DIR"] for e in envs}) == len(slots)
+    assert all(e["TRITON_CACHE_DIR"].startswith(str(tmp_path / "runs" / "suite" / "triton")) for e in envs)
+    cpu = [_worker_env("tiny", slot, None, 2) for slot in range(2)]
+    assert all("CUDA_VISIBLE_DEVICES" not in e or e["CUDA_VISIBLE_DEVICES"] == visible for e in cpu)
+    assert all(int(e["OMP_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 2) for e in cpu)
+
+
 def wait_for_running(journal: str, count: int, timeout: float = 120) -> set[tuple[str, int]]:
     """(study, trial number) of the running trials with a learning rate, once there are `count` (or the time is
     up)."""
