@@ -5,7 +5,8 @@ tables for xPos or a log-n query scale), ReRoPE's far branch (`far`), a sliding 
 (G dividing H).
 
 Reference: `reference.causal_attention_ref` (its equation). Kernel: `kernel.py` (Triton, flash-attention style,
-forward and backward, rotary and ALiBi applied inside, the gradient written in the projection's layout), picked by
+forward and backward, q and k turned by one first pass, ALiBi, windows and ReRoPE's branches inside the kernels,
+the gradient written in the projection's layout), picked by
 `probe.ops.dispatch.backend` for heads of even width up to MAX_HEAD_DIM; `causal_attention_serves` says whether a
 call would reach it (a mixer keeps its own path where it would not). Under torch.func.vmap a pack of K models is one
 launch.
