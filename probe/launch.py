@@ -139,16 +139,16 @@ def cmd_worker(argv: list[str]) -> None:
     # a suite's workers start on different sweeps (by launch slot), then each works through the others in turn
     first = wid % 1000 % len(sweeps)
     order = sweeps[first:] + sweeps[:first]
-    paused = [checkpoint_dir(urls[s.name]) for s in sweeps]
+    checkpoints = {s.name: checkpoint_dir(urls[s.name]) for s in sweeps}
     total = {"trials": 0, "failed": 0, "reaped": 0}
     # where paused packs can be saved, the first signal pauses them; elsewhere it interrupts at once (cli's)
-    with _pausing() if all(paused) else contextlib.nullcontext((None, [])) as (pause, received):
+    with _pausing() if all(checkpoints.values()) else contextlib.nullcontext((None, [])) as (pause, received):
         for sweep in order:
             try:
                 did = run_worker(sweep, storages[sweep.name], device=device, worker_seed=wid, pack=args.pack,
                                  concurrent=args.concurrent, progress=args.progress, curves=curves[sweep.name],
                                  log=lambda m: print(m, flush=True), pause=pause,
-                                 checkpoints=checkpoint_dir(urls[sweep.name]))
+                                 checkpoints=checkpoints[sweep.name])
             except KeyboardInterrupt as e:
                 if received and not isinstance(e, Interrupted):  # paused: exit as the signal's interrupt
                     raise Interrupted(received[0]) from None

@@ -200,6 +200,19 @@ def _logits(s, i, j, L, qk_scale, slope2, window, ALIBI: tl.constexpr, WINDOW: t
 
 
 @triton.jit
+def _softmax_step(s, keep, m_i, l_i):
+    """One step of the online softmax in base 2 over the rows of s [BM, BN] (entries where keep is False left
+    out): (p, alpha, m_new, l_new), the new running max and sum, p = 2^(s − m_new), alpha = 2^(m_i − m_new) to
+    rescale what was summed so far. A row that has seen nothing yet (max still −inf) adds nothing."""
+    s = tl.where(keep, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_use[:, None])
+    alpha = tl.exp2(m_i - m_use)
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
 def _program(L, BLOCK: tl.constexpr):
     """(batch row · head, first position of the block) of this program: one grid axis (a second holds at most
     65535, fewer than a large pack's batch rows · heads), each head's blocks launched one after another so that
@@ -249,14 +262,8 @@ def _forward(qkv_ptr, far_ptr, slopes_ptr, o_ptr, lse_ptr, L, H, G, P, s_b, s_l,
                     m0 + BM - 1 - n0 < rerope_window, m0 - n0 - BN + 1 >= rerope_window, rerope_window, PRECISION,
                     FAR)
         s, keep = _logits(s, offs_m[:, None], t[None, :], L, qk_scale, slope2, window, ALIBI, WINDOW)
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees no key yet adds nothing
-        p = tl.exp2(s - m_use[:, None])
-        alpha = tl.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        p, alpha, m_i, l_i = _softmax_step(s, keep, m_i, l_i)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     o = acc / l_safe[:, None]
     _store_rows(o_ptr, b * L * H * D, offs_m, L, H * D, h * D, offs_d, D, o)

@@ -44,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..attention.kernel import _softmax_step
 from ..dispatch import fold
 # the host's token-major helpers, shared with Taylor attention's kernels: the dots' precision (IEEE float32 for
 # float32 tiles), a contiguous last dimension, and each [B, L, heads, D] tensor's batch, position and head strides
@@ -177,15 +178,9 @@ def _forward(q_ptr, k1_ptr, v1_ptr, k2_ptr, v2_ptr, o_ptr, lse_ptr, L, G, GROUP,
             v2, _, _ = _vec3(v2_ptr, b * sv2_b + tl.cast(k, tl.int64) * sv2_l + g * sv2_h, offs_d, D, False)
             s, keep = _logits(q, q1, q2, c, c1, c2, k1T, i[:, None], j[None, :], k, ok[:, None], w1, w2, qk_scale,
                               DET, PRECISION)
-            s = tl.where(keep, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that sees no pair yet adds nothing
-            p = tl.exp2(s - m_use[:, None])
-            alpha = tl.exp2(m_i - m_use)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            p, alpha, m_i, l_i = _softmax_step(s, keep, m_i, l_i)
             pv = tl.dot(p.to(v1.dtype), v1, input_precision=PRECISION)  # [BM, BD]
             acc = acc * alpha[:, None] + pv * v2.to(tl.float32)
-            m_i = m_new
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     H = G * GROUP
     o_at = ((b * L + i.to(tl.int64)) * H + h) * D
